@@ -1,0 +1,178 @@
+"""Messages: the only thing that crosses a node boundary.
+
+The wire form is ``b"FEDG" | version:u8 | header_len:u32 | header JSON | tensor bytes``.
+The header holds the envelope and the payload tree with every tensor replaced by a
+reference (dtype, shape, index); the tensors' raw bytes follow in index order. ``nbytes()``
+is exactly ``len(encode())`` without building the tensor part.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedge.core.errors import FedgeError
+from fedge.core.update import Update, Work
+
+MAGIC = b"FEDG"
+VERSION = 1
+_PREFIX = struct.Struct("<4sBI")
+_DTYPES: dict[str, torch.dtype] = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
+        torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
+    )
+}
+
+
+class MessageError(FedgeError):
+    """A message that cannot be decoded (malformed, truncated or of an unknown version)."""
+
+
+@dataclass
+class Message:
+    """One message between two nodes; ``payload`` is a tree of plain values and tensors."""
+
+    src: str
+    dst: str
+    kind: str
+    round: int = 0
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    def reply(self, kind: str, payload: dict[str, Any] | None = None) -> Message:
+        """A message back to the sender, in the same round."""
+        return Message(self.dst, self.src, kind, self.round, payload or {})
+
+    def _header(self) -> tuple[bytes, list[torch.Tensor]]:
+        tensors: list[torch.Tensor] = []
+        tree = _encode_tree(self.payload, tensors)
+        env = {"src": self.src, "dst": self.dst, "kind": self.kind, "round": self.round}
+        header = json.dumps({**env, "payload": tree}, separators=(",", ":")).encode()
+        return header, tensors
+
+    def nbytes(self) -> int:
+        header, tensors = self._header()
+        return _PREFIX.size + len(header) + sum(t.numel() * t.element_size() for t in tensors)
+
+    def encode(self) -> bytes:
+        header, tensors = self._header()
+        parts = [_PREFIX.pack(MAGIC, VERSION, len(header)), header]
+        parts.extend(_tensor_bytes(t) for t in tensors)
+        return b"".join(parts)
+
+    @staticmethod
+    def decode(data: bytes) -> Message:
+        if len(data) < _PREFIX.size:
+            raise MessageError(f"message of {len(data)} bytes is shorter than its prefix")
+        magic, version, header_len = _PREFIX.unpack_from(data)
+        if magic != MAGIC or version != VERSION:
+            raise MessageError(f"not a fedge v{VERSION} message (magic {magic!r}, v{version})")
+        end = _PREFIX.size + header_len
+        try:
+            head = json.loads(data[_PREFIX.size : end].decode())
+            buffers = _split_buffers(head["payload"], memoryview(data)[end:])
+            payload = _decode_tree(head["payload"], buffers)
+            return Message(str(head["src"]), str(head["dst"]), str(head["kind"]),
+                           int(head["round"]), payload)
+        except MessageError:
+            raise
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise MessageError(f"malformed message header: {exc}") from exc
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    flat = t.detach().contiguous().reshape(-1)
+    if flat.dtype == torch.bool:
+        flat = flat.to(torch.uint8)
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+def _tensor_ref(t: torch.Tensor, tensors: list[torch.Tensor]) -> dict[str, Any]:
+    tensors.append(t)
+    dtype = str(t.dtype).removeprefix("torch.")
+    return {"__tensor__": len(tensors) - 1, "dtype": dtype, "shape": list(t.shape)}
+
+
+def _encode_tree(obj: Any, tensors: list[torch.Tensor]) -> Any:
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return _tensor_ref(obj, tensors)
+    if isinstance(obj, np.ndarray):
+        return _tensor_ref(torch.from_numpy(np.ascontiguousarray(obj)), tensors)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Update):
+        fields = {
+            "state": obj.state, "weight": obj.weight, "kind": obj.kind,
+            "metrics": dict(obj.metrics), "samples": obj.work.samples, "flops": obj.work.flops,
+            "origin": obj.origin, "via": obj.via, "round": obj.round,
+        }
+        return {"__update__": _encode_tree(fields, tensors)}
+    if isinstance(obj, Mapping):
+        return {"__map__": [[str(k), _encode_tree(v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, list | tuple):
+        return [_encode_tree(v, tensors) for v in obj]
+    raise TypeError(f"cannot encode a {type(obj).__name__} in a message payload")
+
+
+def _tensor_specs(tree: Any, out: list[dict[str, Any]]) -> None:
+    if isinstance(tree, dict):
+        if "__tensor__" in tree:
+            out.append(tree)
+            return
+        for v in tree.values():
+            _tensor_specs(v, out)
+    elif isinstance(tree, list):
+        for v in tree:
+            _tensor_specs(v, out)
+
+
+def _split_buffers(tree: Any, body: memoryview) -> list[torch.Tensor]:
+    specs: list[dict[str, Any]] = []
+    _tensor_specs(tree, specs)
+    specs.sort(key=lambda s: int(s["__tensor__"]))
+    tensors: list[torch.Tensor] = []
+    offset = 0
+    for i, spec in enumerate(specs):
+        if int(spec["__tensor__"]) != i or spec["dtype"] not in _DTYPES:
+            raise MessageError(f"bad tensor reference {spec!r}")
+        dtype = _DTYPES[spec["dtype"]]
+        shape = [int(s) for s in spec["shape"]]
+        storage = torch.bool if dtype == torch.bool else dtype
+        size = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=storage).element_size()
+        if offset + size > len(body):
+            raise MessageError("message body is shorter than its tensors")
+        raw = torch.frombuffer(bytearray(body[offset : offset + size]), dtype=torch.uint8)
+        t = raw.to(torch.bool) if dtype == torch.bool else raw.view(dtype)
+        tensors.append(t.reshape(shape))
+        offset += size
+    if offset != len(body):
+        raise MessageError(f"{len(body) - offset} trailing bytes after the last tensor")
+    return tensors
+
+
+def _decode_tree(tree: Any, tensors: list[torch.Tensor]) -> Any:
+    if isinstance(tree, list):
+        return [_decode_tree(v, tensors) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    if "__tensor__" in tree:
+        return tensors[int(tree["__tensor__"])]
+    if "__map__" in tree:
+        return {str(k): _decode_tree(v, tensors) for k, v in tree["__map__"]}
+    if "__update__" in tree:
+        f = _decode_tree(tree["__update__"], tensors)
+        return Update(
+            state=f["state"], weight=float(f["weight"]), kind=f["kind"], metrics=f["metrics"],
+            work=Work(int(f["samples"]), float(f["flops"])), origin=f["origin"], via=f["via"],
+            round=int(f["round"]),
+        )
+    raise MessageError(f"unknown payload node {sorted(tree)!r}")
