@@ -26,8 +26,16 @@ _PREFIX = struct.Struct("<4sBI")
 _DTYPES: dict[str, torch.dtype] = {
     str(d).removeprefix("torch."): d
     for d in (
-        torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
-        torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
     )
 }
 
@@ -79,8 +87,9 @@ class Message:
             head = json.loads(data[_PREFIX.size : end].decode())
             buffers = _split_buffers(head["payload"], memoryview(data)[end:])
             payload = _decode_tree(head["payload"], buffers)
-            return Message(str(head["src"]), str(head["dst"]), str(head["kind"]),
-                           int(head["round"]), payload)
+            return Message(
+                str(head["src"]), str(head["dst"]), str(head["kind"]), int(head["round"]), payload
+            )
         except MessageError:
             raise
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
@@ -111,9 +120,15 @@ def _encode_tree(obj: Any, tensors: list[torch.Tensor]) -> Any:
         return obj.item()
     if isinstance(obj, Update):
         fields = {
-            "state": obj.state, "weight": obj.weight, "kind": obj.kind,
-            "metrics": dict(obj.metrics), "samples": obj.work.samples, "flops": obj.work.flops,
-            "origin": obj.origin, "via": obj.via, "round": obj.round,
+            "state": obj.state,
+            "weight": obj.weight,
+            "kind": obj.kind,
+            "metrics": dict(obj.metrics),
+            "samples": obj.work.samples,
+            "flops": obj.work.flops,
+            "origin": obj.origin,
+            "via": obj.via,
+            "round": obj.round,
         }
         return {"__update__": _encode_tree(fields, tensors)}
     if isinstance(obj, Mapping):
@@ -150,13 +165,19 @@ def _split_buffers(tree: Any, body: memoryview) -> list[torch.Tensor]:
         size = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=storage).element_size()
         if offset + size > len(body):
             raise MessageError("message body is shorter than its tensors")
-        raw = torch.frombuffer(bytearray(body[offset : offset + size]), dtype=torch.uint8)
-        t = raw.to(torch.bool) if dtype == torch.bool else raw.view(dtype)
-        tensors.append(t.reshape(shape))
+        tensors.append(_from_bytes(body[offset : offset + size], dtype, shape))
         offset += size
     if offset != len(body):
         raise MessageError(f"{len(body) - offset} trailing bytes after the last tensor")
     return tensors
+
+
+def _from_bytes(raw: memoryview, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    if len(raw) == 0:
+        return torch.empty(shape, dtype=dtype)
+    flat = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    t = flat.to(torch.bool) if dtype == torch.bool else flat.view(dtype)
+    return t.reshape(shape)
 
 
 def _decode_tree(tree: Any, tensors: list[torch.Tensor]) -> Any:
@@ -171,8 +192,13 @@ def _decode_tree(tree: Any, tensors: list[torch.Tensor]) -> Any:
     if "__update__" in tree:
         f = _decode_tree(tree["__update__"], tensors)
         return Update(
-            state=f["state"], weight=float(f["weight"]), kind=f["kind"], metrics=f["metrics"],
-            work=Work(int(f["samples"]), float(f["flops"])), origin=f["origin"], via=f["via"],
+            state=f["state"],
+            weight=float(f["weight"]),
+            kind=f["kind"],
+            metrics=f["metrics"],
+            work=Work(int(f["samples"]), float(f["flops"])),
+            origin=f["origin"],
+            via=f["via"],
             round=int(f["round"]),
         )
     raise MessageError(f"unknown payload node {sorted(tree)!r}")

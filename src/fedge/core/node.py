@@ -74,5 +74,7 @@ class NodeApp:
 
     def context(self, rng_seed: int, message: Message, downstream: Transport | None) -> NodeContext:
         """A fresh context for one delivery; the rng depends only on seed, node, round, kind."""
-        rng = np.random.default_rng(derive_seed(rng_seed, self.node_id, message.round, message.kind))
+        rng = np.random.default_rng(
+            derive_seed(rng_seed, self.node_id, message.round, message.kind)
+        )
         return NodeContext(self.node_id, self.tier, self.state, rng, downstream)

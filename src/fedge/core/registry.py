@@ -39,7 +39,9 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise ConfigError(field or self.kind, name, "one of " + ", ".join(self.names())) from None
+            raise ConfigError(
+                field or self.kind, name, "one of " + ", ".join(self.names())
+            ) from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -67,16 +67,12 @@ def float_keys(state: Mapping[str, torch.Tensor]) -> list[str]:
 
 def delta(new: Mapping[str, torch.Tensor], old: Mapping[str, torch.Tensor]) -> ModelState:
     """new - old for floating entries; integer entries are copied from ``new``."""
-    return {
-        k: (v - old[k]) if v.is_floating_point() else v.clone() for k, v in new.items()
-    }
+    return {k: (v - old[k]) if v.is_floating_point() else v.clone() for k, v in new.items()}
 
 
 def apply_delta(base: Mapping[str, torch.Tensor], d: Mapping[str, torch.Tensor]) -> ModelState:
     """base + d for floating entries; integer entries are taken from ``d``."""
-    return {
-        k: (v + d[k]) if v.is_floating_point() else d[k].clone() for k, v in base.items()
-    }
+    return {k: (v + d[k]) if v.is_floating_point() else d[k].clone() for k, v in base.items()}
 
 
 def flatten(state: Mapping[str, torch.Tensor], keys: Sequence[str] | None = None) -> torch.Tensor:

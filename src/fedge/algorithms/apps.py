@@ -1,0 +1,56 @@
+"""Node apps shared by the algorithms: a device that trains locally on its own data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from fedge.core.message import Message
+from fedge.core.node import NodeApp, NodeContext
+from fedge.core.update import Update, Work
+from fedge.learning import ArrayDataset, TrainConfig, load_state, local_train, state_of
+
+
+@dataclass
+class LocalTrainer:
+    """Trains a (shared, reused) model on one device's data, starting from a received state.
+
+    The model object is shared by every device app of a process: each delivery loads the
+    received state into it first, so devices never see each other's weights.
+    """
+
+    model: nn.Module
+    data: ArrayDataset
+    config: TrainConfig
+    flops_per_sample: float
+
+    def train(self, message: Message, ctx: NodeContext) -> Message:
+        start = message.payload["state"]
+        load_state(self.model, start)
+        overrides = message.payload.get("train", {})
+        cfg = _override(self.config, overrides)
+        gen = torch.Generator().manual_seed(int(ctx.rng.integers(2**62)))
+        glob = start if cfg.proximal_mu > 0 else None
+        result = local_train(self.model, self.data, cfg, gen, global_params=glob)
+        work = Work(result.samples, result.samples * self.flops_per_sample)
+        ctx.add_work(work)
+        update = Update(
+            state=state_of(self.model),
+            weight=float(len(self.data)),
+            metrics={"train_loss": result.loss, "steps": float(result.steps)},
+            work=work,
+            origin=ctx.node_id,
+            round=message.round,
+        )
+        return message.reply("update", {"update": update})
+
+
+def _override(cfg: TrainConfig, overrides: dict[str, float]) -> TrainConfig:
+    return replace(cfg, **overrides) if overrides else cfg
+
+
+def trainer_app(node_id: str, trainer: LocalTrainer, tier: str = "device") -> NodeApp:
+    """A device app answering ``train`` with an ``update``."""
+    return NodeApp(node_id, tier, {"train": trainer.train})

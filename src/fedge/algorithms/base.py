@@ -1,0 +1,74 @@
+"""What every coordinator shares: round records, the history, the algorithm registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedge.core.registry import Registry
+from fedge.core.transport import Transport
+from fedge.core.update import ModelState, Update
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """The global model after a round and what the coordinator measured in it."""
+
+    round: int
+    state: ModelState
+    metrics: Mapping[str, float]
+
+
+Observer = Callable[[RoundRecord], bool]
+"""Called after every round; returning True stops the run (e.g. target accuracy reached)."""
+
+
+@dataclass
+class History:
+    records: list[RoundRecord] = field(default_factory=list)
+
+    @property
+    def final_state(self) -> ModelState:
+        return self.records[-1].state
+
+
+class Coordinator(Protocol):
+    """An algorithm's server side, written only against Transport."""
+
+    def run(
+        self,
+        transport: Transport,
+        initial_state: ModelState,
+        rng: np.random.Generator,
+        rounds: int,
+        observer: Observer | None = None,
+    ) -> History: ...
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """A registered algorithm: how to make its coordinator and which apps its nodes run."""
+
+    name: str
+    description: str
+    make: Callable[..., Coordinator]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    device_handlers: tuple[str, ...] = ("train",)
+
+
+ALGORITHMS: Registry[AlgorithmSpec] = Registry("algorithm")
+
+
+def register_algorithm(spec: AlgorithmSpec) -> AlgorithmSpec:
+    ALGORITHMS.add(spec.name, spec, spec.description)
+    return spec
+
+
+def weighted_metric(updates: list[Update], key: str) -> float:
+    """Mean of a per-update metric weighted by the updates' weights (NaN when absent)."""
+    pairs = [(u.weight, u.metrics[key]) for u in updates if key in u.metrics]
+    total = sum(w for w, _ in pairs)
+    return sum(w * v for w, v in pairs) / total if total > 0 else float("nan")

@@ -1,0 +1,122 @@
+"""The fedge command line: run, list, report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedge.core.errors import FedgeError
+
+SUMMARY_COLUMNS = (
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "loss",
+    "rounds",
+    "sim_time_s",
+    "wall_time_s",
+    "energy_j",
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedge", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run one experiment from a TOML config")
+    run.add_argument("config", help="path to the experiment TOML file")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted), repeatable",
+    )
+    run.add_argument("--out", help="parent directory of the run directory (default: runs/)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    lst = sub.add_parser("list", help="list algorithms, datasets, partitioners, models, ...")
+    lst.add_argument(
+        "what",
+        nargs="?",
+        default="all",
+        help="one of all, algorithms, datasets, partitioners, models, aggregators, "
+        "server-optimizers",
+    )
+    rep = sub.add_parser("report", help="rebuild the plots and report.html of a run")
+    rep.add_argument("run_dir", help="a run directory written by `fedge run`")
+    return p
+
+
+def _registries() -> dict[str, list[tuple[str, str]]]:
+    from fedge.aggregation import AGGREGATORS, SERVER_OPTIMIZERS
+    from fedge.algorithms import ALGORITHMS
+    from fedge.learning import DATASETS, MODELS, PARTITIONERS
+
+    return {
+        "algorithms": ALGORITHMS.describe(),
+        "datasets": DATASETS.describe(),
+        "partitioners": PARTITIONERS.describe(),
+        "models": MODELS.describe(),
+        "aggregators": AGGREGATORS.describe(),
+        "server-optimizers": SERVER_OPTIMIZERS.describe(),
+    }
+
+
+def cmd_list(what: str) -> int:
+    regs = _registries()
+    if what != "all" and what not in regs:
+        raise FedgeError(f"list: got {what!r}; allowed: all, " + ", ".join(regs))
+    for name, items in regs.items():
+        if what in ("all", name):
+            print(f"{name}:")
+            width = max(len(n) for n, _ in items)
+            for n, doc in items:
+                print(f"  {n:<{width}}  {doc}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedge.experiment.config import load_config
+    from fedge.experiment.run import run_experiment
+    from fedge.results import format_table, human_bytes
+
+    config = load_config(args.config, args.overrides)
+    result = run_experiment(config, out_dir=args.out, progress=False if args.no_progress else None)
+    s = result.summary
+    print(format_table([s], [c for c in SUMMARY_COLUMNS if c in s]))
+    tiers = sorted(k for k in s if k.startswith(("bytes_up_", "bytes_down_", "bytes_peer_")))
+    print(
+        format_table(
+            [{k.removeprefix("bytes_"): human_bytes(s[k]) for k in tiers}],
+            [k.removeprefix("bytes_") for k in tiers],
+        )
+    )
+    print(f"report: {result.run_dir / 'report.html'}")
+    return 0
+
+
+def cmd_report(run_dir: str) -> int:
+    from fedge.results import rebuild_report
+
+    print(f"report: {rebuild_report(Path(run_dir))}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "list":
+            return cmd_list(args.what)
+        return cmd_report(args.run_dir)
+    except FedgeError as exc:
+        print(f"fedge: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Experiment configuration: TOML -> frozen, validated config, with ``--set`` overrides.
+
+Every section forbids unknown keys; every error names the dotted field, the bad value
+and what is allowed, and is raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedge.core.errors import ConfigError, FedgeError
+
+Positive = Field(gt=0)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    dataset: str = "fashion_mnist"
+    root: str | None = None
+    partition: str = "dirichlet"
+    alpha: float = Field(0.5, gt=0)
+    shards_per_client: int = Field(2, ge=1)
+    beta: float = Field(0.5, gt=0)
+    min_size: int = Field(10, ge=1)
+    test_limit: int = Field(0, ge=0, description="evaluate on the first N test samples (0: all)")
+
+
+class ModelConfig(Section):
+    name: str = "fedavg_cnn"
+
+
+class TrainingConfig(Section):
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(1, ge=1)
+    steps: int = Field(0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    proximal_mu: float = Field(0.0, ge=0)
+
+
+class FederationConfig(Section):
+    clients_per_round: int = Field(10, ge=1)
+    aggregator: str = "mean"
+    aggregator_params: dict[str, float | int | str] = Field(default_factory=dict)
+    server_optimizer: str | None = None
+    server_params: dict[str, float] = Field(default_factory=dict)
+    deadline_s: float | None = Field(None, gt=0)
+    evaluate_every: int = Field(1, ge=1)
+
+
+class LinkConfig(Section):
+    bandwidth_mbps: float = Field(gt=0)
+    latency_ms: float = Field(ge=0)
+
+
+class WirelessConfig(Section):
+    bandwidth_mhz: float = Field(1.0, gt=0)
+    device_tx_power_w: float = Field(0.2, gt=0)
+    edge_tx_power_w: float = Field(1.0, gt=0)
+    noise_dbm_per_hz: float = -174.0
+
+
+class DeviceComputeConfig(Section):
+    gflops_min: float = Field(5.0, gt=0)
+    gflops_max: float = Field(20.0, gt=0)
+    memory_gib: float = Field(4.0, gt=0)
+    static_power_w: float = Field(1.0, ge=0)
+    energy_per_gflop_j: float = Field(0.1, ge=0)
+
+
+class SystemConfig(Section):
+    topology: Literal["highway", "random_geometric", "file"] = "highway"
+    topology_file: str | None = None
+    edges: int = Field(4, ge=1)
+    devices: int = Field(100, ge=1)
+    spacing_m: float = Field(1000.0, gt=0)
+    coverage_m: float = Field(600.0, gt=0)
+    area_m: float = Field(2000.0, gt=0)
+    mobility: Literal["static", "highway", "fcd"] = "static"
+    fcd_file: str | None = None
+    speed_min_mps: float = Field(20.0, ge=0)
+    speed_max_mps: float = Field(33.0, ge=0)
+    dropout_prob: float = Field(0.0, ge=0, le=1)
+    out_of_coverage: Literal["error", "nearest"] = "error"
+    wan: LinkConfig = LinkConfig(bandwidth_mbps=100.0, latency_ms=50.0)
+    backhaul: LinkConfig = LinkConfig(bandwidth_mbps=1000.0, latency_ms=5.0)
+    wireless: WirelessConfig = WirelessConfig()
+    device: DeviceComputeConfig = DeviceComputeConfig()
+
+
+class OutputConfig(Section):
+    dir: str = "runs"
+    store: str = "runs/fedge.sqlite"
+    plots: bool = True
+    progress: bool = True
+
+
+class ExperimentConfig(Section):
+    name: str = "experiment"
+    seed: int = Field(0, ge=0)
+    rounds: int = Field(10, ge=1)
+    algorithm: str = "fedavg"
+    engine: Literal["local"] = "local"
+    target_accuracy: float | None = Field(None, gt=0, le=1)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    federation: FederationConfig = FederationConfig()
+    system: SystemConfig = SystemConfig()
+    output: OutputConfig = OutputConfig()
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a TOML file, apply ``key=value`` overrides and validate."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise FedgeError(f"config file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FedgeError(f"config file {p} is not valid TOML: {exc}") from None
+    return parse_config(apply_overrides(raw, overrides))
+
+
+def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(exc) from None
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``a.b=value`` sets raw[a][b]; the value is read as TOML (numbers, booleans,
+    strings, arrays), and as a plain string when it is not valid TOML."""
+    out: dict[str, Any] = _deep_copy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError("--set", item, "dotted.key=value, e.g. rounds=2")
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError("--set", item, f"{part} is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_value(text.strip())
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+
+
+def _allowed_keys(loc: Sequence[str | int]) -> list[str]:
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(model.model_fields)
+
+
+def _first_error(exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    loc = [p for p in err["loc"]]
+    field = ".".join(str(p) for p in loc) or "config"
+    if err["type"] == "extra_forbidden":
+        return ConfigError(
+            field, err["input"], "unknown key; known keys here: " + ", ".join(_allowed_keys(loc))
+        )
+    allowed = err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+    return ConfigError(field, err.get("input"), allowed)

@@ -1,0 +1,100 @@
+"""Config -> SystemModel: topology, hardware profiles, mobility, availability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fedge.core.errors import ConfigError
+from fedge.core.node import derive_seed
+from fedge.experiment.config import SystemConfig
+from fedge.system.availability import Availability
+from fedge.system.compute import ComputeProfile
+from fedge.system.generators import highway, random_geometric
+from fedge.system.mobility import HighwayMobility, Mobility, StaticMobility
+from fedge.system.model import SystemModel
+from fedge.system.network import LinkProfile, WirelessProfile
+from fedge.system.topology import Profiles, Topology
+from fedge.system.topology_io import load_topology
+from fedge.system.traces import load_fcd
+
+GIB = 1024**3
+
+
+def profiles(cfg: SystemConfig) -> Profiles:
+    """Hardware and link profiles from the ``[system]`` section."""
+    dev = cfg.device
+    if dev.gflops_max < dev.gflops_min:
+        raise ConfigError(
+            "system.device.gflops_max",
+            dev.gflops_max,
+            f"a number >= system.device.gflops_min ({dev.gflops_min})",
+        )
+    device = ComputeProfile(
+        dev.gflops_min * 1e9, dev.memory_gib * GIB, dev.static_power_w, dev.energy_per_gflop_j / 1e9
+    )
+    w = cfg.wireless
+    return Profiles(
+        device=device,
+        device_flops_range=(dev.gflops_min * 1e9, dev.gflops_max * 1e9),
+        wan=LinkProfile(cfg.wan.bandwidth_mbps * 1e6, cfg.wan.latency_ms / 1e3),
+        backhaul=LinkProfile(cfg.backhaul.bandwidth_mbps * 1e6, cfg.backhaul.latency_ms / 1e3),
+        wireless=WirelessProfile(
+            bandwidth_hz=w.bandwidth_mhz * 1e6,
+            device_tx_power_w=w.device_tx_power_w,
+            edge_tx_power_w=w.edge_tx_power_w,
+            noise_psd_w_per_hz=10 ** (w.noise_dbm_per_hz / 10) / 1000,
+        ),
+    )
+
+
+def _topology(cfg: SystemConfig, rng: np.random.Generator) -> Topology:
+    if cfg.topology == "file":
+        if not cfg.topology_file:
+            raise ConfigError("system.topology_file", None, "a path when system.topology = 'file'")
+        return load_topology(Path(cfg.topology_file))
+    if cfg.topology == "highway":
+        return highway(
+            cfg.edges,
+            cfg.devices,
+            rng,
+            spacing_m=cfg.spacing_m,
+            coverage_m=cfg.coverage_m,
+            profiles=profiles(cfg),
+        )
+    return random_geometric(
+        cfg.edges,
+        cfg.devices,
+        rng,
+        area_m=cfg.area_m,
+        coverage_m=cfg.coverage_m,
+        profiles=profiles(cfg),
+    )
+
+
+def _mobility(cfg: SystemConfig, topo: Topology, rng: np.random.Generator) -> Mobility:
+    if cfg.mobility == "static":
+        return StaticMobility(topo)
+    if cfg.mobility == "highway":
+        if cfg.speed_max_mps < cfg.speed_min_mps:
+            raise ConfigError(
+                "system.speed_max_mps",
+                cfg.speed_max_mps,
+                f"a number >= system.speed_min_mps ({cfg.speed_min_mps})",
+            )
+        return HighwayMobility(topo, rng, speed_range_mps=(cfg.speed_min_mps, cfg.speed_max_mps))
+    if not cfg.fcd_file:
+        raise ConfigError("system.fcd_file", None, "a SUMO FCD file when system.mobility = 'fcd'")
+    return load_fcd(Path(cfg.fcd_file))
+
+
+def build_system(cfg: SystemConfig, seed: int) -> SystemModel:
+    """The simulated world of a run, reproducible from the seed; validated before use."""
+    rng = np.random.default_rng(derive_seed(seed, "system"))
+    topo = _topology(cfg, rng)
+    mobility = _mobility(cfg, topo, rng)
+    availability = Availability(dropout_prob=cfg.dropout_prob, seed=derive_seed(seed, "avail"))
+    system = SystemModel(topo, mobility, availability, out_of_coverage=cfg.out_of_coverage)
+    system.validate()
+    return system

@@ -1,0 +1,25 @@
+"""The dataset registry: name -> loader(**params) -> (train, test)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fedge.core.registry import Registry
+from fedge.learning._params import check_params
+from fedge.learning.data import ArrayDataset, load_digits_dataset, make_synthetic
+from fedge.learning.fashion import load_fashion_mnist
+
+Loader = Callable[..., tuple[ArrayDataset, ArrayDataset]]
+
+DATASETS: Registry[Loader] = Registry("dataset")
+DATASETS.add("fashion_mnist", load_fashion_mnist, "Fashion-MNIST (60000 / 10000, 1×28×28)")
+DATASETS.add("digits", load_digits_dataset, "scikit-learn 8×8 digits (1437 / 360, 1×8×8)")
+DATASETS.add("synthetic", make_synthetic, "Gaussian classes with class-dependent means")
+
+
+def load_dataset(name: str, **params: Any) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train, test) of a registered dataset; unknown parameters are rejected by name."""
+    loader = DATASETS.get(name, "dataset")
+    check_params(f"dataset {name!r}", loader, params)
+    return loader(**params)

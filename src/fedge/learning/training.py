@@ -1,0 +1,241 @@
+"""Local training and evaluation: a plain PyTorch loop over in-memory tensors.
+
+Minibatches come from ``torch.randperm(len(data), generator=generator)`` once per epoch and
+index the tensors directly (no DataLoader), so a run is a function of the model, the data,
+the config and the generator's seed. Models with dropout draw from torch's global RNG;
+the reference models have none.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedge.core.errors import ConfigError
+from fedge.core.update import ModelState, Work
+from fedge.learning.data import ArrayDataset
+from fedge.learning.metrics import classification_metrics
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+def _at_least(field_name: str, value: float, low: float, strict: bool = False) -> None:
+    if value < low or (strict and value == low):
+        raise ConfigError(field_name, value, f"a number {'>' if strict else '>='} {low}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training settings; ``steps > 0`` runs exactly that many minibatches (epochs unused).
+
+    ``proximal_mu > 0`` adds FedProx's mu/2·||w − w_global||² to the objective.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    epochs: int = 1
+    steps: int = 0
+    batch_size: int = 32
+    proximal_mu: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError("optimizer", self.optimizer, "one of " + ", ".join(OPTIMIZERS))
+        _at_least("lr", self.lr, 0.0, strict=True)
+        _at_least("momentum", self.momentum, 0.0)
+        _at_least("weight_decay", self.weight_decay, 0.0)
+        _at_least("steps", self.steps, 0)
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("proximal_mu", self.proximal_mu, 0.0)
+        if self.steps == 0:
+            _at_least("epochs", self.epochs, 1)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What one local training call did: samples processed, optimizer steps, mean loss."""
+
+    samples: int
+    steps: int
+    loss: float
+
+    def work(self, flops_train_per_sample: float) -> Work:
+        """The Work for the cost model, given the profiler's ``flops_train`` per sample."""
+        return Work(self.samples, self.samples * flops_train_per_sample)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """A fresh optimizer for ``cfg`` (SGD with momentum and weight decay, or Adam)."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _epoch(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    perm = torch.randperm(n, generator=generator, device=generator.device)
+    return (perm[start : start + batch_size] for start in range(0, n, batch_size))
+
+
+def minibatches(n: int, cfg: TrainConfig, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index tensors of the minibatches: ``epochs`` passes, or exactly ``steps`` batches."""
+    if cfg.steps > 0:
+        endless = itertools.chain.from_iterable(
+            _epoch(n, cfg.batch_size, generator) for _ in itertools.count()
+        )
+        return itertools.islice(endless, cfg.steps)
+    return itertools.chain.from_iterable(
+        _epoch(n, cfg.batch_size, generator) for _ in range(cfg.epochs)
+    )
+
+
+def _anchors(
+    model: nn.Module, global_params: Mapping[str, torch.Tensor] | None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(parameter, its global value) pairs for the proximal term."""
+    if global_params is None:
+        raise ConfigError("global_params", None, "the global model's parameters when mu > 0")
+    named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+    missing = [k for k, _ in named if k not in global_params]
+    if missing:
+        raise ConfigError("global_params", f"missing {missing[:5]}", "every trainable parameter")
+    return [(p, global_params[k].detach().to(p.device, p.dtype)) for k, p in named]
+
+
+def _add_proximal_grad(anchors: list[tuple[torch.Tensor, torch.Tensor]], mu: float) -> None:
+    """grad += mu·(w − w_global): the gradient of mu/2·||w − w_global||², added directly."""
+    with torch.no_grad():
+        for p, g in anchors:
+            if p.grad is None:
+                p.grad = mu * (p - g)
+            else:
+                p.grad.add_(p - g, alpha=mu)
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def local_train(
+    model: nn.Module,
+    data: ArrayDataset,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    global_params: Mapping[str, torch.Tensor] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place from its current weights; a fresh optimizer each call.
+
+    The reported loss is the mean cross-entropy over the samples processed (without the
+    proximal term). An empty dataset trains nothing and reports loss 0.
+    """
+    anchors = _anchors(model, global_params) if cfg.proximal_mu > 0 else []
+    if len(data) == 0:
+        return TrainResult(0, 0, 0.0)
+    device = _device(model)
+    x, y = data.x.to(device), data.y.to(device)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    model.train()
+    losses: list[torch.Tensor] = []
+    sizes: list[int] = []
+    for idx in minibatches(len(data), cfg, generator):
+        idx = idx.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss)
+        if anchors:
+            _add_proximal_grad(anchors, cfg.proximal_mu)
+        opt.step()
+        losses.append(loss.detach())
+        sizes.append(len(idx))
+    samples = sum(sizes)
+    weights = torch.tensor(sizes, dtype=losses[0].dtype, device=device)
+    return TrainResult(samples, len(sizes), float(torch.stack(losses) @ weights) / samples)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Loss, accuracy and macro precision / recall / F1 on ``n`` samples (see metrics.py)."""
+
+    loss: float
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    n: int
+    confusion: np.ndarray = field(repr=False, compare=False)
+
+    def as_dict(self) -> dict[str, float]:
+        """The scalar figures (everything but the confusion matrix)."""
+        return {
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "n": float(self.n),
+        }
+
+
+def predict(model: nn.Module, data: ArrayDataset, batch_size: int = 1000) -> tuple[float, Any]:
+    """(summed cross-entropy, predicted classes) in eval mode under no_grad; modes restored."""
+    device = _device(model)
+    modes = {m: m.training for m in model.modules()}
+    loss_sum, preds = 0.0, []
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(data), batch_size):
+                xb = data.x[start : start + batch_size].to(device)
+                yb = data.y[start : start + batch_size].to(device)
+                out = model(xb)
+                loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
+                preds.append(out.argmax(dim=1).cpu())
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    return loss_sum, torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
+
+
+def evaluate(model: nn.Module, data: ArrayDataset, batch_size: int = 1000) -> EvalResult:
+    """Loss, accuracy, macro precision / recall / F1 and the confusion matrix on ``data``."""
+    if batch_size < 1:
+        raise ConfigError("batch_size", batch_size, "an integer >= 1")
+    loss_sum, preds = predict(model, data, batch_size)
+    m = classification_metrics(data.labels, preds, data.n_classes)
+    n = len(data)
+    return EvalResult(
+        loss=loss_sum / n if n else 0.0,
+        accuracy=m["accuracy"],
+        precision=m["precision"],
+        recall=m["recall"],
+        f1=m["f1"],
+        n=n,
+        confusion=m["confusion"],
+    )
+
+
+def state_of(model: nn.Module) -> ModelState:
+    """Detached clones of the model's state_dict (parameters and buffers)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``state`` into the model in place; keys and shapes must match exactly."""
+    try:
+        model.load_state_dict(dict(state), strict=True)
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()
+        raise ConfigError(
+            "state",
+            " ".join(line.strip() for line in detail[:4]),
+            "exactly the model's parameter and buffer names with matching shapes",
+        ) from exc

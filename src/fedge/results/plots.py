@@ -1,0 +1,217 @@
+"""PNG plots of a run (accuracy, bytes per tier, energy, confusion) and of a comparison.
+
+matplotlib is the optional extra ``plots``. Without it every function here returns no paths
+and logs one warning line with the install hint. Figures are drawn on the Agg canvas directly
+(no pyplot), so plotting never changes the user's interactive backend and needs no display.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedge.results.files import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "plots skipped: matplotlib is not installed; pip install 'fedge[plots]'"
+_DPI = 110
+_warned = False
+
+Curve = tuple[str, np.ndarray, np.ndarray]
+
+
+def plotting_available() -> bool:
+    """True when matplotlib can be imported; logs the install hint once otherwise."""
+    global _warned
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        if not _warned:
+            log.warning(INSTALL_HINT)
+            _warned = True
+        return False
+    return True
+
+
+def _new_figure(width: float = 6.4, height: float = 4.0) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def xy_series(
+    rows: Sequence[Mapping[str, Any]], x_key: str, y_key: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) over the rows where both keys hold finite numbers (e.g. evaluated rounds)."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for row in rows:
+        x, y = _number(row.get(x_key)), _number(row.get(y_key))
+        if x is not None and y is not None:
+            xs.append(x)
+            ys.append(y)
+    return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _line_plot(
+    path: Path,
+    curves: Sequence[Curve],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    legend: bool = False,
+) -> Path:
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    for label, x, y in curves:
+        ax.plot(x, y, marker="o" if len(x) <= 30 else None, markersize=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if xlabel == "round":
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if legend or len(curves) > 1:
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _tier_label(key: str) -> str:
+    """``bytes_up_device_edge`` -> ``device–edge up``; other names just lose the prefix."""
+    parts = key.removeprefix("bytes_").split("_")
+    if len(parts) == 3:
+        return f"{parts[1]}–{parts[2]} {parts[0]}"
+    return " ".join(parts)
+
+
+def _byte_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    keys: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            if key.startswith("bytes_"):
+                keys.setdefault(key, None)
+    return list(keys)
+
+
+def _plot_accuracy(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    written = []
+    for x_key, xlabel, name in (
+        ("round", "round", "accuracy_vs_round.png"),
+        ("sim_time_s", "simulated time (s)", "accuracy_vs_sim_time.png"),
+    ):
+        x, y = xy_series(rows, x_key, "accuracy")
+        if len(x):
+            curve = ("accuracy", x, y)
+            written.append(_line_plot(out_dir / name, [curve], xlabel, "accuracy", "Accuracy"))
+    return written
+
+
+def _plot_bytes(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    curves = []
+    for key in _byte_keys(rows):
+        x, y = xy_series(rows, "round", key)
+        if len(x):
+            curves.append((_tier_label(key), x, y / 1e6))
+    if not curves:
+        return []
+    title = "Cumulative bytes per tier"
+    path = out_dir / "bytes_per_tier.png"
+    return [_line_plot(path, curves, "round", "MB", title, legend=True)]
+
+
+def _plot_energy(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    x, y = xy_series(rows, "round", "energy_j")
+    if not len(x):
+        return []
+    curve = [("energy", x, y)]
+    return [_line_plot(out_dir / "energy.png", curve, "round", "energy (J)", "Cumulative energy")]
+
+
+def plot_confusion(
+    matrix: np.ndarray, out_path: Path, class_names: Sequence[str] | None = None
+) -> Path:
+    """A confusion matrix (rows: true class, columns: predicted), counts annotated if small."""
+    m = np.asarray(matrix, dtype=float)
+    n = m.shape[0]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+    size = min(4.0 + 0.35 * n, 12.0)
+    fig = _new_figure(size + 1.0, size)
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(m, cmap="Blues")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize="small")
+    ax.set_yticks(range(n), names, fontsize="small")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix")
+    if n <= 20:
+        threshold = m.max() / 2 if m.size else 0.0
+        for (i, j), count in np.ndenumerate(m):
+            color = "white" if count > threshold else "black"
+            text = f"{count:.0f}" if float(count).is_integer() else f"{count:.2f}"
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize="x-small")
+    return _save(fig, out_path)
+
+
+def plot_run(
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: Path,
+    confusion: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+) -> list[Path]:
+    """Write a run's plots into ``out_dir`` and return their paths; a plot whose data is
+    missing is skipped. ``bytes_*`` and ``energy_j`` are read as cumulative per row."""
+    if not plotting_available():
+        return []
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = _plot_accuracy(rows, out) + _plot_bytes(rows, out) + _plot_energy(rows, out)
+    if confusion is not None and np.asarray(confusion).size:
+        written.append(plot_confusion(confusion, out / "confusion.png", class_names))
+    return written
+
+
+def plot_comparison(series: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path) -> list[Path]:
+    """Overlay several runs' accuracy curves (vs round, and vs simulated time when known)."""
+    if not plotting_available():
+        return []
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for x_key, xlabel, name in (
+        ("round", "round", "comparison_accuracy_vs_round.png"),
+        ("sim_time_s", "simulated time (s)", "comparison_accuracy_vs_sim_time.png"),
+    ):
+        curves = [(label, *xy_series(rows, x_key, "accuracy")) for label, rows in series.items()]
+        curves = [c for c in curves if len(c[1])]
+        if curves:
+            title = "Accuracy by run"
+            written.append(_line_plot(out / name, curves, xlabel, "accuracy", title, legend=True))
+    return written

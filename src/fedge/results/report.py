@@ -1,0 +1,191 @@
+"""The per-run HTML report: one self-contained file (images embedded as data URIs).
+
+``write_report`` renders from values in memory (used at the end of ``fedge run``);
+``rebuild_report`` reads a run directory's files back and renders again (``fedge report``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import numpy as np
+
+from fedge.core.errors import FedgeError
+from fedge.results.files import (
+    atomic_write_text,
+    dumps_json,
+    read_json,
+    read_rows_csv,
+    row_columns,
+)
+from fedge.results.formatting import format_table, format_value, human_bytes
+from fedge.results.plots import INSTALL_HINT, plot_run, plotting_available
+
+__all__ = [
+    "PLOTS_DIR", "REPORT_NAME", "format_table", "human_bytes", "rebuild_report", "write_report",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+REPORT_NAME = "report.html"
+PLOTS_DIR = "plots"
+SUMMARY_KEYS = (
+    "accuracy", "precision", "recall", "f1", "loss", "rounds", "sim_time_s", "wall_time_s",
+    "bytes_up", "bytes_down", "energy_j",
+)  # fmt: skip
+_MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+_EXPECTED = {
+    "summary.json": "a JSON object with the run's summary metrics",
+    "config.json": "a JSON object with the run's resolved config",
+    "confusion.json": 'a JSON object {"matrix": [[...], ...], "class_names": [...]} '
+    "with a square matrix of counts",
+}
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool)
+
+
+def _cell(key: str, value: Any) -> str:
+    if isinstance(value, Mapping | list | tuple):
+        return f"<td><code>{_esc(dumps_json(value).strip())}</code></td>"
+    css = ' class="num"' if _is_number(value) else ""
+    return f"<td{css}>{_esc(format_value(key, value))}</td>"
+
+
+def _summary_section(summary: Mapping[str, Any]) -> str:
+    keys = [k for k in SUMMARY_KEYS if k in summary]
+    keys += [k for k in summary if k not in SUMMARY_KEYS and k != "versions"]
+    if not keys:
+        return '<h2>Summary</h2>\n<p class="note">No summary values.</p>'
+    body = "\n".join(f"<tr><th>{_esc(k)}</th>{_cell(k, summary[k])}</tr>" for k in keys)
+    return f'<h2>Summary</h2>\n<table class="summary">\n{body}\n</table>'
+
+
+def _image_tag(path: Path) -> str:
+    mime = _MIME.get(path.suffix.lower(), "application/octet-stream")
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    name = _esc(path.stem.replace("_", " "))
+    return (
+        f'<figure><img src="data:{mime};base64,{data}" alt="{name}">'
+        f"<figcaption>{name}</figcaption></figure>"
+    )
+
+
+def _plots_section(images: Sequence[Path]) -> str:
+    tags = []
+    for image in images:
+        path = Path(image)
+        if path.is_file():
+            tags.append(_image_tag(path))
+        else:
+            log.warning("report: image %s not found; left out", path)
+    if not tags:
+        note = "No plots." if plotting_available() else INSTALL_HINT
+        return f'<h2>Plots</h2>\n<p class="note">{_esc(note)}</p>'
+    return '<h2>Plots</h2>\n<div class="plots">\n' + "\n".join(tags) + "\n</div>"
+
+
+def _rounds_section(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return '<h2>Rounds</h2>\n<p class="note">No rounds were logged.</p>'
+    columns = row_columns(rows)
+    head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
+    body = "\n".join(
+        "<tr>" + "".join(_cell(c, row.get(c)) for c in columns) + "</tr>" for row in rows
+    )
+    table = f'<table class="rounds">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>'
+    return f'<h2>Rounds</h2>\n<div class="scroll">{table}\n</table></div>'
+
+
+def _versions_section(summary: Mapping[str, Any], config: Mapping[str, Any]) -> str:
+    versions = summary.get("versions") or config.get("versions")
+    if not isinstance(versions, Mapping) or not versions:
+        return ""
+    body = "\n".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in versions.items())
+    return f'<h2>Versions</h2>\n<table class="versions">\n{body}\n</table>'
+
+
+def write_report(
+    run_dir: Path,
+    summary: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    config: Mapping[str, Any],
+    images: Sequence[Path],
+    title: str = "",
+) -> Path:
+    """Write ``run_dir/report.html``: summary, plots, per-round table, resolved config and
+    versions (from ``summary["versions"]`` or ``config["versions"]``); all text escaped."""
+    heading = title or Path(run_dir).name or "fedge run"
+    sections = [
+        f"<h1>{_esc(heading)}</h1>",
+        _summary_section(summary),
+        _plots_section(images),
+        _rounds_section(rows),
+        f"<h2>Config</h2>\n<pre>{_esc(dumps_json(config))}</pre>",
+        _versions_section(summary, config),
+    ]
+    template = Template(
+        resources.files("fedge.results").joinpath("report_template.html").read_text("utf-8")
+    )
+    page = template.substitute(title=_esc(heading), body="\n".join(s for s in sections if s))
+    out = Path(run_dir) / REPORT_NAME
+    atomic_write_text(out, page)
+    return out
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    expected = _EXPECTED[path.name]
+    data = read_json(path, expected)
+    if not isinstance(data, dict):
+        raise FedgeError(f"{path}: holds a {type(data).__name__}; expected {expected}")
+    return data
+
+
+def _read_confusion(path: Path) -> tuple[np.ndarray | None, list[str] | None]:
+    """The optional confusion matrix of a run directory; (None, None) when there is none."""
+    if not path.exists():
+        return None, None
+    data = _read_object(path)
+    try:
+        matrix = np.asarray(data["matrix"], dtype=float)
+    except (KeyError, TypeError, ValueError):
+        raise FedgeError(f"{path}: no numeric 'matrix'; expected {_EXPECTED[path.name]}") from None
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise FedgeError(f"{path}: matrix has shape {matrix.shape}; expected a square matrix")
+    names = data.get("class_names")
+    if names is not None and (not isinstance(names, list) or len(names) != matrix.shape[0]):
+        raise FedgeError(
+            f"{path}: class_names must be a list of {matrix.shape[0]} names (one per row)"
+        )
+    return matrix, None if names is None else [str(n) for n in names]
+
+
+def rebuild_report(run_dir: Path) -> Path:
+    """Regenerate the plots (into ``run_dir/plots``) and ``report.html`` from a run directory's
+    summary.json, metrics.csv, config.json and optional confusion.json. Every file is read and
+    checked before anything is written, so a bad run directory is left as it was."""
+    directory = Path(run_dir)
+    if not directory.is_dir():
+        raise FedgeError(
+            f"{directory}: not a directory; expected a run directory holding "
+            "summary.json, metrics.csv and config.json"
+        )
+    summary = _read_object(directory / "summary.json")
+    config = _read_object(directory / "config.json")
+    rows = read_rows_csv(directory / "metrics.csv")
+    confusion, class_names = _read_confusion(directory / "confusion.json")
+    images = plot_run(rows, directory / PLOTS_DIR, confusion, class_names)
+    title = str(summary.get("name") or directory.name)
+    return write_report(directory, summary, rows, config, images, title=title)

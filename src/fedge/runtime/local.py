@@ -1,0 +1,81 @@
+"""The in-process transport: handlers run directly in this process, nothing is modelled."""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
+
+from fedge.core.errors import FedgeError
+from fedge.core.message import Message
+from fedge.core.node import NodeApp
+from fedge.core.transport import Transport
+from fedge.core.update import Work
+
+Membership = Callable[[str, str, float], list[str]]
+"""(at node, tier, time_s) -> the nodes of ``tier`` visible from ``at`` at that time."""
+
+
+class NodeSet:
+    """The apps of every node that lives in this process, and how to deliver to them."""
+
+    def __init__(self, apps: Mapping[str, NodeApp], seed: int) -> None:
+        self.apps = dict(apps)
+        self.seed = seed
+
+    def deliver(self, message: Message, downstream: Transport | None) -> tuple[Message, Work]:
+        """Run the destination's handler; returns its reply and the work it reported."""
+        app = self.apps.get(message.dst)
+        if app is None:
+            raise FedgeError(f"no node {message.dst!r} in this deployment")
+        ctx = app.context(self.seed, message, downstream)
+        return app.handle(message, ctx), ctx.work
+
+
+def flat_membership(tiers: Mapping[str, Sequence[str]]) -> Membership:
+    """Every node sees every node of a tier (no topology): the simplest deployment."""
+    return lambda at, tier, t_s: [n for n in tiers.get(tier, ()) if n != at]
+
+
+class LocalTransport:
+    """Delivers in-process, in send order; counts messages and bytes but no time."""
+
+    def __init__(self, nodes: NodeSet, membership: Membership, node_id: str = "cloud") -> None:
+        self._nodes = nodes
+        self._membership = membership
+        self._node_id = node_id
+        self._pending: deque[Message] = deque()
+        self._stats: Counter[str] = Counter()
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    def at(self, node_id: str) -> LocalTransport:
+        child = LocalTransport(self._nodes, self._membership, node_id)
+        child._stats = self._stats
+        return child
+
+    def nodes(self, tier: str) -> list[str]:
+        return self._membership(self._node_id, tier, 0.0)
+
+    def _one(self, message: Message) -> Message:
+        self._stats["messages"] += 2
+        self._stats["bytes"] += message.nbytes()
+        reply, _work = self._nodes.deliver(message, self.at(message.dst))
+        self._stats["bytes"] += reply.nbytes()
+        return reply
+
+    def send(self, messages: Sequence[Message], deadline_s: float | None = None) -> list[Message]:
+        return [self._one(m) for m in messages]
+
+    def submit(self, messages: Sequence[Message]) -> None:
+        self._pending.extend(self._one(m) for m in messages)
+
+    def next_reply(self) -> Message | None:
+        return self._pending.popleft() if self._pending else None
+
+    def now(self) -> float:
+        return 0.0
+
+    def stats(self) -> Mapping[str, float]:
+        return {k: float(v) for k, v in self._stats.items()}
