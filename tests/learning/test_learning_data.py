@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import struct
 from pathlib import Path
 
@@ -126,6 +127,56 @@ def test_fashion_corrupt_file_is_named(no_fashion: Path) -> None:
     (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"junk-junk"))
     with pytest.raises(IdxFormatError, match="t10k-labels-idx1-ubyte"):
         load_fashion_mnist()
+
+
+class FakeResponse:
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __enter__(self) -> FakeResponse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def read(self) -> bytes:
+        return self.payload
+
+
+@pytest.mark.parametrize("tamper", [False, True])
+def test_download_only_when_allowed_and_verified(
+    no_fashion: Path, monkeypatch: pytest.MonkeyPatch, tamper: bool
+) -> None:
+    source = no_fashion / "mirror"
+    write_fake_fashion(source)
+    digests = {
+        s: hashlib.sha256(read_raw(source / (s + ".gz"))).hexdigest() for s in fashion.SHA256
+    }
+    monkeypatch.setattr(fashion, "SHA256", digests)
+    monkeypatch.setattr(fashion, "MIRRORS", ("fake://mirror/",))
+    fetched: list[str] = []
+
+    def fake_urlopen(url: str, timeout: float) -> FakeResponse:
+        fetched.append(url)
+        payload = (source / url.removeprefix("fake://mirror/")).read_bytes()
+        return FakeResponse(gzip.compress(b"tampered") if tamper else payload)
+
+    monkeypatch.setattr(fashion.urllib.request, "urlopen", fake_urlopen)
+    with pytest.raises(DatasetNotFoundError):
+        load_fashion_mnist()  # FEDGE_DOWNLOAD is not set: no download
+    assert fetched == []
+    monkeypatch.setenv("FEDGE_DOWNLOAD", "1")
+    if tamper:
+        with pytest.raises(DatasetNotFoundError, match="checksum"):
+            load_fashion_mnist()
+        return
+    train, _ = load_fashion_mnist()
+    assert len(train) == 6 and len(fetched) == 4
+    assert (no_fashion / "cache" / "fedge" / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").exists()
+
+
+def read_raw(path: Path) -> bytes:
+    return gzip.decompress(path.read_bytes())
 
 
 @pytest.mark.skipif(fashion.find_files() is None, reason="Fashion-MNIST files not installed")

@@ -239,7 +239,9 @@ def partition(
 def class_histogram(labels: Any, parts: Sequence[np.ndarray], n_classes: int) -> np.ndarray:
     """Clients × classes sample counts of a partition (the partition report)."""
     arr = _as_labels(labels)
-    rows = [np.bincount(arr[p], minlength=n_classes)[:n_classes] for p in parts]
+    if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
+        raise ConfigError("labels", (int(arr.min()), int(arr.max())), f"0..{n_classes - 1}")
+    rows = [np.bincount(arr[p], minlength=n_classes) for p in parts]
     return np.stack(rows) if rows else np.zeros((0, n_classes), dtype=np.int64)
 
 

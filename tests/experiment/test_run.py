@@ -1,0 +1,91 @@
+"""A run writes everything a user needs, and the local engine is deterministic."""
+
+import json
+import math
+
+import pytest
+
+from fedge.cli import main
+from fedge.experiment.config import load_config
+from fedge.experiment.run import run_experiment
+from fedge.results import RunStore, read_rows_csv
+
+SUMMARY_KEYS = {"accuracy", "precision", "recall", "f1", "loss", "rounds", "sim_time_s",
+                "wall_time_s", "bytes_up", "bytes_down", "energy_j"}
+
+
+def comparable(rows):
+    return [{k: v for k, v in row.items() if not k.startswith("wall_time")} for row in rows]
+
+
+def test_same_seed_gives_identical_rounds(tiny_config):
+    first = run_experiment(load_config(tiny_config))
+    second = run_experiment(load_config(tiny_config))
+    assert first.run_id != second.run_id
+    assert comparable(first.rows) == comparable(second.rows)
+    other = run_experiment(load_config(tiny_config, ["seed=4"]))
+    assert comparable(other.rows) != comparable(first.rows)
+
+
+def test_run_directory_holds_config_metrics_store_plots_and_report(tiny_config):
+    result = run_experiment(load_config(tiny_config, ["rounds=2"]))
+    d = result.run_dir
+    summary = json.loads((d / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["rounds"] == 2
+    assert summary["bytes_up"] > 0 and summary["energy_j"] > 0 and summary["sim_time_s"] > 0
+    assert json.loads((d / "config.json").read_text())["seed"] == 3
+    assert "torch" in json.loads((d / "versions.json").read_text())["versions"]
+    rows = read_rows_csv(d / "metrics.csv")
+    assert [r["round"] for r in rows] == [1, 2]
+    hist = json.loads((d / "partition.json").read_text())["devices"]
+    assert len(hist) == 10 and sum(sum(v) for v in hist.values()) <= 1437
+    for png in ("accuracy_vs_round", "accuracy_vs_sim_time", "bytes_per_tier", "energy",
+                "confusion"):
+        assert (d / "plots" / f"{png}.png").stat().st_size > 0
+    html = (d / "report.html").read_text()
+    assert f"{summary['accuracy']:.4f}" in html
+    with RunStore(load_config(tiny_config).output.store) as store:
+        run = store.get_run(result.run_id)
+        assert run["status"] == "finished" and run["seed"] == 3
+        assert [r["round"] for r in store.rounds(result.run_id)] == [1, 2]
+
+
+def test_bytes_and_time_grow_every_round(tiny_config):
+    rows = run_experiment(load_config(tiny_config)).rows
+    for a, b in zip(rows, rows[1:], strict=False):
+        assert b["sim_time_s"] > a["sim_time_s"]
+        assert b["bytes_up_device_edge"] > a["bytes_up_device_edge"]
+        assert b["bytes_up_edge_cloud"] == b["bytes_up_device_edge"]
+
+
+def test_target_accuracy_stops_early(tiny_config):
+    result = run_experiment(load_config(tiny_config, ["rounds=6", "target_accuracy=0.05"]))
+    assert result.summary["rounds"] == 1
+    assert result.summary["rounds_to_target"] == 1
+
+
+def test_cli_run_prints_the_table_and_report_rebuilds(capsys, tiny_config):
+    assert main(["run", str(tiny_config), "--set", "rounds=1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "up_device_edge" in out
+    report = out.strip().splitlines()[-1].removeprefix("report: ")
+    run_dir = report.rsplit("/", 1)[0]
+    assert main(["report", run_dir]) == 0
+    assert "report.html" in capsys.readouterr().out
+
+
+def test_list_shows_every_registry(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("algorithms:", "fedavg", "fedprox", "fedadam", "datasets:", "fashion_mnist",
+                 "partitioners:", "regional", "models:", "fedavg_cnn", "aggregators:", "krum"):
+        assert name in out
+    assert main(["list", "nothing"]) == 2
+
+
+@pytest.mark.parametrize("algorithm", ["fedprox", "fedavgm", "fedadam", "fedyogi"])
+def test_family_members_run(tiny_config, algorithm):
+    sets = ["rounds=1", f"algorithm='{algorithm}'", "training.proximal_mu=0.01"]
+    result = run_experiment(load_config(tiny_config, sets))
+    assert not math.isnan(result.summary["accuracy"])
