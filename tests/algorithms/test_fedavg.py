@@ -9,7 +9,14 @@ from fedge.core.errors import ConfigError
 from fedge.core.message import Message
 from fedge.core.node import NodeApp
 from fedge.core.update import flatten
-from fedge.learning import TrainConfig, build_model, load_state, local_train, make_synthetic, state_of
+from fedge.learning import (
+    TrainConfig,
+    build_model,
+    load_state,
+    local_train,
+    make_synthetic,
+    state_of,
+)
 from fedge.runtime import LocalTransport, NodeSet
 from fedge.runtime.local import flat_membership
 
@@ -22,8 +29,10 @@ def federation(lr=0.1, proximal_mu=0.0, sizes=(20, 30, 40, 50)):
     cfg = TrainConfig(lr=lr, batch_size=8, proximal_mu=proximal_mu)
     bounds = np.cumsum((0, *sizes))
     datasets = [train.subset(np.arange(bounds[i], bounds[i + 1])) for i in range(N_DEVICES)]
-    apps = {f"dev{i}": trainer_app(f"dev{i}", LocalTrainer(model, d, cfg, 1.0))
-            for i, d in enumerate(datasets)}
+    apps = {
+        f"dev{i}": trainer_app(f"dev{i}", LocalTrainer(model, d, cfg, 1.0))
+        for i, d in enumerate(datasets)
+    }
     transport = LocalTransport(NodeSet(apps, seed=7), flat_membership({"device": list(apps)}))
     return transport, model, datasets, cfg
 
@@ -67,10 +76,11 @@ def test_sampling_is_reproducible_and_counts_participants():
 def test_fedprox_keeps_local_models_closer_to_the_global_one():
     drift = {}
     for mu in (0.0, 5.0):
-        transport, model, datasets, cfg = federation(lr=0.2, proximal_mu=mu)
+        transport, model, _datasets, _cfg = federation(lr=0.2, proximal_mu=mu)
         init = state_of(model)
         replies = FedAvg(clients_per_round=N_DEVICES).round(
-            transport, init, np.random.default_rng(0), 1)[2]
+            transport, init, np.random.default_rng(0), 1
+        )[2]
         drift[mu] = np.mean([float((flatten(u.state) - flatten(init)).norm()) for u in replies])
     assert drift[5.0] < 0.8 * drift[0.0]
 
@@ -79,9 +89,9 @@ def test_server_momentum_changes_the_trajectory():
     transport, model, _, _ = federation()
     init = state_of(model)
     plain = FedAvg(clients_per_round=4).run(transport, init, np.random.default_rng(0), 2)
-    momentum = FedAvg(clients_per_round=4, server_optimizer="fedavgm",
-                      server_params={"momentum": 0.9}).run(
-        transport, init, np.random.default_rng(0), 2)
+    momentum = FedAvg(
+        clients_per_round=4, server_optimizer="fedavgm", server_params={"momentum": 0.9}
+    ).run(transport, init, np.random.default_rng(0), 2)
     assert not torch.allclose(flatten(plain.final_state), flatten(momentum.final_state))
 
 
@@ -89,7 +99,8 @@ def test_robust_aggregator_is_used():
     transport, model, _, _ = federation()
     init = state_of(model)
     med = FedAvg(clients_per_round=4, aggregator="median").run(
-        transport, init, np.random.default_rng(0), 1)
+        transport, init, np.random.default_rng(0), 1
+    )
     mean = FedAvg(clients_per_round=4).run(transport, init, np.random.default_rng(0), 1)
     assert not torch.allclose(flatten(med.final_state), flatten(mean.final_state))
 

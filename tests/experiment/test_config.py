@@ -17,12 +17,21 @@ def run_cli(capsys, *argv):
     [
         ("colour=3", "colour: got 3; allowed: unknown key; known keys here: algorithm,"),
         ("rounds='many'", "rounds: got 'many'; allowed: a valid integer"),
-        ("system.wan.bandwidth_mbps=-5", "system.wan.bandwidth_mbps: got -5; allowed: greater than 0"),
+        (
+            "system.wan.bandwidth_mbps=-5",
+            "system.wan.bandwidth_mbps: got -5; allowed: greater than 0",
+        ),
         ("algorithm='fedsgd'", "algorithm: got 'fedsgd'; allowed: one of fedadam, fedavg,"),
-        ("data.dataset='cifar'", "data.dataset: got 'cifar'; allowed: one of digits, fashion_mnist"),
+        (
+            "data.dataset='cifar'",
+            "data.dataset: got 'cifar'; allowed: one of digits, fashion_mnist",
+        ),
         ("model.name='vgg'", "model.name: got 'vgg'; allowed: one of"),
         ("federation.aggregator='avg'", "federation.aggregator: got 'avg'; allowed: one of"),
-        ("system.topology='moon'", "system.topology: got 'moon'; allowed: 'highway', 'random_geometric'"),
+        (
+            "system.topology='moon'",
+            "system.topology: got 'moon'; allowed: 'highway', 'random_geometric'",
+        ),
         ("system.device.gflops_max=1", "system.device.gflops_max: got 1.0; allowed: a number >="),
     ],
 )
@@ -39,17 +48,30 @@ def test_missing_dataset_says_how_to_install(capsys, tiny_config, tmp_path, monk
     monkeypatch.setenv("FEDGE_DATA", str(tmp_path / "empty"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr("fedge.learning.fashion.SYSTEM_DIR", tmp_path / "none", raising=False)
-    code, out = run_cli(capsys, "run", str(tiny_config), "--set", "data.dataset='fashion_mnist'",
-                        "--set", f"data.root='{tmp_path / 'nowhere'}'")
+    code, out = run_cli(
+        capsys,
+        "run",
+        str(tiny_config),
+        "--set",
+        "data.dataset='fashion_mnist'",
+        "--set",
+        f"data.root='{tmp_path / 'nowhere'}'",
+    )
     assert code == 2
     assert "apt-get install dataset-fashion-mnist" in out.err
 
 
 def test_set_overrides_parse_toml_values():
-    raw = apply_overrides({"rounds": 5, "data": {"alpha": 1.0}},
-                          ["rounds=2", "data.alpha=0.1", "name=plain words", "federation.x=[1,2]"])
-    assert raw == {"rounds": 2, "data": {"alpha": 0.1}, "name": "plain words",
-                   "federation": {"x": [1, 2]}}
+    raw = apply_overrides(
+        {"rounds": 5, "data": {"alpha": 1.0}},
+        ["rounds=2", "data.alpha=0.1", "name=plain words", "federation.x=[1,2]"],
+    )
+    assert raw == {
+        "rounds": 2,
+        "data": {"alpha": 0.1},
+        "name": "plain words",
+        "federation": {"x": [1, 2]},
+    }
 
 
 def test_set_without_equals_is_rejected(tiny_config):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ class LocalTrainer:
         return message.reply("update", {"update": update})
 
 
-def _override(cfg: TrainConfig, overrides: dict[str, float]) -> TrainConfig:
+def _override(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     return replace(cfg, **overrides) if overrides else cfg
 
 

@@ -58,9 +58,18 @@ class FederationConfig(Section):
     evaluate_every: int = Field(1, ge=1)
 
 
-class LinkConfig(Section):
-    bandwidth_mbps: float = Field(gt=0)
-    latency_ms: float = Field(ge=0)
+class WanConfig(Section):
+    """Edge <-> cloud link."""
+
+    bandwidth_mbps: float = Field(100.0, gt=0)
+    latency_ms: float = Field(50.0, ge=0)
+
+
+class BackhaulConfig(Section):
+    """Edge <-> edge link."""
+
+    bandwidth_mbps: float = Field(1000.0, gt=0)
+    latency_ms: float = Field(5.0, ge=0)
 
 
 class WirelessConfig(Section):
@@ -92,8 +101,8 @@ class SystemConfig(Section):
     speed_max_mps: float = Field(33.0, ge=0)
     dropout_prob: float = Field(0.0, ge=0, le=1)
     out_of_coverage: Literal["error", "nearest"] = "error"
-    wan: LinkConfig = LinkConfig(bandwidth_mbps=100.0, latency_ms=50.0)
-    backhaul: LinkConfig = LinkConfig(bandwidth_mbps=1000.0, latency_ms=5.0)
+    wan: WanConfig = WanConfig()
+    backhaul: BackhaulConfig = BackhaulConfig()
     wireless: WirelessConfig = WirelessConfig()
     device: DeviceComputeConfig = DeviceComputeConfig()
 
@@ -112,6 +121,7 @@ class ExperimentConfig(Section):
     algorithm: str = "fedavg"
     engine: Literal["local"] = "local"
     target_accuracy: float | None = Field(None, gt=0, le=1)
+    threads: int = Field(0, ge=0, description="PyTorch CPU threads; 0 keeps PyTorch's default")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
@@ -188,5 +198,7 @@ def _first_error(exc: ValidationError) -> ConfigError:
         return ConfigError(
             field, err["input"], "unknown key; known keys here: " + ", ".join(_allowed_keys(loc))
         )
+    if err["type"] == "missing":
+        return ConfigError(field, None, "a value: this key is required")
     allowed = err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
     return ConfigError(field, err.get("input"), allowed)

@@ -65,11 +65,20 @@ class _Observer:
         self.rows: list[dict[str, Any]] = []
         self.last_eval: EvalResult | None = None
         self.started_s = time.perf_counter()
+        self.previous_s = 0.0
 
     def evaluate(self, record: RoundRecord) -> EvalResult:
         load_state(self.exp.model, record.state)
         self.last_eval = evaluate(self.exp.model, self.exp.test)
         return self.last_eval
+
+    def _handovers(self, now_s: float) -> int:
+        """Handover events on the clock since the previous round (0 without mobility)."""
+        if self.exp.config.system.mobility == "static":
+            return 0
+        events = self.exp.system.handovers(self.previous_s, now_s)
+        self.previous_s = now_s
+        return len(events)
 
     def __call__(self, record: RoundRecord) -> bool:
         cfg = self.exp.config
@@ -80,6 +89,7 @@ class _Observer:
             row.update(self.evaluate(record).as_dict())
         row.update(record.metrics)
         row.update(self.exp.transport.stats())
+        row["handovers"] = float(self._handovers(row["sim_time_s"]))
         row["wall_time_s"] = time.perf_counter() - self.started_s
         self.rows.append(row)
         self.store.log_round(self.run_id, r, row)
@@ -106,6 +116,10 @@ def run_experiment(
     echo: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Build the experiment, run it on its engine and write the run directory."""
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
     exp = build(config)
     store = RunStore(config.output.store)
     root = Path(out_dir if out_dir is not None else config.output.dir)

@@ -15,7 +15,7 @@ nor answers, and costs nothing.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -30,7 +30,7 @@ from fedge.system.model import SystemModel, TransferCost
 class Ledger:
     """Cumulative accounting shared by a transport and all its children."""
 
-    counters: Counter[str] = field(default_factory=Counter)
+    counters: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     energy: EnergyLedger = field(default_factory=EnergyLedger)
 
     def charge_transfer(self, cost: TransferCost, system: SystemModel) -> None:

@@ -1,0 +1,1 @@
+"""Decisions over a read-only view of the system (split points, scheduling, caching)."""

@@ -1,0 +1,1 @@
+"""Update -> Update transforms (compression, clipping, privacy noise, masking)."""
