@@ -7,18 +7,23 @@ local SGD loop and sample-weighted averaging. The fedge side is
 baseline is a hand-written torch loop below. Evaluation is not part of either side.
 
 Each run happens in its own child process (``--side fedge|baseline``), so peak RSS
-(``ru_maxrss``) is per side; both children load data with ``build(cfg)`` and only the
-rounds are timed. Runs are interleaved fedge/baseline, baseline/fedge, ... to cancel
-machine noise; the parent prints the median and min wall time, the median peak RSS, the
+(``ru_maxrss``, loading included) is per side. Both children load data with
+``build(cfg)`` (so both carry build's per-device data copies) and only the rounds are
+timed. Runs are interleaved fedge/baseline, baseline/fedge, ... to cancel machine noise;
+the parent prints the median and min wall time, the median CPU time and peak RSS, the
 fedge/baseline ratios (target <= 1.05) and whether the final weights are identical.
 
-Local work defaults to ``training.steps=4`` (the quickstart's full epoch, ~19 minibatches
-a device, takes ~50 s a round on a small 2-core CPU); ``--set training.steps=0`` restores
-it. The defaults (3 rounds x 3 repeats a side) take about 4 minutes on such a machine.
+Each child runs torch on ``--threads`` intra-op threads (default 1): on a small shared
+machine two OpenMP threads stall whenever another process takes a core (here 2 threads
+ran the quickstart CNN ~8x slower than 1 under load), which swamps the comparison.
+CPU time is reported next to wall time as a second, load-robust view. The local work is
+the quickstart's own (1 epoch of batch 32 per device); the defaults (5 rounds x 3 repeats
+a side) take about 3 minutes on a 2-core machine.
 Run from the repo root::
 
-    .venv/bin/python benchmarks/overhead.py                  # 3 rounds x 3 repeats a side
-    .venv/bin/python benchmarks/overhead.py --rounds 5 --repeats 5 --json
+    .venv/bin/python benchmarks/overhead.py                  # 5 rounds x 3 repeats a side
+    .venv/bin/python benchmarks/overhead.py --rounds 5 --repeats 5 --set training.steps=5
+    .venv/bin/python benchmarks/overhead.py --threads 0 --json    # torch's default threads
 """
 
 from __future__ import annotations
@@ -44,7 +49,6 @@ from fedge.experiment.build import Experiment, build
 from fedge.experiment.config import ExperimentConfig, load_config
 
 CONFIG = "examples/quickstart.toml"
-DEFAULT_SETS = ("training.steps=4",)
 SIDES = ("fedge", "baseline")
 State = dict[str, torch.Tensor]
 
@@ -153,27 +157,31 @@ def rss_now_mb() -> float:
 
 
 def fedge_run(exp: Experiment, rounds: int) -> tuple[State, float]:
+    """The engine as run_experiment drives it, minus the observer (no evaluation)."""
     history = exp.coordinator.run(exp.transport, exp.initial_state, exp.rng, rounds)
     last = history.records[-1]
     return last.state, last.metrics["train_loss"]
 
 
-def child(side: str, rounds: int, sets: list[str], result: Path) -> None:
+def child(side: str, args: argparse.Namespace) -> None:
     """Load with build(cfg), time only the rounds, save the weights and the figures."""
-    cfg = load_config(CONFIG, sets)
-    exp = build(cfg)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(CONFIG, args.set)
     check_plain_fedavg(cfg)
+    exp = build(cfg)
     # Both sides' first optimizer imports torch._dynamo (~2 s here): pay it before timing.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     gc.collect()
     rss_before = rss_now_mb()
-    start = time.perf_counter()
-    state, loss = (fedge_run if side == "fedge" else baseline_run)(exp, rounds)
-    wall = time.perf_counter() - start
+    start, cpu_start = time.perf_counter(), time.process_time()
+    state, loss = (fedge_run if side == "fedge" else baseline_run)(exp, args.rounds)
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    torch.save(state, result.with_suffix(".pt"))
-    figures = {"wall_s": wall, "peak_rss_mb": peak, "rss_before_mb": rss_before, "loss": loss}
-    result.write_text(json.dumps(figures))
+    torch.save(state, args.result.with_suffix(".pt"))
+    figures = {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak, "rss_before_mb": rss_before}
+    figures.update(loss=loss, threads=torch.get_num_threads())
+    args.result.write_text(json.dumps(figures))
 
 
 # --- the parent: interleave, compare, report ------------------------------------------
@@ -181,7 +189,8 @@ def child(side: str, rounds: int, sets: list[str], result: Path) -> None:
 
 def spawn(side: str, args: argparse.Namespace, result: Path) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--side", side, "--result", str(result)]
-    cmd += ["--rounds", str(args.rounds)] + [f"--set={s}" for s in args.set]
+    cmd += ["--rounds", str(args.rounds), "--threads", str(args.threads)]
+    cmd += [f"--set={s}" for s in args.set]
     subprocess.run(cmd, check=True)
     figures: dict[str, Any] = json.loads(result.read_text())
     figures["state"] = torch.load(result.with_suffix(".pt"))
@@ -206,6 +215,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         out[side] = {
             "wall_s_median": statistics.median(walls),
             "wall_s_min": min(walls),
+            "cpu_s_median": statistics.median(r["cpu_s"] for r in rs),
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs),
             "rss_before_mb": statistics.median(r["rss_before_mb"] for r in rs),
             "last_train_loss": rs[0]["loss"],
@@ -215,6 +225,7 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     out["ratio"] = {
         "wall_median": f["wall_s_median"] / b["wall_s_median"],
         "wall_min": f["wall_s_min"] / b["wall_s_min"],
+        "cpu_median": f["cpu_s_median"] / b["cpu_s_median"],
         "peak_rss": f["peak_rss_mb"] / b["peak_rss_mb"],
     }
     return out
@@ -230,24 +241,28 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
     report = summarise(runs)
     report["weights"] = compare(states)
     report["setup"] = {"config": CONFIG, "rounds": args.rounds, "repeats": args.repeats}
-    report["setup"].update(sets=args.set, torch_threads=torch.get_num_threads())
+    report["setup"].update(sets=args.set, threads=runs["fedge"][0]["threads"])
     return report
 
 
 def _row(label: str, cells: tuple[Any, ...], fmt: str) -> str:
-    return f"{label:<11}" + "".join(f"{c:>19{fmt}}" for c in cells)
+    return f"{label:<11}" + "".join(f"{c:>16{fmt}}" for c in cells)
 
 
 def print_table(rep: dict[str, Any]) -> None:
     s = rep["setup"]
-    print(f"{s['config']}  rounds={s['rounds']}  repeats={s['repeats']}  set={s['sets']}")
-    print(_row("side", ("wall s (median)", "wall s (min)", "peak RSS MB", "RSS before run MB"), ""))
+    print(
+        f"{s['config']}  rounds={s['rounds']}  repeats={s['repeats']}  "
+        f"torch threads={s['threads']}  set={s['sets']}"
+    )
+    keys = ("wall_s_median", "wall_s_min", "cpu_s_median", "peak_rss_mb", "rss_before_mb")
+    heads = ("wall s (median)", "wall s (min)", "cpu s (median)", "peak RSS MB", "RSS at run MB")
+    print(_row("side", heads, ""))
     for side in SIDES:
-        r = rep[side]
-        cells = (r["wall_s_median"], r["wall_s_min"], r["peak_rss_mb"], r["rss_before_mb"])
-        print(_row(side, cells, ".2f"))
+        print(_row(side, tuple(rep[side][k] for k in keys), ".2f"))
     q = rep["ratio"]
-    print(_row("fedge/base", (q["wall_median"], q["wall_min"], q["peak_rss"]), ".3f"))
+    ratios = (q["wall_median"], q["wall_min"], q["cpu_median"], q["peak_rss"])
+    print(_row("fedge/base", ratios, ".3f"))
     w = rep["weights"]
     verdict = "identical" if w["identical"] else ("allclose" if w["allclose"] else "DIFFERENT")
     print(f"final weights, fedge vs baseline: {verdict} (max |diff| {w['max_abs_diff']:.3g})")
@@ -257,17 +272,17 @@ def print_table(rep: dict[str, Any]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.side:
-        child(args.side, args.rounds, args.set, args.result)
+        child(args.side, args)
         return
-    args.set = [*DEFAULT_SETS, *args.set]
     report = parent(args)
     if args.json:
         print(json.dumps(report))

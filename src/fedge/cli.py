@@ -80,13 +80,13 @@ def cmd_list(what: str) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fedge.experiment.config import load_config
-    from fedge.experiment.run import run_experiment
+    from fedge.experiment.run import SUMMARY_KEYS, run_experiment
     from fedge.results import format_table, human_bytes
 
     config = load_config(args.config, args.overrides)
     result = run_experiment(config, out_dir=args.out, progress=False if args.no_progress else None)
     s = result.summary
-    print(format_table([s], [c for c in SUMMARY_COLUMNS if c in s]))
+    print(format_table([s], [c for c in SUMMARY_KEYS if c in s and not c.startswith("bytes")]))
     tiers = sorted(k for k in s if k.startswith(("bytes_up_", "bytes_down_", "bytes_peer_")))
     print(
         format_table(

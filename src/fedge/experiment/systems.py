@@ -22,6 +22,11 @@ from fedge.system.traces import load_fcd
 GIB = 1024**3
 
 
+def _ordered(low_field: str, low: float, high_field: str, high: float) -> None:
+    if high < low:
+        raise ConfigError(high_field, high, f"a number >= {low_field} ({low})")
+
+
 def profiles(cfg: SystemConfig) -> Profiles:
     """Hardware and link profiles from the ``[system]`` section."""
     dev = cfg.device
