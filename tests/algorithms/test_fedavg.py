@@ -70,7 +70,7 @@ def test_sampling_is_reproducible_and_counts_participants():
     a = algo.run(transport, init, np.random.default_rng(5), 2)
     b = algo.run(transport, init, np.random.default_rng(5), 2)
     assert torch.equal(flatten(a.final_state), flatten(b.final_state))
-    assert [r.metrics["participants"] for r in a.records] == [2.0, 2.0]
+    assert [m["participants"] for m in a.metrics] == [2.0, 2.0]
 
 
 def test_fedprox_keeps_local_models_closer_to_the_global_one():

@@ -28,11 +28,14 @@ Observer = Callable[[RoundRecord], bool]
 
 @dataclass
 class History:
-    records: list[RoundRecord] = field(default_factory=list)
+    """Per-round metrics and the final model; earlier models are not kept (memory)."""
 
-    @property
-    def final_state(self) -> ModelState:
-        return self.records[-1].state
+    metrics: list[Mapping[str, float]] = field(default_factory=list)
+    final_state: ModelState = field(default_factory=dict)
+
+    def record(self, record: RoundRecord) -> None:
+        self.metrics.append(record.metrics)
+        self.final_state = record.state
 
 
 class Coordinator(Protocol):

@@ -83,9 +83,9 @@ class FedAvg:
         history = History()
         state = initial_state
         for r in range(1, rounds + 1):
-            state, metrics, _ = self.round(transport, state, rng, r)
+            state, metrics = self.round(transport, state, rng, r)[:2]
             record = RoundRecord(r, state, metrics)
-            history.records.append(record)
+            history.record(record)
             if observer is not None and observer(record):
                 break
         return history

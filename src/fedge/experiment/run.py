@@ -19,6 +19,7 @@ from fedge.experiment.config import ExperimentConfig
 from fedge.learning import EvalResult, evaluate, load_state
 from fedge.results import PLOTS_DIR, RunStore, plot_run, write_json, write_report, write_rows_csv
 
+EVAL_BATCH = 256  # faster than larger batches on CPU for the reference CNNs
 SUMMARY_KEYS = (
     "accuracy",
     "precision",
@@ -69,7 +70,7 @@ class _Observer:
 
     def evaluate(self, record: RoundRecord) -> EvalResult:
         load_state(self.exp.model, record.state)
-        self.last_eval = evaluate(self.exp.model, self.exp.test)
+        self.last_eval = evaluate(self.exp.model, self.exp.test, batch_size=EVAL_BATCH)
         return self.last_eval
 
     def _handovers(self, now_s: float) -> int:
