@@ -159,8 +159,7 @@ def rss_now_mb() -> float:
 def fedge_run(exp: Experiment, rounds: int) -> tuple[State, float]:
     """The engine as run_experiment drives it, minus the observer (no evaluation)."""
     history = exp.coordinator.run(exp.transport, exp.initial_state, exp.rng, rounds)
-    last = history.records[-1]
-    return last.state, last.metrics["train_loss"]
+    return history.final_state, history.metrics[-1]["train_loss"]
 
 
 def child(side: str, args: argparse.Namespace) -> None:

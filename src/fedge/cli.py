@@ -9,18 +9,6 @@ from pathlib import Path
 
 from fedge.core.errors import FedgeError
 
-SUMMARY_COLUMNS = (
-    "accuracy",
-    "precision",
-    "recall",
-    "f1",
-    "loss",
-    "rounds",
-    "sim_time_s",
-    "wall_time_s",
-    "energy_j",
-)
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedge", description=__doc__)

@@ -136,3 +136,24 @@ def test_dropouts_and_deadlines_reduce_participants(tiny_config):
     late = run_experiment(load_config(tiny_config, ["federation.deadline_s=0.001"])).rows
     assert all(r["participants"] == 0 for r in late)
     assert late[-1]["sim_time_s"] == pytest.approx(0.003)
+
+
+@pytest.mark.slow
+def test_quickstart_round_on_real_fashion_mnist(tmp_path):
+    from pathlib import Path
+
+    from fedge.learning.fashion import find_files
+
+    if find_files() is None:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    quickstart = Path(__file__).parents[2] / "examples" / "quickstart.toml"
+    sets = [
+        "rounds=1",
+        "data.test_limit=1000",
+        f"output.dir='{tmp_path}'",
+        f"output.store='{tmp_path / 's.sqlite'}'",
+        "output.progress=false",
+    ]
+    result = run_experiment(load_config(quickstart, sets))
+    assert result.summary["accuracy"] > 0.3
+    assert result.summary["bytes_up_edge_cloud"] > 10 * 6_000_000

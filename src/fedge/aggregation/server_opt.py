@@ -9,6 +9,7 @@ aggregate. Inputs are never mutated; the optimizer keeps its own moments.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -129,7 +130,7 @@ class FedAvgM:
         self._v = _moments(d, "v")
 
 
-class _Adaptive:
+class _Adaptive(ABC):
     """Shared FedAdam / FedYogi / FedAdagrad step: w ← w + lr·m / (√v + τ)."""
 
     name = "adaptive"
@@ -148,8 +149,9 @@ class _Adaptive:
         self._m: Moments = {}
         self._v: Moments = {}
 
+    @abstractmethod
     def _second(self, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The second-moment update that tells the adaptive methods apart."""
 
     def step(self, global_state: ModelState, aggregate: ModelState) -> ModelState:
         grad = pseudo_gradient(global_state, aggregate)

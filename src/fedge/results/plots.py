@@ -112,10 +112,11 @@ def _tier_label(key: str) -> str:
 
 
 def _byte_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per-tier counters ``bytes_<direction>_<tier>``; totals such as ``bytes_up`` are left out."""
     keys: dict[str, None] = {}
     for row in rows:
         for key in row:
-            if key.startswith("bytes_"):
+            if key.startswith("bytes_") and key.count("_") >= 2:
                 keys.setdefault(key, None)
     return list(keys)
 
