@@ -4,6 +4,16 @@ Importing this package registers every aggregator in ``AGGREGATORS`` and every s
 optimizer in ``SERVER_OPTIMIZERS``.
 """
 
+from fedge.aggregation.interserver import (
+    INTERSERVER,
+    Candidate,
+    Evaluate,
+    InterServerResult,
+    InterServerRule,
+    Score,
+    interserver,
+    spaa_penalties,
+)
 from fedge.aggregation.mean import (
     AGGREGATORS,
     AggregationError,
@@ -36,26 +46,34 @@ from fedge.aggregation.server_opt import (
 
 __all__ = [
     "AGGREGATORS",
+    "INTERSERVER",
     "SERVER_OPTIMIZERS",
     "AggregationError",
     "Aggregator",
+    "Candidate",
+    "Evaluate",
     "FedAdagrad",
     "FedAdam",
     "FedAvgM",
     "FedYogi",
+    "InterServerResult",
+    "InterServerRule",
     "NoServerOptimizer",
+    "Score",
     "ServerOptimizer",
     "aggregate",
     "check_states",
     "check_updates",
     "clip_by_norm",
     "clipped_mean",
+    "interserver",
     "krum",
     "krum_scores",
     "make_server_optimizer",
     "median",
     "multikrum",
     "pseudo_gradient",
+    "spaa_penalties",
     "trimmed_mean",
     "weighted_mean",
 ]

@@ -10,15 +10,19 @@ from fedge.algorithms.base import (
     RoundRecord,
 )
 from fedge.algorithms.fedavg import FedAvg
+from fedge.algorithms.hierarchical import EdgeServer, HierarchicalFL, SingleServerFL
 
 __all__ = [
     "ALGORITHMS",
     "AlgorithmSpec",
     "Coordinator",
+    "EdgeServer",
     "FedAvg",
+    "HierarchicalFL",
     "History",
     "LocalTrainer",
     "Observer",
     "RoundRecord",
+    "SingleServerFL",
     "trainer_app",
 ]

@@ -49,7 +49,15 @@ class LocalTrainer:
 
 
 def _override(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    return replace(cfg, **overrides) if overrides else cfg
+    """Apply per-message training settings; ``local_rounds`` multiplies epochs (or steps)."""
+    changes = dict(overrides)
+    rounds = int(changes.pop("local_rounds", 1))
+    cfg = replace(cfg, **changes) if changes else cfg
+    if rounds == 1:
+        return cfg
+    if cfg.steps > 0:
+        return replace(cfg, steps=cfg.steps * rounds)
+    return replace(cfg, epochs=cfg.epochs * rounds)
 
 
 def trainer_app(node_id: str, trainer: LocalTrainer, tier: str = "device") -> NodeApp:

@@ -20,6 +20,8 @@ class RoundRecord:
     round: int
     state: ModelState
     metrics: Mapping[str, float]
+    evaluated: bool = False
+    """True when ``metrics`` already hold the evaluation (e.g. edges evaluated their models)."""
 
 
 Observer = Callable[[RoundRecord], bool]
@@ -59,7 +61,8 @@ class AlgorithmSpec:
     description: str
     make: Callable[..., Coordinator]
     defaults: Mapping[str, Any] = field(default_factory=dict)
-    device_handlers: tuple[str, ...] = ("train",)
+    roles: tuple[str, ...] = ()
+    """Node roles besides training devices that the algorithm needs (e.g. "edge")."""
 
 
 ALGORITHMS: Registry[AlgorithmSpec] = Registry("algorithm")

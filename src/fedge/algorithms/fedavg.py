@@ -54,12 +54,19 @@ class FedAvg:
         return [devices[i] for i in rng.choice(len(devices), size=k, replace=False)]
 
     def round(
-        self, transport: Transport, state: ModelState, rng: np.random.Generator, r: int
+        self,
+        transport: Transport,
+        state: ModelState,
+        rng: np.random.Generator,
+        r: int,
+        train: Mapping[str, Any] | None = None,
     ) -> tuple[ModelState, dict[str, float], list[Update]]:
+        """One round; ``train`` overrides the devices' local training settings."""
         chosen = self.select(transport.nodes("device"), rng)
         payload: dict[str, Any] = {"state": state}
-        if self.train_overrides:
-            payload["train"] = dict(self.train_overrides)
+        overrides = {**self.train_overrides, **(train or {})}
+        if overrides:
+            payload["train"] = overrides
         msgs = [Message(transport.node_id, d, "train", r, payload) for d in chosen]
         updates = [m.payload["update"] for m in transport.send(msgs, self.deadline_s)]
         if updates:

@@ -9,7 +9,15 @@ import numpy as np
 from torch import nn
 
 from fedge.aggregation import AGGREGATORS, SERVER_OPTIMIZERS
-from fedge.algorithms import ALGORITHMS, Coordinator, LocalTrainer, trainer_app
+from fedge.algorithms import (
+    ALGORITHMS,
+    Coordinator,
+    EdgeServer,
+    FedAvg,
+    LocalTrainer,
+    trainer_app,
+)
+from fedge.algorithms.hierarchical import Evaluator
 from fedge.core.errors import ConfigError
 from fedge.core.node import NodeApp, derive_seed
 from fedge.core.update import ModelState
@@ -23,13 +31,17 @@ from fedge.learning import (
     TrainConfig,
     build_model,
     class_histogram,
+    evaluate,
     load_dataset,
+    load_state,
     profile,
     state_of,
 )
 from fedge.learning._params import accepted_kwargs
 from fedge.runtime import NodeSet, SimulatedTransport
 from fedge.system.model import SystemModel
+
+EVAL_BATCH = 256  # faster than larger batches on CPU for the reference CNNs
 
 
 @dataclass
@@ -55,6 +67,14 @@ class Experiment:
             "class_names": list(self.train.class_names),
             "devices": {d: row.tolist() for d, row in zip(devices, hist, strict=True)},
         }
+
+
+def _evaluator(model: nn.Module, test: ArrayDataset) -> Evaluator:
+    def run(state: ModelState) -> dict[str, float]:
+        load_state(model, state)
+        return evaluate(model, test, batch_size=EVAL_BATCH).as_dict()
+
+    return run
 
 
 def check_names(cfg: ExperimentConfig) -> None:
@@ -118,19 +138,37 @@ def _train_config(cfg: ExperimentConfig) -> TrainConfig:
 
 
 def _coordinator(cfg: ExperimentConfig) -> Coordinator:
+    """The algorithm's coordinator, given the federation settings it accepts."""
     spec = ALGORITHMS.get(cfg.algorithm, "algorithm")
     fed = cfg.federation
-    params: dict[str, Any] = dict(spec.defaults)
-    params.update(
+    offered: dict[str, Any] = dict(
         clients_per_round=fed.clients_per_round,
         aggregator=fed.aggregator,
         aggregator_params=dict(fed.aggregator_params),
         deadline_s=fed.deadline_s,
         server_params=dict(fed.server_params),
+        kappa1=fed.kappa1,
+        kappa2=fed.kappa2,
+        evaluate_every=fed.evaluate_every,
     )
     if fed.server_optimizer is not None:
-        params["server_optimizer"] = fed.server_optimizer
-    return spec.make(**params)
+        offered["server_optimizer"] = fed.server_optimizer
+    return spec.make(**{**spec.defaults, **accepted_kwargs(spec.make, offered)})
+
+
+def _edge_apps(
+    cfg: ExperimentConfig, system: SystemModel, evaluator: Evaluator
+) -> dict[str, NodeApp]:
+    """Edge servers that run FedAvg rounds over their attached devices."""
+    fed = cfg.federation
+    inner = FedAvg(
+        clients_per_round=fed.clients_per_edge or len(system.ids("device")),
+        aggregator=fed.aggregator,
+        aggregator_params=dict(fed.aggregator_params),
+        deadline_s=fed.deadline_s,
+    )
+    server = EdgeServer(inner, evaluator)
+    return {e: NodeApp(e, "edge", {"edge_train": server.train}) for e in system.ids("edge")}
 
 
 def build(cfg: ExperimentConfig) -> Experiment:
@@ -150,6 +188,8 @@ def build(cfg: ExperimentConfig) -> Experiment:
         for d, idx in zip(system.ids("device"), parts, strict=True)
     }
     apps["cloud"] = NodeApp("cloud", "cloud")
+    if "edge" in ALGORITHMS.get(cfg.algorithm, "algorithm").roles:
+        apps.update(_edge_apps(cfg, system, _evaluator(model, test)))
     transport = SimulatedTransport(NodeSet(apps, derive_seed(cfg.seed, "apps")), system)
     return Experiment(
         config=cfg,

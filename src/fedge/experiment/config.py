@@ -50,6 +50,9 @@ class TrainingConfig(Section):
 
 class FederationConfig(Section):
     clients_per_round: int = Field(10, ge=1)
+    clients_per_edge: int = Field(0, ge=0, description="devices an edge samples; 0: all")
+    kappa1: int = Field(1, ge=1, description="local rounds between edge aggregations")
+    kappa2: int = Field(1, ge=1, description="edge rounds between cloud aggregations")
     aggregator: str = "mean"
     aggregator_params: dict[str, float | int | str] = Field(default_factory=dict)
     server_optimizer: str | None = None

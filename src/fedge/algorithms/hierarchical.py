@@ -1,0 +1,193 @@
+"""Hierarchical FL (HierFAVG, Liu et al. 2020) and isolated single-server FL at each edge.
+
+HierFAVG: devices run ``kappa1`` local rounds (each the configured epochs, or steps)
+between edge aggregations; each edge runs
+``kappa2`` FedAvg rounds over the devices attached to it, then the cloud averages the edge
+models weighted by the samples behind them. This is the "cloud-based FL" baseline of the
+multi-server paper (seed 003) and the cluster-leader HFL of seed 001.
+
+Single-server FL: every edge trains only with its own devices and never exchanges models
+with peers or the cloud. The cloud only sends a small round trigger and collects the edges'
+metrics; each edge evaluates its own model (mean, min and max across edges are reported).
+
+Interpretations: edge round ``k`` of cloud round ``r`` is numbered ``(r-1)·kappa2 + k`` in its
+messages so every device draws fresh randomness and availability per edge round; an edge
+whose devices all failed returns no update and is left out of the cloud average.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedge.aggregation import aggregate
+from fedge.algorithms.base import (
+    AlgorithmSpec,
+    History,
+    Observer,
+    RoundRecord,
+    register_algorithm,
+    weighted_metric,
+)
+from fedge.algorithms.fedavg import FedAvg
+from fedge.core.errors import ConfigError
+from fedge.core.message import Message
+from fedge.core.node import NodeContext
+from fedge.core.transport import Transport
+from fedge.core.update import ModelState, Update
+
+Evaluator = Callable[[ModelState], Mapping[str, float]]
+EVAL_KEYS = ("accuracy", "precision", "recall", "f1", "loss")
+
+
+@dataclass
+class EdgeServer:
+    """The edge side: FedAvg rounds over the devices attached to this edge now."""
+
+    inner: FedAvg
+    evaluate: Evaluator | None = None
+
+    def train(self, message: Message, ctx: NodeContext) -> Message:
+        p = message.payload
+        state: ModelState = p["state"] if "state" in p else ctx.state["model"]
+        downstream = ctx.downstream
+        assert downstream is not None, "an edge needs a downstream transport"
+        updates: list[Update] = []
+        for k in range(int(p["edge_rounds"])):
+            index = int(p["first_round"]) + k
+            state, _, updates = self.inner.round(downstream, state, ctx.rng, index, p.get("train"))
+        ctx.state["model"] = state
+        weight = float(sum(u.weight for u in updates))
+        metrics = {
+            "train_loss": weighted_metric(updates, "train_loss"),
+            "participants": float(len(updates)),
+        }
+        out: dict[str, Any] = {}
+        if p.get("return_model", True) and updates:
+            out["update"] = Update(
+                state, weight, metrics=metrics, origin=ctx.node_id, round=message.round
+            )
+        if p.get("evaluate") and self.evaluate is not None:
+            out["eval"] = dict(self.evaluate(state))
+        out["metrics"] = metrics
+        return message.reply("edge_update", out)
+
+
+def _check_kappa(name: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(f"federation.{name}", value, "an integer >= 1")
+
+
+@dataclass
+class HierarchicalFL:
+    """The cloud side of HierFAVG: one cloud aggregation every ``kappa2`` edge rounds."""
+
+    kappa1: int = 1
+    kappa2: int = 1
+    aggregator: str = "mean"
+    aggregator_params: Mapping[str, Any] = field(default_factory=dict)
+    deadline_s: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_kappa("kappa1", self.kappa1)
+        _check_kappa("kappa2", self.kappa2)
+
+    def request(self, transport: Transport, r: int, payload: dict[str, Any]) -> list[Message]:
+        common = {
+            "edge_rounds": self.kappa2,
+            "first_round": (r - 1) * self.kappa2 + 1,
+            "train": {"local_rounds": self.kappa1},
+        }
+        return [
+            Message(transport.node_id, e, "edge_train", r, {**common, **payload})
+            for e in transport.nodes("edge")
+        ]
+
+    def run(
+        self,
+        transport: Transport,
+        initial_state: ModelState,
+        rng: np.random.Generator,
+        rounds: int,
+        observer: Observer | None = None,
+    ) -> History:
+        history = History()
+        state = initial_state
+        for r in range(1, rounds + 1):
+            replies = transport.send(self.request(transport, r, {"state": state}), self.deadline_s)
+            updates = [m.payload["update"] for m in replies if "update" in m.payload]
+            if updates:
+                state = aggregate(self.aggregator, updates, rng, **self.aggregator_params)
+            metrics = {
+                "edges": float(len(updates)),
+                "participants": sum(m.payload["metrics"]["participants"] for m in replies),
+                "train_loss": weighted_metric(updates, "train_loss"),
+            }
+            record = RoundRecord(r, state, metrics)
+            history.record(record)
+            if observer is not None and observer(record):
+                break
+        return history
+
+
+def edge_eval_summary(evals: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Mean of each metric across edges, plus the min and max accuracy."""
+    if not evals:
+        return {}
+    out = {k: float(np.mean([e[k] for e in evals])) for k in EVAL_KEYS if k in evals[0]}
+    acc = [e["accuracy"] for e in evals]
+    out.update(accuracy_min=float(min(acc)), accuracy_max=float(max(acc)))
+    return out
+
+
+@dataclass
+class SingleServerFL(HierarchicalFL):
+    """Every edge keeps and trains its own model; nothing is exchanged between servers."""
+
+    evaluate_every: int = 1
+
+    def run(
+        self,
+        transport: Transport,
+        initial_state: ModelState,
+        rng: np.random.Generator,
+        rounds: int,
+        observer: Observer | None = None,
+    ) -> History:
+        history = History()
+        for r in range(1, rounds + 1):
+            payload: dict[str, Any] = {"return_model": False, "evaluate": self._due(r, rounds)}
+            if r == 1:
+                payload["state"] = initial_state
+            replies = transport.send(self.request(transport, r, payload), self.deadline_s)
+            metrics = edge_eval_summary([m.payload["eval"] for m in replies if "eval" in m.payload])
+            metrics["participants"] = sum(m.payload["metrics"]["participants"] for m in replies)
+            record = RoundRecord(r, initial_state, metrics, evaluated=bool(payload["evaluate"]))
+            history.record(record)
+            if observer is not None and observer(record):
+                break
+        return history
+
+    def _due(self, r: int, rounds: int) -> bool:
+        return r % self.evaluate_every == 0 or r == rounds
+
+
+register_algorithm(
+    AlgorithmSpec(
+        "hierarchical",
+        "HierFAVG: edges aggregate every kappa1 epochs, the cloud every kappa2 edge rounds",
+        HierarchicalFL,
+        roles=("edge",),
+    )
+)
+register_algorithm(
+    AlgorithmSpec(
+        "single_server",
+        "Isolated FL at each edge: no exchange with peers or the cloud",
+        SingleServerFL,
+        roles=("edge",),
+    )
+)
