@@ -10,19 +10,21 @@ from fedge.algorithms.base import (
     RoundRecord,
 )
 from fedge.algorithms.fedavg import FedAvg
-from fedge.algorithms.hierarchical import EdgeServer, HierarchicalFL, SingleServerFL
+from fedge.algorithms.hierarchical import EdgeServer, HierarchicalFL
+from fedge.algorithms.multiserver import Exchange, MultiServerFL
 
 __all__ = [
     "ALGORITHMS",
     "AlgorithmSpec",
     "Coordinator",
     "EdgeServer",
+    "Exchange",
     "FedAvg",
     "HierarchicalFL",
     "History",
     "LocalTrainer",
+    "MultiServerFL",
     "Observer",
     "RoundRecord",
-    "SingleServerFL",
     "trainer_app",
 ]

@@ -1,14 +1,10 @@
-"""Hierarchical FL (HierFAVG, Liu et al. 2020) and isolated single-server FL at each edge.
+"""Hierarchical FL (HierFAVG, Liu et al. 2020) and the edge server it is built from.
 
 HierFAVG: devices run ``kappa1`` local rounds (each the configured epochs, or steps)
 between edge aggregations; each edge runs
 ``kappa2`` FedAvg rounds over the devices attached to it, then the cloud averages the edge
 models weighted by the samples behind them. This is the "cloud-based FL" baseline of the
 multi-server paper (seed 003) and the cluster-leader HFL of seed 001.
-
-Single-server FL: every edge trains only with its own devices and never exchanges models
-with peers or the cloud. The cloud only sends a small round trigger and collects the edges'
-metrics; each edge evaluates its own model (mean, min and max across edges are reported).
 
 Interpretations: edge round ``k`` of cloud round ``r`` is numbered ``(r-1)·kappa2 + k`` in its
 messages so every device draws fresh randomness and availability per edge round; an edge
@@ -72,6 +68,8 @@ class EdgeServer:
             )
         if p.get("evaluate") and self.evaluate is not None:
             out["eval"] = dict(self.evaluate(state))
+        ctx.state["published"] = state
+        ctx.state["weight"] = weight or ctx.state.get("weight", 0.0)
         out["metrics"] = metrics
         return message.reply("edge_update", out)
 
@@ -143,51 +141,11 @@ def edge_eval_summary(evals: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return out
 
 
-@dataclass
-class SingleServerFL(HierarchicalFL):
-    """Every edge keeps and trains its own model; nothing is exchanged between servers."""
-
-    evaluate_every: int = 1
-
-    def run(
-        self,
-        transport: Transport,
-        initial_state: ModelState,
-        rng: np.random.Generator,
-        rounds: int,
-        observer: Observer | None = None,
-    ) -> History:
-        history = History()
-        for r in range(1, rounds + 1):
-            payload: dict[str, Any] = {"return_model": False, "evaluate": self._due(r, rounds)}
-            if r == 1:
-                payload["state"] = initial_state
-            replies = transport.send(self.request(transport, r, payload), self.deadline_s)
-            metrics = edge_eval_summary([m.payload["eval"] for m in replies if "eval" in m.payload])
-            metrics["participants"] = sum(m.payload["metrics"]["participants"] for m in replies)
-            record = RoundRecord(r, initial_state, metrics, evaluated=bool(payload["evaluate"]))
-            history.record(record)
-            if observer is not None and observer(record):
-                break
-        return history
-
-    def _due(self, r: int, rounds: int) -> bool:
-        return r % self.evaluate_every == 0 or r == rounds
-
-
 register_algorithm(
     AlgorithmSpec(
         "hierarchical",
         "HierFAVG: edges aggregate every kappa1 epochs, the cloud every kappa2 edge rounds",
         HierarchicalFL,
-        roles=("edge",),
-    )
-)
-register_algorithm(
-    AlgorithmSpec(
-        "single_server",
-        "Isolated FL at each edge: no exchange with peers or the cloud",
-        SingleServerFL,
         roles=("edge",),
     )
 )

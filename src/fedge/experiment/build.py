@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from fedge.aggregation import AGGREGATORS, SERVER_OPTIMIZERS
+from fedge.aggregation import AGGREGATORS, INTERSERVER, SERVER_OPTIMIZERS, Score
 from fedge.algorithms import (
     ALGORITHMS,
     Coordinator,
     EdgeServer,
+    Exchange,
     FedAvg,
     LocalTrainer,
     trainer_app,
@@ -42,6 +44,7 @@ from fedge.runtime import NodeSet, SimulatedTransport
 from fedge.system.model import SystemModel
 
 EVAL_BATCH = 256  # faster than larger batches on CPU for the reference CNNs
+DEFAULT_VALIDATION_SIZE = 200
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Experiment:
     model: nn.Module
     system: SystemModel
     transport: SimulatedTransport
+    nodes: NodeSet
     coordinator: Coordinator
     initial_state: ModelState
     rng: np.random.Generator
@@ -85,6 +89,8 @@ def check_names(cfg: ExperimentConfig) -> None:
     if ":" not in cfg.model.name and cfg.model.name not in MODELS:
         MODELS.get(cfg.model.name, "model.name")
     AGGREGATORS.get(cfg.federation.aggregator, "federation.aggregator")
+    if cfg.algorithm == "msfl":
+        INTERSERVER.get(cfg.federation.interserver, "federation.interserver")
     if cfg.federation.server_optimizer is not None:
         SERVER_OPTIMIZERS.get(cfg.federation.server_optimizer, "federation.server_optimizer")
     if cfg.algorithm == "fedprox" and cfg.training.proximal_mu <= 0:
@@ -150,16 +156,35 @@ def _coordinator(cfg: ExperimentConfig) -> Coordinator:
         kappa1=fed.kappa1,
         kappa2=fed.kappa2,
         evaluate_every=fed.evaluate_every,
+        interserver=fed.interserver,
+        interserver_params=dict(fed.interserver_params),
     )
     if fed.server_optimizer is not None:
         offered["server_optimizer"] = fed.server_optimizer
     return spec.make(**{**spec.defaults, **accepted_kwargs(spec.make, offered)})
 
 
-def _edge_apps(
-    cfg: ExperimentConfig, system: SystemModel, evaluator: Evaluator
-) -> dict[str, NodeApp]:
-    """Edge servers that run FedAvg rounds over their attached devices."""
+@dataclass(frozen=True)
+class _EdgeKit:
+    """What edge servers need from the build: evaluation, validation splits, FLOPs."""
+
+    evaluator: Evaluator
+    validation: list[ArrayDataset]
+    model: nn.Module
+    flops_forward: float
+
+
+def _validator(model: nn.Module, data: ArrayDataset) -> Callable[[ModelState], Score]:
+    def score(state: ModelState) -> Score:
+        load_state(model, state)
+        result = evaluate(model, data, batch_size=EVAL_BATCH)
+        return Score(result.accuracy, result.loss)
+
+    return score
+
+
+def _edge_apps(cfg: ExperimentConfig, system: SystemModel, kit: _EdgeKit) -> dict[str, NodeApp]:
+    """Edge servers that run FedAvg rounds over their attached devices (and exchange)."""
     fed = cfg.federation
     inner = FedAvg(
         clients_per_round=fed.clients_per_edge or len(system.ids("device")),
@@ -167,8 +192,43 @@ def _edge_apps(
         aggregator_params=dict(fed.aggregator_params),
         deadline_s=fed.deadline_s,
     )
-    server = EdgeServer(inner, evaluator)
-    return {e: NodeApp(e, "edge", {"edge_train": server.train}) for e in system.ids("edge")}
+    server = EdgeServer(inner, kit.evaluator)
+    apps = {e: NodeApp(e, "edge", {"edge_train": server.train}) for e in system.ids("edge")}
+    for edge, val in zip(system.ids("edge"), kit.validation, strict=False):
+        ex = Exchange(
+            fed.interserver,
+            dict(fed.interserver_params),
+            _validator(kit.model, val),
+            kit.evaluator,
+            len(val) * kit.flops_forward,
+        )
+        apps[edge].on("get_model", ex.get_model).on("exchange", ex.exchange)
+    return apps
+
+
+def _split_validation(
+    cfg: ExperimentConfig, train: ArrayDataset, n_edges: int
+) -> tuple[ArrayDataset, list[ArrayDataset]]:
+    """Hold out ``validation_size`` training samples per edge, drawn IID (seeded).
+
+    Interpretation: each edge's validation split is an IID sample of the training set held
+    out before partitioning (the server's own labelled data in seed 003), so no device's
+    data is shared. With ``data.validation_size`` set explicitly the split is held out for
+    every algorithm, which keeps comparisons between frameworks on the same training data.
+    """
+    size = cfg.data.validation_size
+    if size is None:
+        roles = ALGORITHMS.get(cfg.algorithm, "algorithm").roles
+        size = DEFAULT_VALIDATION_SIZE if "validation" in roles else 0
+    if size == 0:
+        return train, []
+    if size * n_edges >= len(train):
+        raise ConfigError(
+            "data.validation_size", size, f"fewer than {len(train) // n_edges} samples per edge"
+        )
+    perm = np.random.default_rng(derive_seed(cfg.seed, "validation")).permutation(len(train))
+    pools = [np.sort(perm[i * size : (i + 1) * size]) for i in range(n_edges)]
+    return train.subset(np.sort(perm[size * n_edges :])), [train.subset(p) for p in pools]
 
 
 def build(cfg: ExperimentConfig) -> Experiment:
@@ -177,11 +237,13 @@ def build(cfg: ExperimentConfig) -> Experiment:
     coordinator = _coordinator(cfg)
     system = build_system(cfg.system, cfg.seed)
     train, test = _data(cfg)
+    train, validation = _split_validation(cfg, train, len(system.ids("edge")))
     parts = _partition(cfg, train, system)
     model = build_model(
         cfg.model.name, train.input_shape, train.n_classes, seed=derive_seed(cfg.seed, "init")
     )
-    flops = profile(model, train.input_shape).flops_train
+    prof = profile(model, train.input_shape)
+    flops = prof.flops_train
     tcfg = _train_config(cfg)
     apps: dict[str, NodeApp] = {
         d: trainer_app(d, LocalTrainer(model, train.subset(idx), tcfg, flops))
@@ -189,8 +251,10 @@ def build(cfg: ExperimentConfig) -> Experiment:
     }
     apps["cloud"] = NodeApp("cloud", "cloud")
     if "edge" in ALGORITHMS.get(cfg.algorithm, "algorithm").roles:
-        apps.update(_edge_apps(cfg, system, _evaluator(model, test)))
-    transport = SimulatedTransport(NodeSet(apps, derive_seed(cfg.seed, "apps")), system)
+        kit = _EdgeKit(_evaluator(model, test), validation, model, prof.flops_forward)
+        apps.update(_edge_apps(cfg, system, kit))
+    nodes = NodeSet(apps, derive_seed(cfg.seed, "apps"))
+    transport = SimulatedTransport(nodes, system)
     return Experiment(
         config=cfg,
         train=train,
@@ -199,6 +263,7 @@ def build(cfg: ExperimentConfig) -> Experiment:
         model=model,
         system=system,
         transport=transport,
+        nodes=nodes,
         coordinator=coordinator,
         initial_state=state_of(model),
         rng=np.random.default_rng(derive_seed(cfg.seed, "coordinator")),

@@ -31,6 +31,9 @@ class DataConfig(Section):
     beta: float = Field(0.5, gt=0)
     min_size: int = Field(10, ge=1)
     test_limit: int = Field(0, ge=0, description="evaluate on the first N test samples (0: all)")
+    validation_size: int | None = Field(
+        None, ge=0, description="held-out samples per edge; None: 200 when the algorithm needs it"
+    )
 
 
 class ModelConfig(Section):
@@ -59,6 +62,8 @@ class FederationConfig(Section):
     server_params: dict[str, float] = Field(default_factory=dict)
     deadline_s: float | None = Field(None, gt=0)
     evaluate_every: int = Field(1, ge=1)
+    interserver: str = "spaa"
+    interserver_params: dict[str, float | int | str] = Field(default_factory=dict)
 
 
 class WanConfig(Section):
