@@ -57,3 +57,27 @@ def test_msfl_reports_per_edge_accuracy_spread(tiny_config):
     rows = run_experiment(load_config(tiny_config, [*MSFL, "rounds=2"])).rows
     assert all(r["accuracy_min"] <= r["accuracy"] <= r["accuracy_max"] for r in rows)
     assert rows[-1]["accepted_peers"] >= 0
+
+
+MOVING = [
+    *MSFL,
+    "system.edges=2",
+    "system.mobility='highway'",
+    "system.speed_min_mps=30",
+    "system.speed_max_mps=40",
+    "system.device.gflops_min=0.0005",
+    "system.device.gflops_max=0.001",
+    "rounds=2",
+]
+
+
+def test_a_handed_over_update_reaches_the_new_edge_and_is_counted(tiny_config):
+    on = run_experiment(load_config(tiny_config, [*MOVING, "federation.handover=true"])).rows
+    assert on[-1]["handover_redirected"] > 0
+    assert on[-1].get("handover_lost", 0) == 0
+    assert sum(r["handed_over"] for r in on) == on[-1]["handover_redirected"]
+    off = run_experiment(load_config(tiny_config, [*MOVING, "federation.handover=false"])).rows
+    assert off[-1]["handover_lost"] > 0
+    assert off[-1].get("handover_redirected", 0) == 0
+    assert sum(r["handed_over"] for r in off) == 0
+    assert on[-1]["participants"] < 10 * 2 or off[-1]["participants"] < 10 * 2

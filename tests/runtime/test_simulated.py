@@ -138,3 +138,29 @@ def test_local_transport_counts_bytes_and_keeps_send_order():
     assert t.stats()["bytes"] == expected
     assert t.now() == 0.0
     assert math.isclose(t.stats()["messages"], 6)
+
+
+def test_transmission_latency_counts_the_slowest_model_transfer_per_component():
+    """Seed 003 §5 on a cloud-edge-device chain: upload + edge->cloud + cloud->edge."""
+    system = three_nodes()
+
+    def train(msg, ctx):
+        return msg.reply("update", {"update": torch.zeros(250_000)})
+
+    app = NodeApp("dev0", "device", {"train": train, "ping": train})
+    t = SimulatedTransport(NodeSet({"dev0": app}, 0), system)
+    request = Message("cloud", "dev0", "train", 1, {"state": torch.zeros(500_000)})
+    t.send([request])
+    reply = Message("dev0", "cloud", "update", 1, {"update": torch.zeros(250_000)})
+    upload = 8 * reply.nbytes() / rate(100.0, 0.5)
+    cloud_up = 0.05 + 8 * reply.nbytes() / 8e6
+    cloud_down = 0.05 + 8 * request.nbytes() / 8e6
+    stats = t.stats()
+    assert stats["latency_upload_s"] == pytest.approx(upload, rel=1e-9)
+    assert stats["latency_cloud_up_s"] == pytest.approx(cloud_up, rel=1e-9)
+    assert stats["latency_cloud_down_s"] == pytest.approx(cloud_down, rel=1e-9)
+    assert stats["transmission_latency_s"] == pytest.approx(upload + cloud_up + cloud_down)
+    t.send([Message("cloud", "dev0", "ping", 2)])  # a control request: its reply still counts
+    later = t.stats()
+    assert later["latency_cloud_down_s"] == stats["latency_cloud_down_s"]
+    assert later["latency_upload_s"] == pytest.approx(2 * upload, rel=1e-9)

@@ -39,6 +39,8 @@ class FedAvg:
     server_optimizer: str = "none"
     server_params: Mapping[str, Any] = field(default_factory=dict)
     deadline_s: float | None = None
+    on_handover: str | None = None
+    """What a device that left the asking edge does with its update: relay, redirect, drop."""
     train_overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -64,6 +66,8 @@ class FedAvg:
         """One round; ``train`` overrides the devices' local training settings."""
         chosen = self.select(transport.nodes("device"), rng)
         payload: dict[str, Any] = {"state": state}
+        if self.on_handover is not None:
+            payload["on_handover"] = self.on_handover
         overrides = {**self.train_overrides, **(train or {})}
         if overrides:
             payload["train"] = overrides

@@ -14,12 +14,12 @@ whose devices all failed returns no update and is left out of the cloud average.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from fedge.aggregation import aggregate
+from fedge.aggregation import aggregate, weighted_mean
 from fedge.algorithms.base import (
     AlgorithmSpec,
     History,
@@ -45,6 +45,15 @@ class EdgeServer:
 
     inner: FedAvg
     evaluate: Evaluator | None = None
+    absorb_handovers: bool = True
+    """Mix updates handed over by vehicles from other edges into the next aggregation."""
+
+    def handover(self, message: Message, ctx: NodeContext) -> Message:
+        """Keep the update of a vehicle that arrived from another edge (its origin recorded)."""
+        update: Update = message.payload["update"]
+        tagged = replace(update, via=str(message.payload.get("origin_edge", "")))
+        ctx.state.setdefault("inbox", []).append(tagged)
+        return message.reply("ack")
 
     def train(self, message: Message, ctx: NodeContext) -> Message:
         p = message.payload
@@ -55,6 +64,8 @@ class EdgeServer:
         for k in range(int(p["edge_rounds"])):
             index = int(p["first_round"]) + k
             state, _, updates = self.inner.round(downstream, state, ctx.rng, index, p.get("train"))
+        if self.absorb_handovers and ctx.state.get("inbox"):
+            state, updates = _absorb(state, updates, ctx.state.pop("inbox"))
         ctx.state["model"] = state
         weight = float(sum(u.weight for u in updates))
         metrics = {
@@ -72,6 +83,16 @@ class EdgeServer:
         ctx.state["weight"] = weight or ctx.state.get("weight", 0.0)
         out["metrics"] = metrics
         return message.reply("edge_update", out)
+
+
+def _absorb(
+    state: ModelState, updates: list[Update], arrived: list[Update]
+) -> tuple[ModelState, list[Update]]:
+    """FedAvg weighting of the edge's aggregate and the updates handed over to it."""
+    own = float(sum(u.weight for u in updates))
+    states = [state, *(u.state for u in arrived)] if own > 0 else [u.state for u in arrived]
+    weights = [own, *(u.weight for u in arrived)] if own > 0 else [u.weight for u in arrived]
+    return weighted_mean(states, weights), [*updates, *arrived]
 
 
 def _check_kappa(name: str, value: int) -> None:

@@ -63,6 +63,8 @@ class Exchange:
         others = [
             _candidate(validate, r.payload["state"], r.payload["weight"], r.src) for r in replies
         ]
+        arrived = ctx.state.pop("inbox", [])
+        others += [_candidate(validate, u.state, u.weight, f"{u.origin}@{u.via}") for u in arrived]
         result = interserver(self.rule, own, others, validate, **self.params)
         ctx.add_work(Work(0, passes[0] * self.validation_flops))
         ctx.state["model"] = result.state
@@ -71,6 +73,7 @@ class Exchange:
                 "peers": float(len(others)),
                 "accepted": float(len(result.accepted)),
                 "own_weight": result.weights.get(ctx.node_id, 0.0),
+                "handed_over": float(len(arrived)),
             },
         }
         if message.payload.get("evaluate") and self.evaluate is not None:
@@ -123,6 +126,7 @@ class MultiServerFL(HierarchicalFL):
             ]
             replies = transport.send(asks)
             metrics["accepted_peers"] = sum(m.payload["metrics"]["accepted"] for m in replies)
+            metrics["handed_over"] = sum(m.payload["metrics"]["handed_over"] for m in replies)
         metrics.update(
             edge_eval_summary([m.payload["eval"] for m in replies if "eval" in m.payload])
         )

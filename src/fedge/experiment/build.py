@@ -191,9 +191,11 @@ def _edge_apps(cfg: ExperimentConfig, system: SystemModel, kit: _EdgeKit) -> dic
         aggregator=fed.aggregator,
         aggregator_params=dict(fed.aggregator_params),
         deadline_s=fed.deadline_s,
+        on_handover="redirect" if fed.handover else "drop",
     )
-    server = EdgeServer(inner, kit.evaluator)
-    apps = {e: NodeApp(e, "edge", {"edge_train": server.train}) for e in system.ids("edge")}
+    server = EdgeServer(inner, kit.evaluator, absorb_handovers=not kit.validation)
+    handlers = {"edge_train": server.train, "handover": server.handover}
+    apps = {e: NodeApp(e, "edge", dict(handlers)) for e in system.ids("edge")}
     for edge, val in zip(system.ids("edge"), kit.validation, strict=False):
         ex = Exchange(
             fed.interserver,

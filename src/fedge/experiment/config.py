@@ -63,6 +63,7 @@ class FederationConfig(Section):
     deadline_s: float | None = Field(None, gt=0)
     evaluate_every: int = Field(1, ge=1)
     interserver: str = "spaa"
+    handover: bool = Field(True, description="edges keep updates of vehicles that moved in")
     interserver_params: dict[str, float | int | str] = Field(default_factory=dict)
 
 

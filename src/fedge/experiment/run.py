@@ -34,6 +34,17 @@ SUMMARY_KEYS = (
 )
 
 
+SUMMED_PREFIXES = (
+    "bytes_",
+    "energy_j",
+    "sim_time_s",
+    "wall_time_s",
+    "latency_",
+    "transmission_latency_s",
+    "handover_",
+)
+
+
 @dataclass(frozen=True)
 class RunResult:
     run_id: str
@@ -159,7 +170,7 @@ def _summarise(observer: _Observer) -> dict[str, Any]:
     summary: dict[str, Any] = {k: final.get(k, math.nan) for k in SUMMARY_KEYS[:5]}
     summary["rounds"] = last["round"]
     for key, value in last.items():
-        if key.startswith(("bytes_", "energy_j", "sim_time_s", "wall_time_s")):
+        if key.startswith(SUMMED_PREFIXES):
             summary[key] = value
     target = observer.exp.config.target_accuracy
     if target is not None:
@@ -167,6 +178,7 @@ def _summarise(observer: _Observer) -> dict[str, Any]:
         summary["target_accuracy"] = target
         summary["rounds_to_target"] = hit["round"] if hit else None
         summary["sim_time_to_target_s"] = hit["sim_time_s"] if hit else None
+        summary["transmission_latency_to_target_s"] = hit["transmission_latency_s"] if hit else None
     return summary
 
 

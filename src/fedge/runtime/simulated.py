@@ -10,6 +10,16 @@ request arrived, so nested protocols take the right simulated time.
 Interpretation: a reply that misses the deadline is still charged (the device transmitted
 it) but is discarded; a node that is unavailable in the message's round neither receives
 nor answers, and costs nothing.
+
+Handover: a device asked by edge i that is attached to edge j when its upload starts follows
+the request's ``on_handover`` policy: ``relay`` (default) uploads to j, which forwards over
+the backhaul to i; ``redirect`` delivers the reply to j as a ``handover`` message instead (j
+decides what to do with it, i never gets it); ``drop`` loses it.
+
+Transmission latency follows seed 003 §5: for every round index, the slowest model transfer
+of each component (device->edge upload, edge<->edge exchange, edge->cloud, cloud->edge) is
+added up. A model transfer is a message whose payload carries ``state`` or ``update``;
+triggers and metrics are charged in time and bytes but are not transmission latency.
 """
 
 from __future__ import annotations
@@ -32,14 +42,34 @@ class Ledger:
 
     counters: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
     energy: EnergyLedger = field(default_factory=EnergyLedger)
+    slowest_s: dict[tuple[str, int], float] = field(default_factory=dict)
+    """(latency component, round index) -> the slowest model transfer of that component."""
 
-    def charge_transfer(self, cost: TransferCost, system: SystemModel) -> None:
+    def charge_transfer(
+        self, cost: TransferCost, system: SystemModel, message: Message | None = None
+    ) -> None:
+        carries_model = message is not None and _carries_model(message)
         for hop in cost.hops:
             tier = hop.tier.replace("-", "_")
             self.counters[f"bytes_{hop.direction}_{tier}"] += hop.nbytes
             self.counters[f"airtime_s_{tier}"] += hop.time_s
             if hop.tx_energy_j:
                 self.energy.charge(hop.src, system.tier(hop.src), "radio", hop.tx_energy_j)
+            component = _COMPONENTS.get((hop.tier, hop.direction))
+            if carries_model and component is not None and message is not None:
+                self.note_latency(component, message.round, hop.time_s)
+
+    def note_latency(self, component: str, round_index: int, time_s: float) -> None:
+        key = (component, round_index)
+        self.slowest_s[key] = max(self.slowest_s.get(key, 0.0), time_s)
+
+    def latency(self) -> dict[str, float]:
+        """Cumulative transmission latency per component and in total."""
+        out = {f"latency_{c}_s": 0.0 for c in sorted(set(_COMPONENTS.values()) | {"handover"})}
+        for (component, _), time_s in self.slowest_s.items():
+            out[f"latency_{component}_s"] += time_s
+        out["transmission_latency_s"] = sum(v for k, v in out.items() if k != "latency_handover_s")
+        return out
 
     def snapshot(self) -> dict[str, float]:
         out = {k: float(v) for k, v in sorted(self.counters.items())}
@@ -49,7 +79,21 @@ class Ledger:
         out["energy_j"] = self.energy.total_j()
         for tier, joules in sorted(self.energy.by_tier().items()):
             out[f"energy_j_{tier}"] = joules
+        out.update(self.latency())
         return out
+
+
+_COMPONENTS = {
+    ("device-edge", "up"): "upload",
+    ("edge-edge", "peer"): "exchange",
+    ("edge-cloud", "up"): "cloud_up",
+    ("edge-cloud", "down"): "cloud_down",
+}
+HANDOVER_POLICIES = ("relay", "redirect", "drop")
+
+
+def _carries_model(message: Message) -> bool:
+    return "state" in message.payload or "update" in message.payload
 
 
 @dataclass(frozen=True)
@@ -104,7 +148,7 @@ class SimulatedTransport:
             self._ledger.counters["dropped"] += 1
             return None
         down = self._system.transfer(message.src, message.dst, message.nbytes(), start_s)
-        self._ledger.charge_transfer(down, self._system)
+        self._ledger.charge_transfer(down, self._system, message)
         child = self.at(message.dst, start_s + down.time_s)
         reply, work = self._nodes.deliver(message, child)
         cost = self._system.compute(message.dst, work.flops, message.round)
@@ -113,10 +157,38 @@ class SimulatedTransport:
         )
         self._ledger.counters["flops"] += work.flops
         done_s = child.now() + cost.time_s
-        up = self._system.transfer(reply.src, reply.dst, reply.nbytes(), done_s)
-        self._ledger.charge_transfer(up, self._system)
         self._ledger.counters["messages"] += 2
+        moved_to = self._moved(message, done_s)
+        if moved_to is not None:
+            self._hand_over(message, reply, moved_to, done_s)
+            return None
+        up = self._system.transfer(reply.src, reply.dst, reply.nbytes(), done_s)
+        self._ledger.charge_transfer(up, self._system, reply)
         return _Arrival(done_s + up.time_s, order, reply)
+
+    def _moved(self, message: Message, t_s: float) -> str | None:
+        """The device's new edge when it left the asking edge's coverage (else None)."""
+        policy = message.payload.get("on_handover", "relay")
+        if policy == "relay" or self._system.tier(message.dst) != "device":
+            return None
+        if self._system.tier(message.src) != "edge":
+            return None
+        now_at = self._system.attachment(message.dst, t_s)
+        return now_at if now_at != message.src else None
+
+    def _hand_over(self, request: Message, reply: Message, edge: str, t_s: float) -> None:
+        """Deliver a moved device's reply to its new edge, or lose it (policy ``drop``)."""
+        if request.payload.get("on_handover") == "drop":
+            self._ledger.counters["handover_lost"] += 1
+            return
+        moved = Message(
+            reply.src, edge, "handover", reply.round, {**reply.payload, "origin_edge": request.src}
+        )
+        up = self._system.transfer(moved.src, moved.dst, moved.nbytes(), t_s)
+        self._ledger.charge_transfer(up, self._system)
+        self._ledger.note_latency("handover", reply.round, up.time_s)
+        self._nodes.deliver(moved, self.at(edge, t_s + up.time_s))
+        self._ledger.counters["handover_redirected"] += 1
 
     def send(self, messages: Sequence[Message], deadline_s: float | None = None) -> list[Message]:
         start_s = self.now()
