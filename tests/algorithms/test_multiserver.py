@@ -1,5 +1,6 @@
 """MS-FL on the simulated engine: edges mix their neighbours' models with the chosen rule."""
 
+import pytest
 import torch
 
 from fedge.aggregation import weighted_mean
@@ -81,3 +82,28 @@ def test_a_handed_over_update_reaches_the_new_edge_and_is_counted(tiny_config):
     assert off[-1].get("handover_redirected", 0) == 0
     assert sum(r["handed_over"] for r in off) == 0
     assert on[-1]["participants"] < 10 * 2 or off[-1]["participants"] < 10 * 2
+
+
+def test_a_malicious_edge_hurts_wa_but_not_ba(tiny_config):
+    attack = [
+        *MSFL,
+        "rounds=2",
+        "federation.malicious_edges=['edge1']",
+        "federation.malicious_mode='scaled'",
+        "federation.malicious_scale=-5.0",
+    ]
+    acc = {}
+    for rule in ("wa", "ba"):
+        rows = run_experiment(
+            load_config(tiny_config, [*attack, f"federation.interserver='{rule}'"])
+        )
+        acc[rule] = rows.rows[-1]["accuracy"]
+    assert acc["ba"] > acc["wa"] + 0.1
+
+
+def test_unknown_malicious_edge_is_rejected(tiny_config):
+    from fedge.core.errors import ConfigError
+    from fedge.experiment.build import check_names
+
+    with pytest.raises(ConfigError, match="malicious_edges"):
+        check_names(load_config(tiny_config, [*MSFL, "federation.malicious_edges=['edge9']"]))

@@ -9,7 +9,8 @@ collects the edges' metrics; no model goes to the cloud after the initial broadc
 Interpretations: the edges publish their trained models before any exchange starts, so every
 edge mixes the models of the same round (no edge sees a peer's already-mixed model); each
 edge evaluates its model on the global test set for reporting (mean, min and max across
-edges); the validation split of an edge is described in ``fedge.experiment.build``.
+honest edges: a malicious edge, which sends poisoned models to its peers, is left out); the
+validation split of an edge is described in ``fedge.experiment.build``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fedge.core.message import Message
 from fedge.core.node import NodeContext
 from fedge.core.transport import Transport
 from fedge.core.update import ModelState, Work
+from fedge.transforms.attacks import poison_state
 
 
 @dataclass
@@ -41,11 +43,14 @@ class Exchange:
     """Evaluates a model on the test set for reporting."""
     validation_flops: float = 0.0
     """FLOPs of one validation pass, charged to the edge per candidate scored."""
+    poison: tuple[str, float] | None = None
+    """A malicious edge: (mode, scale) of the model it sends to its peers."""
 
     def get_model(self, message: Message, ctx: NodeContext) -> Message:
-        return message.reply(
-            "model", {"state": ctx.state["published"], "weight": ctx.state.get("weight", 0.0)}
-        )
+        state = ctx.state["published"]
+        if self.poison is not None:
+            state = poison_state(state, self.poison[0], self.poison[1], ctx.rng)
+        return message.reply("model", {"state": state, "weight": ctx.state.get("weight", 0.0)})
 
     def exchange(self, message: Message, ctx: NodeContext) -> Message:
         downstream = ctx.downstream
@@ -76,7 +81,7 @@ class Exchange:
                 "handed_over": float(len(arrived)),
             },
         }
-        if message.payload.get("evaluate") and self.evaluate is not None:
+        if message.payload.get("evaluate") and self.evaluate is not None and not self.poison:
             out["eval"] = dict(self.evaluate(result.state))
         return message.reply("exchanged", out)
 

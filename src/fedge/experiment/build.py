@@ -91,6 +91,12 @@ def check_names(cfg: ExperimentConfig) -> None:
     AGGREGATORS.get(cfg.federation.aggregator, "federation.aggregator")
     if cfg.algorithm == "msfl":
         INTERSERVER.get(cfg.federation.interserver, "federation.interserver")
+    edges = [f"edge{i}" for i in range(cfg.system.edges)]
+    unknown = [e for e in cfg.federation.malicious_edges if e not in edges]
+    if unknown and cfg.system.topology != "file":
+        raise ConfigError(
+            "federation.malicious_edges", unknown, "edge ids among " + ", ".join(edges)
+        )
     if cfg.federation.server_optimizer is not None:
         SERVER_OPTIMIZERS.get(cfg.federation.server_optimizer, "federation.server_optimizer")
     if cfg.algorithm == "fedprox" and cfg.training.proximal_mu <= 0:
@@ -196,6 +202,7 @@ def _edge_apps(cfg: ExperimentConfig, system: SystemModel, kit: _EdgeKit) -> dic
     server = EdgeServer(inner, kit.evaluator, absorb_handovers=not kit.validation)
     handlers = {"edge_train": server.train, "handover": server.handover}
     apps = {e: NodeApp(e, "edge", dict(handlers)) for e in system.ids("edge")}
+    poison = (fed.malicious_mode, fed.malicious_scale)
     for edge, val in zip(system.ids("edge"), kit.validation, strict=False):
         ex = Exchange(
             fed.interserver,
@@ -203,6 +210,7 @@ def _edge_apps(cfg: ExperimentConfig, system: SystemModel, kit: _EdgeKit) -> dic
             _validator(kit.model, val),
             kit.evaluator,
             len(val) * kit.flops_forward,
+            poison if edge in fed.malicious_edges else None,
         )
         apps[edge].on("get_model", ex.get_model).on("exchange", ex.exchange)
     return apps

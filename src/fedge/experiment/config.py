@@ -64,6 +64,9 @@ class FederationConfig(Section):
     evaluate_every: int = Field(1, ge=1)
     interserver: str = "spaa"
     handover: bool = Field(True, description="edges keep updates of vehicles that moved in")
+    malicious_edges: list[str] = Field(default_factory=list)
+    malicious_mode: Literal["random", "scaled"] = "random"
+    malicious_scale: float = 10.0
     interserver_params: dict[str, float | int | str] = Field(default_factory=dict)
 
 
