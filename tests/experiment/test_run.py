@@ -157,3 +157,11 @@ def test_quickstart_round_on_real_fashion_mnist(tmp_path):
     result = run_experiment(load_config(quickstart, sets))
     assert result.summary["accuracy"] > 0.3
     assert result.summary["bytes_up_edge_cloud"] > 10 * 6_000_000
+
+
+def test_target_can_be_recorded_without_stopping(tiny_config):
+    sets = ["rounds=3", "target_accuracy=0.05", "stop_at_target=false"]
+    result = run_experiment(load_config(tiny_config, sets))
+    assert result.summary["rounds"] == 3
+    assert result.summary["rounds_to_target"] == 1
+    assert result.summary["transmission_latency_to_target_s"] > 0

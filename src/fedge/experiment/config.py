@@ -133,6 +133,7 @@ class ExperimentConfig(Section):
     algorithm: str = "fedavg"
     engine: Literal["local"] = "local"
     target_accuracy: float | None = Field(None, gt=0, le=1)
+    stop_at_target: bool = Field(True, description="stop once target_accuracy is reached")
     threads: int = Field(0, ge=0, description="PyTorch CPU threads; 0 keeps PyTorch's default")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()

@@ -110,7 +110,8 @@ class _Observer:
             if due:
                 self.bar.set_postfix(acc=f"{row['accuracy']:.4f}", sim=f"{row['sim_time_s']:.0f}s")
         target = cfg.target_accuracy
-        return bool(due and target is not None and row["accuracy"] >= target)
+        reached = due and target is not None and row["accuracy"] >= target
+        return bool(reached and cfg.stop_at_target)
 
 
 def _progress(enabled: bool, total: int, name: str) -> Any:
