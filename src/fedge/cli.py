@@ -33,9 +33,34 @@ def _parser() -> argparse.ArgumentParser:
         help="one of all, algorithms, datasets, partitioners, models, aggregators, "
         "server-optimizers",
     )
+    _add_compare(sub)
     rep = sub.add_parser("report", help="rebuild the plots and report.html of a run")
     rep.add_argument("run_dir", help="a run directory written by `fedge run`")
     return p
+
+
+def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmp = sub.add_parser("compare", help="run variants of a config over several seeds")
+    cmp.add_argument("config", help="path to the experiment TOML file")
+    cmp.add_argument(
+        "--vary",
+        dest="varies",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="a config key (dotted) and the values to try, repeatable: every combination runs",
+    )
+    cmp.add_argument("--seeds", type=int, default=1, help="seeds per variant (default: 1)")
+    cmp.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (dotted) in every variant, repeatable",
+    )
+    cmp.add_argument("--out", help="parent of the comparison directory (default: output.dir)")
+    cmp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _registries() -> dict[str, list[tuple[str, str]]]:
@@ -86,6 +111,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fedge.experiment.compare import run_comparison
+
+    result = run_comparison(
+        args.config,
+        args.varies,
+        args.seeds,
+        args.overrides,
+        out=args.out,
+        progress=False if args.no_progress else None,
+        echo=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(result.table())
+    print(f"comparison: {result.report}")
+    return 0
+
+
 def cmd_report(run_dir: str) -> int:
     from fedge.results import rebuild_report
 
@@ -98,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "compare":
+            return cmd_compare(args)
         if args.command == "list":
             return cmd_list(args.what)
         return cmd_report(args.run_dir)
