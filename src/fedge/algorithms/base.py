@@ -53,6 +53,34 @@ class Coordinator(Protocol):
     ) -> History: ...
 
 
+class RoundLoop:
+    """A coordinator whose run is a loop of synchronous rounds; subclasses define ``step``."""
+
+    def step(
+        self, transport: Transport, state: ModelState, rng: np.random.Generator, r: int, rounds: int
+    ) -> RoundRecord:
+        """Round ``r`` of ``rounds`` from the global ``state``; the record holds the next one."""
+        raise NotImplementedError(f"{type(self).__name__} must define step()")
+
+    def run(
+        self,
+        transport: Transport,
+        initial_state: ModelState,
+        rng: np.random.Generator,
+        rounds: int,
+        observer: Observer | None = None,
+    ) -> History:
+        history = History()
+        state = initial_state
+        for r in range(1, rounds + 1):
+            record = self.step(transport, state, rng, r, rounds)
+            history.record(record)
+            state = record.state
+            if observer is not None and observer(record):
+                break
+        return history
+
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
     """A registered algorithm: how to make its coordinator and which apps its nodes run."""

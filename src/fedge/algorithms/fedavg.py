@@ -17,8 +17,7 @@ import numpy as np
 from fedge.aggregation import aggregate, make_server_optimizer
 from fedge.algorithms.base import (
     AlgorithmSpec,
-    History,
-    Observer,
+    RoundLoop,
     RoundRecord,
     register_algorithm,
     weighted_metric,
@@ -30,7 +29,7 @@ from fedge.core.update import ModelState, Update
 
 
 @dataclass
-class FedAvg:
+class FedAvg(RoundLoop):
     """Synchronous rounds of sample -> local training -> aggregate -> server step."""
 
     clients_per_round: int = 10
@@ -83,23 +82,11 @@ class FedAvg:
         }
         return state, metrics, updates
 
-    def run(
-        self,
-        transport: Transport,
-        initial_state: ModelState,
-        rng: np.random.Generator,
-        rounds: int,
-        observer: Observer | None = None,
-    ) -> History:
-        history = History()
-        state = initial_state
-        for r in range(1, rounds + 1):
-            state, metrics = self.round(transport, state, rng, r)[:2]
-            record = RoundRecord(r, state, metrics)
-            history.record(record)
-            if observer is not None and observer(record):
-                break
-        return history
+    def step(
+        self, transport: Transport, state: ModelState, rng: np.random.Generator, r: int, rounds: int
+    ) -> RoundRecord:
+        state, metrics = self.round(transport, state, rng, r)[:2]
+        return RoundRecord(r, state, metrics)
 
 
 def _family(name: str, description: str, **defaults: Any) -> AlgorithmSpec:

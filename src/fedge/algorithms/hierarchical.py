@@ -22,8 +22,7 @@ import numpy as np
 from fedge.aggregation import aggregate, weighted_mean
 from fedge.algorithms.base import (
     AlgorithmSpec,
-    History,
-    Observer,
+    RoundLoop,
     RoundRecord,
     register_algorithm,
     weighted_metric,
@@ -101,7 +100,7 @@ def _check_kappa(name: str, value: int) -> None:
 
 
 @dataclass
-class HierarchicalFL:
+class HierarchicalFL(RoundLoop):
     """The cloud side of HierFAVG: one cloud aggregation every ``kappa2`` edge rounds."""
 
     kappa1: int = 1
@@ -125,31 +124,19 @@ class HierarchicalFL:
             for e in transport.nodes("edge")
         ]
 
-    def run(
-        self,
-        transport: Transport,
-        initial_state: ModelState,
-        rng: np.random.Generator,
-        rounds: int,
-        observer: Observer | None = None,
-    ) -> History:
-        history = History()
-        state = initial_state
-        for r in range(1, rounds + 1):
-            replies = transport.send(self.request(transport, r, {"state": state}), self.deadline_s)
-            updates = [m.payload["update"] for m in replies if "update" in m.payload]
-            if updates:
-                state = aggregate(self.aggregator, updates, rng, **self.aggregator_params)
-            metrics = {
-                "edges": float(len(updates)),
-                "participants": sum(m.payload["metrics"]["participants"] for m in replies),
-                "train_loss": weighted_metric(updates, "train_loss"),
-            }
-            record = RoundRecord(r, state, metrics)
-            history.record(record)
-            if observer is not None and observer(record):
-                break
-        return history
+    def step(
+        self, transport: Transport, state: ModelState, rng: np.random.Generator, r: int, rounds: int
+    ) -> RoundRecord:
+        replies = transport.send(self.request(transport, r, {"state": state}), self.deadline_s)
+        updates = [m.payload["update"] for m in replies if "update" in m.payload]
+        if updates:
+            state = aggregate(self.aggregator, updates, rng, **self.aggregator_params)
+        metrics = {
+            "edges": float(len(updates)),
+            "participants": sum(m.payload["metrics"]["participants"] for m in replies),
+            "train_loss": weighted_metric(updates, "train_loss"),
+        }
+        return RoundRecord(r, state, metrics)
 
 
 def edge_eval_summary(evals: Sequence[Mapping[str, float]]) -> dict[str, float]:

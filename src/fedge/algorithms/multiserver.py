@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fedge.aggregation import Candidate, Score, interserver
-from fedge.algorithms.base import AlgorithmSpec, History, Observer, RoundRecord, register_algorithm
+from fedge.algorithms.base import AlgorithmSpec, RoundRecord, register_algorithm
 from fedge.algorithms.hierarchical import Evaluator, HierarchicalFL, edge_eval_summary
 from fedge.core.message import Message
 from fedge.core.node import NodeContext
@@ -101,23 +101,15 @@ class MultiServerFL(HierarchicalFL):
     interserver: str = "spaa"
     interserver_params: Mapping[str, Any] = field(default_factory=dict)
 
-    def run(
+    def step(
         self,
         transport: Transport,
-        initial_state: ModelState,
+        initial: ModelState,
         rng: np.random.Generator,
+        r: int,
         rounds: int,
-        observer: Observer | None = None,
-    ) -> History:
-        history = History()
-        for r in range(1, rounds + 1):
-            record = self._round(transport, initial_state, r, rounds)
-            history.record(record)
-            if observer is not None and observer(record):
-                break
-        return history
-
-    def _round(self, transport: Transport, initial: ModelState, r: int, rounds: int) -> RoundRecord:
+    ) -> RoundRecord:
+        """The edges' models stay on the edges; the record carries the initial state along."""
         due = r % self.evaluate_every == 0 or r == rounds
         payload: dict[str, Any] = {"return_model": False, "evaluate": due and not self.exchange}
         if r == 1:
