@@ -77,6 +77,7 @@ def test_a_handed_over_update_reaches_the_new_edge_and_is_counted(tiny_config):
     assert on[-1]["handover_redirected"] > 0
     assert on[-1].get("handover_lost", 0) == 0
     assert sum(r["handed_over"] for r in on) == on[-1]["handover_redirected"]
+    assert [r["round_handover_redirected"] for r in on] == [r["handed_over"] for r in on]
     off = run_experiment(load_config(tiny_config, [*MOVING, "federation.handover=false"])).rows
     assert off[-1]["handover_lost"] > 0
     assert off[-1].get("handover_redirected", 0) == 0

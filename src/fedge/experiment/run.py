@@ -34,6 +34,8 @@ SUMMARY_KEYS = (
 )
 
 
+PER_ROUND_COUNTS = ("handover_redirected", "handover_lost", "dropped", "late")
+"""Cumulative transport counters also reported per round (``round_<name>``)."""
 SUMMED_PREFIXES = (
     "bytes_",
     "energy_j",
@@ -101,6 +103,9 @@ class _Observer:
         row.update(record.metrics)
         due = "accuracy" in row
         row.update(self.exp.transport.stats())
+        previous = self.rows[-1] if self.rows else {}
+        for key in PER_ROUND_COUNTS:
+            row[f"round_{key}"] = row.get(key, 0.0) - previous.get(key, 0.0)
         row["handovers"] = float(self._handovers(row["sim_time_s"]))
         row["wall_time_s"] = time.perf_counter() - self.started_s
         self.rows.append(row)
