@@ -76,6 +76,13 @@ def test_bytes_and_time_grow_every_round(tiny_config):
         assert b["bytes_up_edge_cloud"] == b["bytes_up_device_edge"]
 
 
+def test_per_round_latency_adds_up_to_the_cumulative_one(tiny_config):
+    rows = run_experiment(load_config(tiny_config)).rows
+    assert all(r["round_transmission_latency_s"] > 0 for r in rows)
+    total = sum(r["round_transmission_latency_s"] for r in rows)
+    assert total == pytest.approx(rows[-1]["transmission_latency_s"])
+
+
 def test_target_accuracy_stops_early(tiny_config):
     result = run_experiment(load_config(tiny_config, ["rounds=6", "target_accuracy=0.05"]))
     assert result.summary["rounds"] == 1

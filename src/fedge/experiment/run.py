@@ -34,8 +34,19 @@ SUMMARY_KEYS = (
 )
 
 
-PER_ROUND_COUNTS = ("handover_redirected", "handover_lost", "dropped", "late")
-"""Cumulative transport counters also reported per round (``round_<name>``)."""
+PER_ROUND_COUNTS = (
+    "handover_redirected",
+    "handover_lost",
+    "dropped",
+    "late",
+    "transmission_latency_s",
+    "latency_upload_s",
+    "latency_exchange_s",
+    "latency_cloud_up_s",
+    "latency_cloud_down_s",
+    "latency_handover_s",
+)
+"""Cumulative transport counters and latencies also reported per round (``round_<name>``)."""
 SUMMED_PREFIXES = (
     "bytes_",
     "energy_j",
