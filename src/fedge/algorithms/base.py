@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -53,14 +54,14 @@ class Coordinator(Protocol):
     ) -> History: ...
 
 
-class RoundLoop:
+class RoundLoop(ABC):
     """A coordinator whose run is a loop of synchronous rounds; subclasses define ``step``."""
 
+    @abstractmethod
     def step(
         self, transport: Transport, state: ModelState, rng: np.random.Generator, r: int, rounds: int
     ) -> RoundRecord:
         """Round ``r`` of ``rounds`` from the global ``state``; the record holds the next one."""
-        raise NotImplementedError(f"{type(self).__name__} must define step()")
 
     def run(
         self,
