@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The MS-FL recipe (seed 003): every table of examples/msfl/README.md, 3 seeds each.
+# The MS-FL recipe: every table of examples/msfl/README.md, 3 seeds each.
 # Two comparisons run at a time (one torch thread each); about 30 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

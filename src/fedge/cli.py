@@ -1,4 +1,4 @@
-"""The fedge command line: run, list, report."""
+"""The fedge command line: run, compare, list, report."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         default="all",
         help="one of all, algorithms, datasets, partitioners, models, aggregators, "
-        "server-optimizers",
+        "server-optimizers, interserver-rules",
     )
     _add_compare(sub)
     rep = sub.add_parser("report", help="rebuild the plots and report.html of a run")
@@ -64,7 +64,7 @@ def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _registries() -> dict[str, list[tuple[str, str]]]:
-    from fedge.aggregation import AGGREGATORS, SERVER_OPTIMIZERS
+    from fedge.aggregation import AGGREGATORS, INTERSERVER, SERVER_OPTIMIZERS
     from fedge.algorithms import ALGORITHMS
     from fedge.learning import DATASETS, MODELS, PARTITIONERS
 
@@ -75,6 +75,7 @@ def _registries() -> dict[str, list[tuple[str, str]]]:
         "models": MODELS.describe(),
         "aggregators": AGGREGATORS.describe(),
         "server-optimizers": SERVER_OPTIMIZERS.describe(),
+        "interserver-rules": INTERSERVER.describe(),
     }
 
 

@@ -4,7 +4,7 @@ HierFAVG: devices run ``kappa1`` local rounds (each the configured epochs, or st
 between edge aggregations; each edge runs
 ``kappa2`` FedAvg rounds over the devices attached to it, then the cloud averages the edge
 models weighted by the samples behind them. This is the "cloud-based FL" baseline of the
-multi-server paper (seed 003) and the cluster-leader HFL of seed 001.
+multi-server (MS-FL) paper and the cluster-leader HFL of the edge-caching recommendation paper.
 
 Interpretations: edge round ``k`` of cloud round ``r`` is numbered ``(r-1)·kappa2 + k`` in its
 messages so every device draws fresh randomness and availability per edge round; an edge
@@ -152,7 +152,7 @@ def edge_eval_summary(evals: Sequence[Mapping[str, float]]) -> dict[str, float]:
 register_algorithm(
     AlgorithmSpec(
         "hierarchical",
-        "HierFAVG: edges aggregate every kappa1 epochs, the cloud every kappa2 edge rounds",
+        "HierFAVG: edges aggregate every kappa1 local rounds, the cloud every kappa2 edge rounds",
         HierarchicalFL,
         roles=("edge",),
     )

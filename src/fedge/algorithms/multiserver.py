@@ -1,4 +1,4 @@
-"""Multi-server FL (MS-FL, seed 003) and its isolated single-server baseline.
+"""Multi-server FL (MS-FL, vehicular edge computing) and its isolated single-server baseline.
 
 Each edge (RSU) runs FedAvg over the devices in its coverage; then, in MS-FL, it fetches its
 neighbour edges' models over the backhaul, scores every candidate on its own validation
@@ -135,7 +135,7 @@ class MultiServerFL(HierarchicalFL):
 register_algorithm(
     AlgorithmSpec(
         "msfl",
-        "Multi-server FL (seed 003): RSUs mix neighbour models with WA/BA/SA/DWAA/SPAA",
+        "Multi-server FL among RSUs: each mixes its neighbours' models with WA/BA/SA/DWAA/SPAA",
         MultiServerFL,
         roles=("edge", "validation"),
     )

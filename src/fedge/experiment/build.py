@@ -222,7 +222,7 @@ def _split_validation(
     """Hold out ``validation_size`` training samples per edge, drawn IID (seeded).
 
     Interpretation: each edge's validation split is an IID sample of the training set held
-    out before partitioning (the server's own labelled data in seed 003), so no device's
+    out before partitioning (the server's own labelled data in the MS-FL paper), so no device's
     data is shared. With ``data.validation_size`` set explicitly the split is held out for
     every algorithm, which keeps comparisons between frameworks on the same training data.
     """
