@@ -1,4 +1,4 @@
-"""Inter-server aggregation of MS-FL (multi-server FL in vehicular edge computing): WA, BA, SA, DWAA and SPAA.
+"""Inter-server aggregation of multi-server FL (MS-FL): WA, BA, SA, DWAA and SPAA.
 
 An edge mixes its own model with its neighbour edges' models. Every candidate carries its score
 on the edge's own validation split; SA also calls ``evaluate`` on the models it builds. A rule

@@ -16,8 +16,8 @@ the request's ``on_handover`` policy: ``relay`` (default) uploads to j, which fo
 the backhaul to i; ``redirect`` delivers the reply to j as a ``handover`` message instead (j
 decides what to do with it, i never gets it); ``drop`` loses it.
 
-Transmission latency follows §5 of the MS-FL paper: for every round index, the slowest model transfer
-of each component (device->edge upload, edge<->edge exchange, edge->cloud, cloud->edge) is
+Transmission latency follows §5 of the MS-FL paper: for every round index, the slowest model
+transfer of each component (device->edge upload, edge<->edge exchange, edge->cloud, cloud->edge) is
 added up. A model transfer is a message whose payload carries ``state`` or ``update``;
 triggers and metrics are charged in time and bytes but are not transmission latency.
 """
