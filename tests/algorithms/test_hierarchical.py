@@ -56,3 +56,24 @@ def test_local_rounds_multiply_epochs_or_steps():
     assert _override(TrainConfig(epochs=2), {"local_rounds": 3}).epochs == 6
     assert _override(TrainConfig(steps=5), {"local_rounds": 3}).steps == 15
     assert _override(TrainConfig(lr=0.1), {"lr": 0.2}).lr == 0.2
+
+
+def test_edges_fold_in_handed_over_updates_even_with_validation_splits(tiny_config):
+    from fedge.experiment.build import build as build_exp
+
+    sets = [
+        "algorithm='hierarchical'",
+        "system.mobility='highway'",
+        "system.speed_min_mps=30",
+        "system.speed_max_mps=40",
+        "system.device.gflops_min=0.0005",
+        "system.device.gflops_max=0.001",
+        "rounds=3",
+        "data.validation_size=40",
+    ]
+    exp = build_exp(load_config(tiny_config, sets))
+    exp.coordinator.run(exp.transport, exp.initial_state, exp.rng, exp.config.rounds)
+    redirected = exp.transport.stats()["handover_redirected"]
+    waiting = sum(len(exp.nodes.apps[e].state.get("inbox", [])) for e in exp.system.ids("edge"))
+    assert redirected > 0
+    assert waiting < redirected

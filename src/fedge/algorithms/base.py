@@ -91,7 +91,8 @@ class AlgorithmSpec:
     make: Callable[..., Coordinator]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     roles: tuple[str, ...] = ()
-    """Node roles besides training devices that the algorithm needs (e.g. "edge")."""
+    """Node roles besides training devices: "edge" (edge servers), "exchange" (edges that
+    exchange models with their neighbours and score them on validation splits)."""
 
 
 ALGORITHMS: Registry[AlgorithmSpec] = Registry("algorithm")

@@ -137,7 +137,7 @@ register_algorithm(
         "msfl",
         "Multi-server FL among RSUs: each mixes its neighbours' models with WA/BA/SA/DWAA/SPAA",
         MultiServerFL,
-        roles=("edge", "validation"),
+        roles=("edge", "exchange"),
     )
 )
 register_algorithm(

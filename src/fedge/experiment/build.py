@@ -189,8 +189,14 @@ def _validator(model: nn.Module, data: ArrayDataset) -> Callable[[ModelState], S
     return score
 
 
-def _edge_apps(cfg: ExperimentConfig, system: SystemModel, kit: _EdgeKit) -> dict[str, NodeApp]:
-    """Edge servers that run FedAvg rounds over their attached devices (and exchange)."""
+def _edge_apps(
+    cfg: ExperimentConfig, system: SystemModel, kit: _EdgeKit, exchange: bool
+) -> dict[str, NodeApp]:
+    """Edge servers that run FedAvg rounds over their attached devices (and exchange).
+
+    Updates handed over by vehicles are scored by the exchange step when the edges exchange,
+    else folded into the edge's next aggregation.
+    """
     fed = cfg.federation
     inner = FedAvg(
         clients_per_round=fed.clients_per_edge or len(system.ids("device")),
@@ -199,9 +205,11 @@ def _edge_apps(cfg: ExperimentConfig, system: SystemModel, kit: _EdgeKit) -> dic
         deadline_s=fed.deadline_s,
         on_handover="redirect" if fed.handover else "drop",
     )
-    server = EdgeServer(inner, kit.evaluator, absorb_handovers=not kit.validation)
+    server = EdgeServer(inner, kit.evaluator, absorb_handovers=not exchange)
     handlers = {"edge_train": server.train, "handover": server.handover}
     apps = {e: NodeApp(e, "edge", dict(handlers)) for e in system.ids("edge")}
+    if not exchange:
+        return apps
     poison = (fed.malicious_mode, fed.malicious_scale)
     for edge, val in zip(system.ids("edge"), kit.validation, strict=False):
         ex = Exchange(
@@ -229,7 +237,7 @@ def _split_validation(
     size = cfg.data.validation_size
     if size is None:
         roles = ALGORITHMS.get(cfg.algorithm, "algorithm").roles
-        size = DEFAULT_VALIDATION_SIZE if "validation" in roles else 0
+        size = DEFAULT_VALIDATION_SIZE if "exchange" in roles else 0
     if size == 0:
         return train, []
     if size * n_edges >= len(train):
@@ -260,9 +268,10 @@ def build(cfg: ExperimentConfig) -> Experiment:
         for d, idx in zip(system.ids("device"), parts, strict=True)
     }
     apps["cloud"] = NodeApp("cloud", "cloud")
-    if "edge" in ALGORITHMS.get(cfg.algorithm, "algorithm").roles:
+    roles = ALGORITHMS.get(cfg.algorithm, "algorithm").roles
+    if "edge" in roles:
         kit = _EdgeKit(_evaluator(model, test), validation, model, prof.flops_forward)
-        apps.update(_edge_apps(cfg, system, kit))
+        apps.update(_edge_apps(cfg, system, kit, exchange="exchange" in roles))
     nodes = NodeSet(apps, derive_seed(cfg.seed, "apps"))
     transport = SimulatedTransport(nodes, system)
     return Experiment(
