@@ -135,7 +135,9 @@ class _Adaptive(ABC):
 
     name = "adaptive"
 
-    def __init__(self, lr: float, beta1: float, beta2: float, tau: float) -> None:
+    def __init__(
+        self, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
+    ) -> None:
         _positive(self.name, "lr", lr)
         _fraction(self.name, "beta1", beta1)
         _fraction(self.name, "beta2", beta2)
@@ -176,11 +178,6 @@ class FedAdam(_Adaptive):
 
     name = "fedadam"
 
-    def __init__(
-        self, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
-    ) -> None:
-        super().__init__(lr, beta1, beta2, tau)
-
     def _second(self, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         return self.beta2 * v + (1 - self.beta2) * d**2
 
@@ -189,11 +186,6 @@ class FedYogi(_Adaptive):
     """FedYogi: v = v − (1 − β2)·Δ²·sign(v − Δ²)."""
 
     name = "fedyogi"
-
-    def __init__(
-        self, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
-    ) -> None:
-        super().__init__(lr, beta1, beta2, tau)
 
     def _second(self, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         sq = d**2
