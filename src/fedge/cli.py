@@ -15,14 +15,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run one experiment from a TOML config")
     run.add_argument("config", help="path to the experiment TOML file")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (dotted), repeatable",
-    )
+    _add_set(run, "override a config key (dotted), repeatable")
     run.add_argument("--out", help="parent directory of the run directory (default: runs/)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     lst = sub.add_parser("list", help="list algorithms, datasets, partitioners, models, ...")
@@ -39,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _add_set(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text
+    )
+
+
 def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmp = sub.add_parser("compare", help="run variants of a config over several seeds")
     cmp.add_argument("config", help="path to the experiment TOML file")
@@ -51,14 +50,7 @@ def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="a config key (dotted) and the values to try, repeatable: every combination runs",
     )
     cmp.add_argument("--seeds", type=int, default=1, help="seeds per variant (default: 1)")
-    cmp.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (dotted) in every variant, repeatable",
-    )
+    _add_set(cmp, "override a config key (dotted) in every variant, repeatable")
     cmp.add_argument("--out", help="parent of the comparison directory (default: output.dir)")
     cmp.add_argument("--no-progress", action="store_true", help="no progress bars")
 

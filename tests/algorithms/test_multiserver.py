@@ -104,7 +104,6 @@ def test_a_malicious_edge_hurts_wa_but_not_ba(tiny_config):
 
 def test_unknown_malicious_edge_is_rejected(tiny_config):
     from fedge.core.errors import ConfigError
-    from fedge.experiment.build import check_names
 
     with pytest.raises(ConfigError, match="malicious_edges"):
-        check_names(load_config(tiny_config, [*MSFL, "federation.malicious_edges=['edge9']"]))
+        build(load_config(tiny_config, [*MSFL, "federation.malicious_edges=['edge9']"]))

@@ -12,6 +12,7 @@ from torch import nn
 from fedge.aggregation import AGGREGATORS, INTERSERVER, SERVER_OPTIMIZERS, Score
 from fedge.algorithms import (
     ALGORITHMS,
+    AlgorithmSpec,
     Coordinator,
     EdgeServer,
     Exchange,
@@ -91,12 +92,6 @@ def check_names(cfg: ExperimentConfig) -> None:
     AGGREGATORS.get(cfg.federation.aggregator, "federation.aggregator")
     if cfg.algorithm == "msfl":
         INTERSERVER.get(cfg.federation.interserver, "federation.interserver")
-    edges = [f"edge{i}" for i in range(cfg.system.edges)]
-    unknown = [e for e in cfg.federation.malicious_edges if e not in edges]
-    if unknown and cfg.system.topology != "file":
-        raise ConfigError(
-            "federation.malicious_edges", unknown, "edge ids among " + ", ".join(edges)
-        )
     if cfg.federation.server_optimizer is not None:
         SERVER_OPTIMIZERS.get(cfg.federation.server_optimizer, "federation.server_optimizer")
     if cfg.algorithm == "fedprox" and cfg.training.proximal_mu <= 0:
@@ -105,6 +100,15 @@ def check_names(cfg: ExperimentConfig) -> None:
             cfg.training.proximal_mu,
             "a number > 0 for algorithm 'fedprox' (e.g. 0.01)",
         )
+
+
+def _check_edge_ids(cfg: ExperimentConfig, system: SystemModel) -> None:
+    """Edges named in the config must exist in the built topology."""
+    edges = system.ids("edge")
+    unknown = [e for e in cfg.federation.malicious_edges if e not in edges]
+    if unknown:
+        allowed = "edge ids among " + ", ".join(edges)
+        raise ConfigError("federation.malicious_edges", unknown, allowed)
 
 
 def _data(cfg: ExperimentConfig) -> tuple[ArrayDataset, ArrayDataset]:
@@ -149,9 +153,8 @@ def _train_config(cfg: ExperimentConfig) -> TrainConfig:
     )
 
 
-def _coordinator(cfg: ExperimentConfig) -> Coordinator:
+def _coordinator(cfg: ExperimentConfig, spec: AlgorithmSpec) -> Coordinator:
     """The algorithm's coordinator, given the federation settings it accepts."""
-    spec = ALGORITHMS.get(cfg.algorithm, "algorithm")
     fed = cfg.federation
     offered: dict[str, Any] = dict(
         clients_per_round=fed.clients_per_round,
@@ -181,10 +184,11 @@ class _EdgeKit:
 
 
 def _validator(model: nn.Module, data: ArrayDataset) -> Callable[[ModelState], Score]:
+    evaluate_on = _evaluator(model, data)
+
     def score(state: ModelState) -> Score:
-        load_state(model, state)
-        result = evaluate(model, data, batch_size=EVAL_BATCH)
-        return Score(result.accuracy, result.loss)
+        result = evaluate_on(state)
+        return Score(result["accuracy"], result["loss"])
 
     return score
 
@@ -225,7 +229,7 @@ def _edge_apps(
 
 
 def _split_validation(
-    cfg: ExperimentConfig, train: ArrayDataset, n_edges: int
+    cfg: ExperimentConfig, train: ArrayDataset, n_edges: int, roles: tuple[str, ...]
 ) -> tuple[ArrayDataset, list[ArrayDataset]]:
     """Hold out ``validation_size`` training samples per edge, drawn IID (seeded).
 
@@ -236,7 +240,6 @@ def _split_validation(
     """
     size = cfg.data.validation_size
     if size is None:
-        roles = ALGORITHMS.get(cfg.algorithm, "algorithm").roles
         size = DEFAULT_VALIDATION_SIZE if "exchange" in roles else 0
     if size == 0:
         return train, []
@@ -252,10 +255,12 @@ def _split_validation(
 def build(cfg: ExperimentConfig) -> Experiment:
     """Validate names, then load data, build the system, the apps and the coordinator."""
     check_names(cfg)
-    coordinator = _coordinator(cfg)
+    spec = ALGORITHMS.get(cfg.algorithm, "algorithm")
+    coordinator = _coordinator(cfg, spec)
     system = build_system(cfg.system, cfg.seed)
+    _check_edge_ids(cfg, system)
     train, test = _data(cfg)
-    train, validation = _split_validation(cfg, train, len(system.ids("edge")))
+    train, validation = _split_validation(cfg, train, len(system.ids("edge")), spec.roles)
     parts = _partition(cfg, train, system)
     model = build_model(
         cfg.model.name, train.input_shape, train.n_classes, seed=derive_seed(cfg.seed, "init")
@@ -268,10 +273,9 @@ def build(cfg: ExperimentConfig) -> Experiment:
         for d, idx in zip(system.ids("device"), parts, strict=True)
     }
     apps["cloud"] = NodeApp("cloud", "cloud")
-    roles = ALGORITHMS.get(cfg.algorithm, "algorithm").roles
-    if "edge" in roles:
+    if "edge" in spec.roles:
         kit = _EdgeKit(_evaluator(model, test), validation, model, prof.flops_forward)
-        apps.update(_edge_apps(cfg, system, kit, exchange="exchange" in roles))
+        apps.update(_edge_apps(cfg, system, kit, exchange="exchange" in spec.roles))
     nodes = NodeSet(apps, derive_seed(cfg.seed, "apps"))
     transport = SimulatedTransport(nodes, system)
     return Experiment(

@@ -112,7 +112,7 @@ class _Observer:
         if due and not record.evaluated:
             row.update(self.evaluate(record).as_dict())
         row.update(record.metrics)
-        due = "accuracy" in row
+        evaluated = "accuracy" in row
         row.update(self.exp.transport.stats())
         previous = self.rows[-1] if self.rows else {}
         for key in PER_ROUND_COUNTS:
@@ -123,10 +123,10 @@ class _Observer:
         self.store.log_round(self.run_id, r, row)
         if self.bar is not None:
             self.bar.update(1)
-            if due:
+            if evaluated:
                 self.bar.set_postfix(acc=f"{row['accuracy']:.4f}", sim=f"{row['sim_time_s']:.0f}s")
         target = cfg.target_accuracy
-        reached = due and target is not None and row["accuracy"] >= target
+        reached = evaluated and target is not None and row["accuracy"] >= target
         return bool(reached and cfg.stop_at_target)
 
 
@@ -152,11 +152,14 @@ def run_experiment(
     exp = build(config)
     store = RunStore(config.output.store)
     root = Path(out_dir if out_dir is not None else config.output.dir)
-    run_id = store.create_run(config.name, config.model_dump(), config.seed, versions(), "")
+    resolved, packages = config.model_dump(), versions()
+    run_id = store.create_run(config.name, resolved, config.seed, packages, "")
     run_dir = root / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     store.set_run_dir(run_id, str(run_dir))
-    _write_inputs(exp, run_dir)
+    write_json(resolved, run_dir / "config.json")
+    write_json({"seed": config.seed, "versions": packages}, run_dir / "versions.json")
+    write_json(exp.partition_report(), run_dir / "partition.json")
     bar = _progress(
         config.output.progress if progress is None else progress, config.rounds, config.name
     )
@@ -165,6 +168,7 @@ def run_experiment(
         exp.coordinator.run(exp.transport, exp.initial_state, exp.rng, config.rounds, observer)
     except BaseException:
         store.finish(run_id, {}, status="failed")
+        store.close()
         raise
     finally:
         if bar is not None:
@@ -197,12 +201,6 @@ def _summarise(observer: _Observer) -> dict[str, Any]:
         summary["sim_time_to_target_s"] = hit["sim_time_s"] if hit else None
         summary["transmission_latency_to_target_s"] = hit["transmission_latency_s"] if hit else None
     return summary
-
-
-def _write_inputs(exp: Experiment, run_dir: Path) -> None:
-    write_json(exp.config.model_dump(), run_dir / "config.json")
-    write_json({"seed": exp.config.seed, "versions": versions()}, run_dir / "versions.json")
-    write_json(exp.partition_report(), run_dir / "partition.json")
 
 
 def _write_outputs(exp: Experiment, run_dir: Path, obs: _Observer, summary: dict[str, Any]) -> None:
