@@ -30,7 +30,9 @@ def test_kappa2_edge_rounds_happen_between_cloud_rounds(tiny_config):
         tiny_config, "algorithm='hierarchical'", "rounds=1", "federation.kappa2=2"
     )
     assert s2["bytes_up_device_edge"] == pytest.approx(2 * s1["bytes_up_device_edge"], rel=0.01)
-    assert s2["bytes_up_edge_cloud"] == s1["bytes_up_edge_cloud"]
+    # one cloud upload per edge either way; only the metrics' decimal digits in the
+    # message headers may differ by a few bytes
+    assert s2["bytes_up_edge_cloud"] == pytest.approx(s1["bytes_up_edge_cloud"], abs=64)
     assert not torch.allclose(flatten(one.final_state), flatten(two.final_state))
     assert s2["sim_time_s"] > s1["sim_time_s"]
 

@@ -21,7 +21,10 @@ def run_cli(capsys, *argv):
             "system.wan.bandwidth_mbps=-5",
             "system.wan.bandwidth_mbps: got -5; allowed: greater than 0",
         ),
-        ("algorithm='fedsgd'", "algorithm: got 'fedsgd'; allowed: one of fedadam, fedavg,"),
+        (
+            "algorithm='fedsgd'",
+            "algorithm: got 'fedsgd'; allowed: one of dfl, dpcg, dpmn, dpmn_r, dpmp, fedadam,",
+        ),
         (
             "data.dataset='cifar'",
             "data.dataset: got 'cifar'; allowed: one of digits, fashion_mnist",

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from fedge.core import ConfigError
 from fedge.learning.pruning import (
+    MaskHook,
+    NeighbourPull,
     adaptive_sparsity,
     apply_mask,
     magnitude_mask,
@@ -136,3 +138,61 @@ def test_j_is_zero_for_identical_models_and_tends_to_one() -> None:
     hidden = {k: torch.where(mask[k], v, v + 100.0) if k in mask else v for k, v in x.items()}
     assert float(regulariser(x, hidden, mask)) == 0.0
     assert math.isclose(sum(float(g.abs().sum()) for g in regulariser_grad(x, x, mask).values()), 0)
+
+
+def _pull_setup() -> tuple[torch.nn.Module, list[tuple[dict, dict]]]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)
+    ).double()
+    own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    neighbours = []
+    for seed in (1, 2, 3):
+        g = torch.Generator().manual_seed(seed)
+        x_j = {
+            k: v + 0.3 * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in own.items()
+        }
+        m_ij = {k: torch.rand(v.shape, generator=g) > 0.4 for k, v in own.items() if v.dim() >= 2}
+        neighbours.append((x_j, m_ij))
+    return model, neighbours
+
+
+def test_neighbour_pull_adds_the_gradient_of_lambda_h_on_top_of_the_loss() -> None:
+    model, neighbours = _pull_setup()
+    lam = 0.7
+    params = dict(model.named_parameters())
+    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    h = sum(regulariser(params, x_j, m) for x_j, m in neighbours) / len(neighbours)
+    (model(x).pow(2).sum() + lam * h).backward()
+    expected = {k: p.grad.clone() for k, p in params.items()}
+    model.zero_grad(set_to_none=True)
+    model(x).pow(2).sum().backward()
+    pull = NeighbourPull(model, neighbours, lam)
+    pull.before_step()
+    for k, p in params.items():
+        torch.testing.assert_close(p.grad, expected[k])
+    assert pull.value == pytest.approx(float(h.detach()))
+
+
+def test_neighbour_pull_with_lambda_zero_leaves_the_gradient_alone() -> None:
+    model, neighbours = _pull_setup()
+    model(torch.ones(2, 4, dtype=torch.float64)).sum().backward()
+    before = {k: p.grad.clone() for k, p in model.named_parameters()}
+    NeighbourPull(model, neighbours, 0.0).before_step()
+    for k, p in model.named_parameters():
+        assert torch.equal(p.grad, before[k])
+
+
+def test_mask_hook_keeps_pruned_weights_at_zero() -> None:
+    model, _ = _pull_setup()
+    mask = magnitude_mask(dict(model.state_dict()), 0.5)
+    hook = MaskHook(model, mask)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.ones(2, 4, dtype=torch.float64)).pow(2).sum().backward()
+        opt.step()
+        hook.after_step()
+    for k, m in mask.items():
+        assert bool((dict(model.named_parameters())[k][~m] == 0).all())
+        assert bool((dict(model.named_parameters())[k][m] != 0).all())

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fedge.core.message import Message
 from fedge.learning.pruning import apply_mask, magnitude_mask
-from fedge.learning.sparse import decode_sparse, encode_sparse, sparse_nbytes
+from fedge.learning.sparse import decode_mask, decode_sparse, encode_sparse, sparse_nbytes
 
 
 def model_state(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -82,3 +82,13 @@ def test_sparse_nbytes_formula() -> None:
 
 def _tensors(entry: dict[str, object]) -> list[torch.Tensor]:
     return [v for v in entry.values() if isinstance(v, torch.Tensor)]
+
+
+def test_the_receiver_recovers_the_sender_mask() -> None:
+    state = model_state(4)
+    mask = magnitude_mask(state, 0.7)
+    got = decode_mask(encode_sparse(state, mask))
+    assert sorted(got) == sorted(mask)
+    for k, m in mask.items():
+        assert torch.equal(got[k], m)
+    assert decode_mask(encode_sparse(state, {})) == {}

@@ -11,11 +11,13 @@ from fedge.core.node import NodeApp
 from fedge.core.update import Work
 from fedge.runtime import LocalTransport, NodeSet, SimulatedTransport
 from fedge.runtime.local import flat_membership
+from fedge.runtime.simulated import SYNC, visible_nodes
 from fedge.system.availability import Availability
 from fedge.system.compute import ComputeProfile
 from fedge.system.generators import build_topology
 from fedge.system.model import SystemModel
 from fedge.system.network import LinkProfile, PathLoss, WirelessProfile, path_gain, shannon_rate_bps
+from fedge.system.peers import PeerGraph
 from fedge.system.topology import Profiles
 
 DEVICE = ComputeProfile(
@@ -164,3 +166,123 @@ def test_transmission_latency_counts_the_slowest_model_transfer_per_component():
     later = t.stats()
     assert later["latency_cloud_down_s"] == stats["latency_cloud_down_s"]
     assert later["latency_upload_s"] == pytest.approx(2 * upload, rel=1e-9)
+
+
+# -- decentralized: peer devices and the SYNC round driver ---------------------------------
+D2D = WirelessProfile(bandwidth_hz=2e6, device_tx_power_w=0.3, latency_s=0.002)
+
+
+def peer_system(d2d: WirelessProfile | None = D2D, dropout: float = 0.0) -> SystemModel:
+    """One edge at x=0, devices at 100, 200, 300 m; peers within 150 m of each other."""
+    profiles = Profiles(device=DEVICE, device_flops_range=(1e9, 1e9), wan=WAN, wireless=WIRELESS)
+    devices = [(100.0, 0.0), (200.0, 0.0), (300.0, 0.0)]
+    topo = build_topology([(0.0, 0.0, 1000.0)], devices, np.random.default_rng(0), profiles)
+    return SystemModel(
+        topo,
+        availability=Availability(dropout_prob=dropout, seed=1),
+        peers=PeerGraph(mode="radius", radius_m=150.0),
+        d2d=d2d,
+    )
+
+
+def d2d_time(nbytes: int, distance_m: float) -> float:
+    gain = path_gain(distance_m, PathLoss())
+    return 8 * nbytes / shannon_rate_bps(2e6, 0.3, gain, D2D.noise_psd_w_per_hz) + 0.002
+
+
+def gossip_apps(flops: float = 1e9, slower: dict[str, float] | None = None) -> dict[str, NodeApp]:
+    """Each device, when the round starts, trains (``flops``) and sends its model to its peers."""
+
+    def start(msg, ctx):
+        ctx.add_work(Work(1, (slower or {}).get(ctx.node_id, flops)))
+        peers = ctx.downstream.nodes("device")
+        out = [
+            Message(ctx.node_id, p, "gossip", msg.round, {"state": torch.zeros(1000)})
+            for p in peers
+        ]
+        ctx.downstream.send(out)
+        return msg.reply("done")
+
+    def gossip(msg, ctx):
+        return msg.reply("ack")
+
+    return {
+        d: NodeApp(d, "device", {"round": start, "gossip": gossip})
+        for d in ("dev0", "dev1", "dev2")
+    }
+
+
+def test_visible_nodes_of_a_device_are_its_peers_and_sync_sees_everyone():
+    system = peer_system()
+    assert visible_nodes(system, "dev1", "device", 0.0) == system.peers("dev1", 0.0)
+    assert visible_nodes(system, "dev1", "device", 0.0) == ["dev0", "dev2"]
+    assert visible_nodes(system, "dev0", "device", 0.0) == ["dev1"]
+    assert visible_nodes(system, "dev0", "edge", 0.0) == ["edge0"]
+    assert visible_nodes(system, SYNC, "device", 0.0) == ["dev0", "dev1", "dev2"]
+    assert visible_nodes(system, SYNC, "edge", 0.0) == ["edge0"]
+    t = SimulatedTransport(NodeSet(gossip_apps(), 0), system, node_id=SYNC)
+    assert t.nodes("device") == ["dev0", "dev1", "dev2"]
+    assert t.at("dev2", 0.0).nodes("device") == ["dev1"]
+
+
+def test_sync_trigger_is_free_and_the_peer_traffic_is_charged_direct(monkeypatch):
+    system = peer_system()
+    seen = []
+    transfer, tier = system.transfer, system.tier
+    monkeypatch.setattr(
+        system, "transfer", lambda s, d, *a: seen.append((s, d)) or transfer(s, d, *a)
+    )
+    monkeypatch.setattr(system, "tier", lambda n: seen.append((n,)) or tier(n))
+    apps = gossip_apps()
+    t = SimulatedTransport(NodeSet({"dev0": apps["dev0"], "dev1": apps["dev1"]}, 0), system, SYNC)
+    trigger = Message(SYNC, "dev0", "round", 1, {"state": torch.zeros(100_000)})
+    [reply] = t.send([trigger])
+    assert reply.kind == "done" and reply.src == "dev0"
+    assert not [c for c in seen if SYNC in c]
+    assert ("dev0", "dev1") in seen and ("dev1", "dev0") in seen
+    gossip = Message("dev0", "dev1", "gossip", 1, {"state": torch.zeros(1000)})
+    ack = Message("dev1", "dev0", "ack", 1)
+    stats = t.stats()
+    assert stats["bytes_peer_device_device"] == gossip.nbytes() + ack.nbytes()
+    assert stats["bytes_up"] == 0 and stats["bytes_down"] == 0  # the trigger cost no bytes
+    assert stats["messages"] == 2
+    gossip_s, ack_s = d2d_time(gossip.nbytes(), 100.0), d2d_time(ack.nbytes(), 100.0)
+    compute_s = 1e9 / 1e9
+    assert stats["sim_time_s"] == pytest.approx(compute_s + gossip_s + ack_s, rel=1e-9)
+    assert stats["latency_d2d_s"] == pytest.approx(gossip_s, rel=1e-9)  # the ack is no model
+    radio_j = 0.3 * (gossip_s - 0.002) + 0.3 * (ack_s - 0.002)
+    energy_j = 2.0 * compute_s + 1e-9 * 1e9 + radio_j
+    assert stats["energy_j_device"] == pytest.approx(energy_j, rel=1e-9)
+
+
+def test_sync_round_is_a_barrier_with_deadlines_and_availability():
+    system = peer_system()
+    apps = gossip_apps(slower={"dev0": 3e9, "dev2": 2e9})
+    t = SimulatedTransport(NodeSet(apps, 0), system, SYNC)
+    t.advance_to(10.0)
+    replies = t.send([Message(SYNC, d, "round", 1) for d in ("dev0", "dev1", "dev2")])
+    assert [r.src for r in replies] == ["dev1", "dev2", "dev0"]
+    # the barrier: the slowest device (3 s of training, then one gossip exchange) ends the round
+    gossip = Message("dev0", "dev1", "gossip", 1, {"state": torch.zeros(1000)})
+    exchange_s = d2d_time(gossip.nbytes(), 100.0) + d2d_time(gossip.reply("ack").nbytes(), 100.0)
+    assert t.now() == pytest.approx(10.0 + 3.0 + exchange_s, rel=1e-9)
+    late = SimulatedTransport(NodeSet(apps, 0), system, SYNC)
+    assert late.send([Message(SYNC, "dev0", "round", 1)], deadline_s=0.5) == []
+    assert late.now() == pytest.approx(0.5) and late.stats()["late"] == 1
+    gone = SimulatedTransport(NodeSet(apps, 0), peer_system(dropout=1.0), SYNC)
+    assert gone.send([Message(SYNC, "dev0", "round", 1)]) == []
+    assert gone.stats()["dropped"] == 1 and gone.now() == 0.0
+
+
+def test_relayed_peer_traffic_is_charged_on_the_edge_tiers():
+    system = peer_system(d2d=None)
+    t = SimulatedTransport(NodeSet(gossip_apps(flops=0.0), 0), system, SYNC)
+    t.send([Message(SYNC, "dev0", "round", 1)])
+    gossip = Message("dev0", "dev1", "gossip", 1, {"state": torch.zeros(1000)})
+    ack = Message("dev1", "dev0", "ack", 1)
+    stats = t.stats()
+    assert "bytes_peer_device_device" not in stats
+    assert stats["bytes_up_device_edge"] == gossip.nbytes() + ack.nbytes()
+    assert stats["bytes_down_device_edge"] == gossip.nbytes() + ack.nbytes()
+    assert stats["latency_d2d_s"] == 0.0
+    assert stats["latency_upload_s"] > 0.0

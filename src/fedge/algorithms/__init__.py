@@ -9,6 +9,7 @@ from fedge.algorithms.base import (
     Observer,
     RoundRecord,
 )
+from fedge.algorithms.decentralized import Decentralized, PeerLearner, PeerSettings
 from fedge.algorithms.fedavg import FedAvg
 from fedge.algorithms.hierarchical import EdgeServer, HierarchicalFL
 from fedge.algorithms.multiserver import Exchange, MultiServerFL
@@ -17,6 +18,7 @@ __all__ = [
     "ALGORITHMS",
     "AlgorithmSpec",
     "Coordinator",
+    "Decentralized",
     "EdgeServer",
     "Exchange",
     "FedAvg",
@@ -25,6 +27,8 @@ __all__ = [
     "LocalTrainer",
     "MultiServerFL",
     "Observer",
+    "PeerLearner",
+    "PeerSettings",
     "RoundRecord",
     "trainer_app",
 ]

@@ -20,6 +20,7 @@ from fedge.algorithms import (
     LocalTrainer,
     trainer_app,
 )
+from fedge.algorithms.decentralized import METHODS, PeerLearner, PeerSettings
 from fedge.algorithms.hierarchical import Evaluator
 from fedge.core.errors import ConfigError
 from fedge.core.node import NodeApp, derive_seed
@@ -42,10 +43,12 @@ from fedge.learning import (
 )
 from fedge.learning._params import accepted_kwargs
 from fedge.runtime import NodeSet, SimulatedTransport
+from fedge.runtime.simulated import SYNC
 from fedge.system.model import SystemModel
 
 EVAL_BATCH = 256  # faster than larger batches on CPU for the reference CNNs
 DEFAULT_VALIDATION_SIZE = 200
+DEFAULT_LOCAL_TEST_FRACTION = 0.2
 
 
 @dataclass
@@ -252,6 +255,64 @@ def _split_validation(
     return train.subset(np.sort(perm[size * n_edges :])), [train.subset(p) for p in pools]
 
 
+def _local_test_split(
+    cfg: ExperimentConfig, parts: list[np.ndarray], roles: tuple[str, ...]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each device's indices split into (train, own test); the test share is drawn at random
+    (seeded per device) and holds ``round(fraction·n)`` samples."""
+    fraction = cfg.data.local_test_fraction
+    if "peer" not in roles:
+        if fraction:
+            raise ConfigError(
+                "data.local_test_fraction", fraction, "0 for non-personalized algorithms"
+            )
+        return parts, [idx[:0] for idx in parts]
+    fraction = DEFAULT_LOCAL_TEST_FRACTION if fraction is None else fraction
+    trains, tests = [], []
+    for i, idx in enumerate(parts):
+        perm = np.random.default_rng(derive_seed(cfg.seed, "local_test", i)).permutation(idx)
+        n_test = round(fraction * len(idx))
+        tests.append(np.sort(perm[:n_test]))
+        trains.append(np.sort(perm[n_test:]))
+    return trains, tests
+
+
+def _peer_apps(
+    cfg: ExperimentConfig,
+    spec: AlgorithmSpec,
+    model: nn.Module,
+    datasets: list[tuple[ArrayDataset, ArrayDataset]],
+    test: ArrayDataset,
+    flops_per_sample: float,
+    devices: list[str],
+) -> dict[str, NodeApp]:
+    """Devices of a decentralized algorithm, each with its own train and test split."""
+    d = cfg.decentralized
+    settings = PeerSettings(
+        sparsity=d.sparsity,
+        prune_warmup=d.prune_warmup,
+        lam=d.lam,
+        delta=d.delta,
+        k=d.k,
+        max_neighbours=d.max_neighbours,
+        reselect_every=d.reselect_every,
+        mixing=d.mixing,
+    )
+    method = METHODS[spec.defaults["method"]]
+    tcfg = _train_config(cfg)
+
+    def evaluate_on(state: ModelState, data: ArrayDataset) -> dict[str, float]:
+        load_state(model, state)
+        return evaluate(model, data, batch_size=EVAL_BATCH).as_dict()
+
+    return {
+        dev: PeerLearner(
+            method, settings, model, own, own_test, tcfg, flops_per_sample, evaluate_on, test
+        ).app(dev)
+        for dev, (own, own_test) in zip(devices, datasets, strict=True)
+    }
+
+
 def build(cfg: ExperimentConfig) -> Experiment:
     """Validate names, then load data, build the system, the apps and the coordinator."""
     check_names(cfg)
@@ -268,16 +329,24 @@ def build(cfg: ExperimentConfig) -> Experiment:
     prof = profile(model, train.input_shape)
     flops = prof.flops_train
     tcfg = _train_config(cfg)
-    apps: dict[str, NodeApp] = {
-        d: trainer_app(d, LocalTrainer(model, train.subset(idx), tcfg, flops))
-        for d, idx in zip(system.ids("device"), parts, strict=True)
-    }
+    devices = system.ids("device")
+    own_parts, test_parts = _local_test_split(cfg, parts, spec.roles)
+    apps: dict[str, NodeApp]
+    if "peer" in spec.roles:
+        pairs = zip(own_parts, test_parts, strict=True)
+        splits = [(train.subset(a), train.subset(b)) for a, b in pairs]
+        apps = _peer_apps(cfg, spec, model, splits, test, flops, devices)
+    else:
+        apps = {
+            d: trainer_app(d, LocalTrainer(model, train.subset(idx), tcfg, flops))
+            for d, idx in zip(devices, parts, strict=True)
+        }
     apps["cloud"] = NodeApp("cloud", "cloud")
     if "edge" in spec.roles:
         kit = _EdgeKit(_evaluator(model, test), validation, model, prof.flops_forward)
         apps.update(_edge_apps(cfg, system, kit, exchange="exchange" in spec.roles))
     nodes = NodeSet(apps, derive_seed(cfg.seed, "apps"))
-    transport = SimulatedTransport(nodes, system)
+    transport = SimulatedTransport(nodes, system, SYNC if "peer" in spec.roles else "cloud")
     return Experiment(
         config=cfg,
         train=train,

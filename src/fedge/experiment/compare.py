@@ -8,7 +8,6 @@ validated before the first run starts.
 from __future__ import annotations
 
 import itertools
-import math
 import re
 import time
 import uuid
@@ -31,6 +30,7 @@ from fedge.results.comparison import (
     mean_curve,
     write_comparison_report,
 )
+from fedge.results.recipe import ci95
 
 METRICS = (
     "accuracy", "precision", "recall", "f1", "wall_time_s", "sim_time_s",
@@ -135,17 +135,6 @@ def variants(varies: Sequence[Vary]) -> list[Variant]:
         overrides = tuple(f"{k}={v}" for k, v in zip(keys, combo, strict=True))
         out.append(Variant({k: _value(v) for k, v in zip(keys, combo, strict=True)}, overrides))
     return out
-
-
-def ci95(values: Sequence[float]) -> float:
-    """Half-width of the Student-t 95% interval of the mean; 0 for one value, NaN for none."""
-    n = len(values)
-    if n < 2:
-        return 0.0 if n == 1 else math.nan
-    from scipy.stats import t
-
-    sd = float(np.std(np.asarray(values, dtype=float), ddof=1))
-    return float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
 
 
 def _summary(run: RunResult) -> dict[str, Any]:

@@ -34,6 +34,13 @@ class DataConfig(Section):
     validation_size: int | None = Field(
         None, ge=0, description="held-out samples per edge; None: 200 when the algorithm needs it"
     )
+    local_test_fraction: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="share of each device's data kept as its own test split; "
+        "None: 0.2 for personalized algorithms, else 0",
+    )
 
 
 class ModelConfig(Section):
@@ -70,6 +77,21 @@ class FederationConfig(Section):
     interserver_params: dict[str, float | int | str] = Field(default_factory=dict)
 
 
+class DecentralizedConfig(Section):
+    """Settings of the decentralized algorithms (dfl, dpmn, dpmp, dpcg, dpmn_r)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    sparsity: float = Field(0.5, ge=0, lt=1, description="target pruned share per tensor")
+    prune_warmup: int = Field(0, ge=0, description="dense rounds before pruning starts")
+    lam: float = Field(1.0, ge=0, alias="lambda", description="weight of the regulariser")
+    delta: float = Field(0.2, ge=-1, le=1, description="DPMN cosine-similarity threshold")
+    k: int = Field(3, ge=0, description="neighbours kept by dpcg and dpmn_r")
+    max_neighbours: int = Field(0, ge=0, description="cap on DPMN neighbours; 0: none")
+    reselect_every: int = Field(5, ge=1, description="rounds between neighbour selections")
+    mixing: Literal["equal", "metropolis"] = "equal"
+
+
 class WanConfig(Section):
     """Edge <-> cloud link."""
 
@@ -99,6 +121,26 @@ class DeviceComputeConfig(Section):
     energy_per_gflop_j: float = Field(0.1, ge=0)
 
 
+class PeersConfig(Section):
+    """Device peer graph of decentralized learning (see fedge.system.PeerGraph)."""
+
+    graph: Literal["knn", "radius", "complete", "edge", "configured"] = "knn"
+    k: int = Field(4, ge=1, description="knn: nearest devices each device links to")
+    radius_m: float = Field(200.0, gt=0, description="radius: longest peer link in metres")
+    links: list[tuple[str, str]] = Field(
+        default_factory=list, description="configured: device-id pairs, e.g. [['dev0', 'dev1']]"
+    )
+
+
+class D2DConfig(Section):
+    """Device <-> device traffic: relayed through the edges, or a direct radio link."""
+
+    mode: Literal["relay", "direct"] = "relay"
+    bandwidth_mhz: float = Field(1.0, gt=0)
+    tx_power_w: float = Field(0.2, gt=0)
+    latency_ms: float = Field(0.0, ge=0)
+
+
 class SystemConfig(Section):
     topology: Literal["highway", "random_geometric", "file"] = "highway"
     topology_file: str | None = None
@@ -117,6 +159,8 @@ class SystemConfig(Section):
     backhaul: BackhaulConfig = BackhaulConfig()
     wireless: WirelessConfig = WirelessConfig()
     device: DeviceComputeConfig = DeviceComputeConfig()
+    peers: PeersConfig = PeersConfig()
+    d2d: D2DConfig = D2DConfig()
 
 
 class OutputConfig(Section):
@@ -139,6 +183,7 @@ class ExperimentConfig(Section):
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     federation: FederationConfig = FederationConfig()
+    decentralized: DecentralizedConfig = DecentralizedConfig()
     system: SystemConfig = SystemConfig()
     output: OutputConfig = OutputConfig()
 
@@ -200,7 +245,7 @@ def _allowed_keys(loc: Sequence[str | int]) -> list[str]:
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return []
         model = ann
-    return sorted(model.model_fields)
+    return sorted(f.alias or name for name, f in model.model_fields.items())
 
 
 def _first_error(exc: ValidationError) -> ConfigError:

@@ -45,6 +45,7 @@ PER_ROUND_COUNTS = (
     "latency_cloud_up_s",
     "latency_cloud_down_s",
     "latency_handover_s",
+    "latency_d2d_s",
 )
 """Cumulative transport counters and latencies also reported per round (``round_<name>``)."""
 SUMMED_PREFIXES = (

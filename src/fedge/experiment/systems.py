@@ -15,6 +15,7 @@ from fedge.system.generators import highway, random_geometric
 from fedge.system.mobility import HighwayMobility, Mobility, StaticMobility
 from fedge.system.model import SystemModel
 from fedge.system.network import LinkProfile, WirelessProfile
+from fedge.system.peers import PeerGraph
 from fedge.system.topology import Profiles, Topology
 from fedge.system.topology_io import load_topology
 from fedge.system.traces import load_fcd
@@ -49,8 +50,35 @@ def profiles(cfg: SystemConfig) -> Profiles:
             bandwidth_hz=w.bandwidth_mhz * 1e6,
             device_tx_power_w=w.device_tx_power_w,
             edge_tx_power_w=w.edge_tx_power_w,
-            noise_psd_w_per_hz=10 ** (w.noise_dbm_per_hz / 10) / 1000,
+            noise_psd_w_per_hz=_noise_psd_w_per_hz(cfg),
         ),
+    )
+
+
+def _noise_psd_w_per_hz(cfg: SystemConfig) -> float:
+    return float(10 ** (cfg.wireless.noise_dbm_per_hz / 10) / 1000)
+
+
+def peer_graph(cfg: SystemConfig) -> PeerGraph:
+    """The device peer graph of ``[system.peers]``."""
+    p = cfg.peers
+    links = tuple((a, b) for a, b in p.links)
+    return PeerGraph(mode=p.graph, k=p.k, radius_m=p.radius_m, links=links)
+
+
+def d2d_profile(cfg: SystemConfig) -> WirelessProfile | None:
+    """The direct device-to-device radio of ``[system.d2d]``; None relays through the edges.
+
+    Path loss is the wireless default and noise is ``system.wireless.noise_dbm_per_hz``.
+    """
+    d2d = cfg.d2d
+    if d2d.mode == "relay":
+        return None
+    return WirelessProfile(
+        bandwidth_hz=d2d.bandwidth_mhz * 1e6,
+        device_tx_power_w=d2d.tx_power_w,
+        noise_psd_w_per_hz=_noise_psd_w_per_hz(cfg),
+        latency_s=d2d.latency_ms / 1e3,
     )
 
 
@@ -100,6 +128,13 @@ def build_system(cfg: SystemConfig, seed: int) -> SystemModel:
     topo = _topology(cfg, rng)
     mobility = _mobility(cfg, topo, rng)
     availability = Availability(dropout_prob=cfg.dropout_prob, seed=derive_seed(seed, "avail"))
-    system = SystemModel(topo, mobility, availability, out_of_coverage=cfg.out_of_coverage)
+    system = SystemModel(
+        topo,
+        mobility,
+        availability,
+        out_of_coverage=cfg.out_of_coverage,
+        peers=peer_graph(cfg),
+        d2d=d2d_profile(cfg),
+    )
     system.validate()
     return system

@@ -144,3 +144,85 @@ def regulariser_grad(
                 diff = diff * m.to(diff.dtype)
             out[k] = scale * diff
     return out
+
+
+class MaskHook:
+    """Keeps pruned weights at zero during local training (a ``StepHook``)."""
+
+    def __init__(self, model: torch.nn.Module, mask: Mapping[str, torch.Tensor]) -> None:
+        params = dict(model.named_parameters())
+        unknown = [k for k in mask if k not in params]
+        if unknown:
+            raise ConfigError("mask", unknown[:5], "names of the model's parameters")
+        self._pairs = [(params[k], m.to(params[k].device)) for k, m in mask.items()]
+
+    def before_step(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        with torch.no_grad():
+            for p, m in self._pairs:
+                p.mul_(m)
+
+
+class NeighbourPull:
+    """Adds the gradient of λ·h_i, h_i = (1/|S_i|) Σ_j J(‖m_ij ∘ (x_i − x_j)‖²) (a ``StepHook``).
+
+    ``neighbours`` holds (x_j, m_ij) pairs: the neighbour's model and the overlap of the two
+    masks (an empty mask means dense). Only the model's parameters take part (buffers such as
+    batch-norm statistics do not). Each step adds 2λ/|S_i|·e^(−u_ij)·m_ij ∘ (x_i − x_j) to the
+    gradient, the closed form of ``regulariser_grad``; ``value`` is h_i at the last step.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        neighbours: Sequence[tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]]],
+        lam: float,
+    ) -> None:
+        if not (isinstance(lam, int | float) and lam >= 0 and math.isfinite(lam)):
+            raise ConfigError("lambda", lam, "a finite number >= 0")
+        self._params = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+        self._lam = float(lam)
+        self._terms = [self._term(x_j, m_ij) for x_j, m_ij in neighbours]
+        self.value = 0.0
+
+    def _term(
+        self, x_j: Mapping[str, torch.Tensor], m_ij: Mapping[str, torch.Tensor]
+    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        missing = [k for k, p in self._params if k not in x_j or x_j[k].shape != p.shape]
+        if missing:
+            raise ConfigError("neighbour model", missing[:5], "the same parameters as own model")
+        out: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        for k, p in self._params:
+            m = m_ij.get(k)
+            anchor = x_j[k].detach().to(p.device, p.dtype)
+            out.append((anchor, None if m is None else m.to(p.device, p.dtype)))
+        return out
+
+    def before_step(self) -> None:
+        if not self._terms or self._lam == 0.0:
+            return
+        scale = 2.0 * self._lam / len(self._terms)
+        total = 0.0
+        with torch.no_grad():
+            for term in self._terms:
+                diffs = []
+                u = 0.0
+                for (_, p), (anchor, m) in zip(self._params, term, strict=True):
+                    d = p - anchor
+                    if m is not None:
+                        d = d * m
+                    diffs.append(d)
+                    u += float(d.pow(2).sum())
+                weight = math.exp(-u)
+                total += 1.0 - weight
+                for (_, p), d in zip(self._params, diffs, strict=True):
+                    if p.grad is None:
+                        p.grad = (scale * weight) * d
+                    else:
+                        p.grad.add_(d, alpha=scale * weight)
+        self.value = total / len(self._terms)
+
+    def after_step(self) -> None:
+        pass

@@ -64,6 +64,18 @@ def decode_sparse(
     return out
 
 
+def decode_mask(payload: Mapping[str, Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    """The sender's mask: a boolean tensor per key sent sparse (dense keys are absent)."""
+    out: dict[str, torch.Tensor] = {}
+    for k, entry in payload.items():
+        if "bits" in entry:
+            shape = [int(s) for s in entry["shape"]]
+            bits = np.asarray(entry["bits"].numpy(), dtype=np.uint8)
+            flat = np.unpackbits(bits, count=math.prod(shape)).astype(bool)
+            out[k] = torch.from_numpy(flat).reshape(shape)
+    return out
+
+
 def sparse_nbytes(state: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor]) -> int:
     """Raw tensor bytes of ``encode_sparse(state, mask)``: values plus ceil(n/8) mask bytes."""
     total = 0

@@ -9,9 +9,9 @@ the reference models have none.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -120,6 +120,18 @@ def _add_proximal_grad(anchors: list[tuple[torch.Tensor, torch.Tensor]], mu: flo
                 p.grad.add_(p - g, alpha=mu)
 
 
+class StepHook(Protocol):
+    """Extra terms of a local objective, applied around every optimizer step.
+
+    ``before_step`` runs after the loss gradient is in ``.grad`` (add a regulariser's
+    gradient there); ``after_step`` runs after the update (e.g. re-apply a pruning mask).
+    """
+
+    def before_step(self) -> None: ...
+
+    def after_step(self) -> None: ...
+
+
 def _device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -131,11 +143,12 @@ def local_train(
     cfg: TrainConfig,
     generator: torch.Generator,
     global_params: Mapping[str, torch.Tensor] | None = None,
+    hooks: Sequence[StepHook] = (),
 ) -> TrainResult:
     """Train ``model`` in place from its current weights; a fresh optimizer each call.
 
     The reported loss is the mean cross-entropy over the samples processed (without the
-    proximal term). An empty dataset trains nothing and reports loss 0.
+    proximal term or the hooks' terms). An empty dataset trains nothing and reports loss 0.
     """
     anchors = _anchors(model, global_params) if cfg.proximal_mu > 0 else []
     if len(data) == 0:
@@ -153,7 +166,11 @@ def local_train(
         torch.autograd.backward(loss)
         if anchors:
             _add_proximal_grad(anchors, cfg.proximal_mu)
+        for hook in hooks:
+            hook.before_step()
         opt.step()
+        for hook in hooks:
+            hook.after_step()
         losses.append(loss.detach())
         sizes.append(len(idx))
     samples = sum(sizes)

@@ -19,7 +19,17 @@ decides what to do with it, i never gets it); ``drop`` loses it.
 Transmission latency follows §5 of the MS-FL paper: for every round index, the slowest model
 transfer of each component (device->edge upload, edge<->edge exchange, edge->cloud, cloud->edge) is
 added up. A model transfer is a message whose payload carries ``state`` or ``update``;
-triggers and metrics are charged in time and bytes but are not transmission latency.
+triggers and metrics are charged in time and bytes but are not transmission latency. Direct
+device-to-device model transfers count as ``latency_d2d_s``; relayed ones count under the
+upload / exchange components of the hops they take.
+
+Decentralized protocols (no server) are driven from ``SYNC``, a virtual node that stands for
+the synchronous round barrier: a transport whose node is ``SYNC`` sees every node of a tier,
+its messages to nodes and their replies cost no time, bytes or energy (and are not counted as
+messages), but the receiver's compute and everything it sends through its own transport
+(starting at the driver's current time) are charged as usual; ``send`` returns when the last
+reply is done, deadlines and availability still apply. A device's transport sees its peer
+devices (``SystemModel.peers``) in the ``device`` tier.
 """
 
 from __future__ import annotations
@@ -88,7 +98,9 @@ _COMPONENTS = {
     ("edge-edge", "peer"): "exchange",
     ("edge-cloud", "up"): "cloud_up",
     ("edge-cloud", "down"): "cloud_down",
+    ("device-device", "peer"): "d2d",
 }
+SYNC = "sync"
 HANDOVER_POLICIES = ("relay", "redirect", "drop")
 
 
@@ -147,9 +159,8 @@ class SimulatedTransport:
         if not self._system.is_available(message.dst, message.round):
             self._ledger.counters["dropped"] += 1
             return None
-        down = self._system.transfer(message.src, message.dst, message.nbytes(), start_s)
-        self._ledger.charge_transfer(down, self._system, message)
-        child = self.at(message.dst, start_s + down.time_s)
+        down = self._charge(message, start_s)
+        child = self.at(message.dst, start_s + down)
         reply, work = self._nodes.deliver(message, child)
         cost = self._system.compute(message.dst, work.flops, message.round)
         self._ledger.energy.charge(
@@ -157,19 +168,28 @@ class SimulatedTransport:
         )
         self._ledger.counters["flops"] += work.flops
         done_s = child.now() + cost.time_s
-        self._ledger.counters["messages"] += 2
+        if SYNC not in (message.src, message.dst):
+            self._ledger.counters["messages"] += 2
         moved_to = self._moved(message, done_s)
         if moved_to is not None:
             self._hand_over(message, reply, moved_to, done_s)
             return None
-        up = self._system.transfer(reply.src, reply.dst, reply.nbytes(), done_s)
-        self._ledger.charge_transfer(up, self._system, reply)
-        return _Arrival(done_s + up.time_s, order, reply)
+        return _Arrival(done_s + self._charge(reply, done_s), order, reply)
+
+    def _charge(self, message: Message, start_s: float) -> float:
+        """Charge a message's transfer and return its time; free to and from ``SYNC``."""
+        if SYNC in (message.src, message.dst):
+            return 0.0
+        cost = self._system.transfer(message.src, message.dst, message.nbytes(), start_s)
+        self._ledger.charge_transfer(cost, self._system, message)
+        return cost.time_s
 
     def _moved(self, message: Message, t_s: float) -> str | None:
         """The device's new edge when it left the asking edge's coverage (else None)."""
         policy = message.payload.get("on_handover", "relay")
-        if policy == "relay" or self._system.tier(message.dst) != "device":
+        if policy == "relay" or SYNC in (message.src, message.dst):
+            return None
+        if self._system.tier(message.dst) != "device":
             return None
         if self._system.tier(message.src) != "edge":
             return None
@@ -221,7 +241,10 @@ class SimulatedTransport:
 
 
 def visible_nodes(system: SystemModel, at: str, tier: str, t_s: float) -> list[str]:
-    """Who ``at`` can address in ``tier`` at ``t_s``: the cloud sees all, an edge its own."""
+    """Who ``at`` can address in ``tier`` at ``t_s``: the cloud and ``SYNC`` see all, an edge
+    its own devices and neighbour edges, a device its edge and its peer devices."""
+    if at == SYNC:
+        return system.ids(tier)
     own_tier = system.tier(at)
     if own_tier == "cloud" or tier == "cloud":
         return [n for n in system.ids(tier) if n != at]
@@ -231,4 +254,4 @@ def visible_nodes(system: SystemModel, at: str, tier: str, t_s: float) -> list[s
         return system.neighbors(at)
     if tier == "edge":
         return [system.attachment(at, t_s)]
-    return []
+    return system.peers(at, t_s) if tier == "device" else []

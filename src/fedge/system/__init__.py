@@ -29,6 +29,7 @@ from fedge.system.network import (
     shannon_rate_bps,
     transfer_time_s,
 )
+from fedge.system.peers import PEER_GRAPHS, PeerGraph, d2d_airtime_s
 from fedge.system.topology import Node, Profiles, Topology
 from fedge.system.topology_io import (
     load_topology,
@@ -39,6 +40,7 @@ from fedge.system.topology_io import (
 
 __all__ = [
     "GIB",
+    "PEER_GRAPHS",
     "Availability",
     "ComputeCost",
     "ComputeProfile",
@@ -52,6 +54,7 @@ __all__ = [
     "Mobility",
     "Node",
     "PathLoss",
+    "PeerGraph",
     "Profiles",
     "SimClock",
     "StaticMobility",
@@ -64,6 +67,7 @@ __all__ = [
     "attachment",
     "build_topology",
     "compute_time_s",
+    "d2d_airtime_s",
     "energy_j",
     "grid_city",
     "handover_events",

@@ -18,11 +18,12 @@ from fedge.system.mobility import (
     attachment,
     handover_events,
 )
-from fedge.system.network import LinkProfile, check_number, transfer_time_s
+from fedge.system.network import LinkProfile, WirelessProfile, check_number, transfer_time_s
+from fedge.system.peers import PeerGraph, d2d_airtime_s
 from fedge.system.topology import Topology
 
 OUT_OF_COVERAGE = ("error", "nearest")
-HOP_TIERS = ("device-edge", "edge-edge", "edge-cloud")
+HOP_TIERS = ("device-edge", "edge-edge", "edge-cloud", "device-device")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,13 @@ class SystemModel:
     ``"nearest"`` attaches it to the nearest edge anyway (a cellular fallback whose rate follows
     from the larger distance). Routes are fixed when a transfer starts; each wireless hop uses
     the device's position at the hop's own start time.
+
+    Decentralized learning: ``peers`` is the device peer graph (default ``PeerGraph()``, knn),
+    computed from the positions (and attachments) at the asked time; it is computed once when
+    the mobility is static. ``d2d=None`` relays device-to-device traffic through the edges
+    (device -> edge -> backhaul -> edge -> device); a WirelessProfile makes it one direct radio
+    hop (tier ``device-device``, direction ``peer``) at the Shannon rate of the two devices'
+    distance, the sender transmitting at ``d2d.device_tx_power_w``.
     """
 
     def __init__(
@@ -87,6 +95,9 @@ class SystemModel:
         mobility: Mobility | None = None,
         availability: Availability | None = None,
         out_of_coverage: str = "error",
+        *,
+        peers: PeerGraph | None = None,
+        d2d: WirelessProfile | None = None,
     ) -> None:
         if out_of_coverage not in OUT_OF_COVERAGE:
             raise ConfigError("out_of_coverage", out_of_coverage, " | ".join(OUT_OF_COVERAGE))
@@ -95,6 +106,10 @@ class SystemModel:
         self.availability = availability if availability is not None else Availability()
         self.out_of_coverage = out_of_coverage
         self._edge_paths: dict[str, dict[str, str | None]] = {}
+        self.peer_graph = peers if peers is not None else PeerGraph()
+        self.peer_graph.check_links(self.ids("device"))
+        self.d2d = d2d
+        self._peer_cache: dict[float, dict[str, tuple[str, ...]]] = {}
 
     # -- identity -------------------------------------------------------------------------
     def tier(self, node_id: str) -> str:
@@ -156,6 +171,26 @@ class SystemModel:
             if self._attach(device_id, t_s) is None:
                 raise self._uncovered(device_id, t_s)
 
+    def peers(self, device_id: str, t_s: float) -> list[str]:
+        """Neighbour devices of ``device_id`` in the peer graph at ``t_s``."""
+        self._require(device_id, "device")
+        key = 0.0 if isinstance(self.mobility, StaticMobility) else float(t_s)
+        graph = self._peer_cache.get(key)
+        if graph is None:
+            if len(self._peer_cache) >= 64:
+                self._peer_cache.clear()
+            graph = self._peer_graph_at(t_s)
+            self._peer_cache[key] = graph
+        return list(graph[device_id])
+
+    def _peer_graph_at(self, t_s: float) -> dict[str, tuple[str, ...]]:
+        devices = self.ids("device")
+        positions = {d: self.mobility.position(d, t_s) for d in devices}
+        attached: dict[str, str] | None = None
+        if self.peer_graph.mode == "edge":
+            attached = {d: e for d in devices if (e := self._attach(d, t_s)) is not None}
+        return self.peer_graph.neighbours(positions, attached)
+
     def handovers(self, t0_s: float, t1_s: float, step_s: float = 0.5) -> list[HandoverEvent]:
         """Attachment changes of every device in (t0_s, t1_s], sorted by time."""
         fallback = self.out_of_coverage == "nearest"
@@ -166,11 +201,14 @@ class SystemModel:
     def route(self, src: str, dst: str, t_s: float) -> list[tuple[str, str]]:
         """Hops from ``src`` to ``dst`` with attachments taken at ``t_s``.
 
-        Devices reach anything through their attached edge; edge to edge goes direct between
-        neighbours, else along the fewest backhaul hops, else (disconnected graph) via the cloud.
+        Devices reach anything through their attached edge (another device too, unless
+        ``d2d`` is set: then one direct hop); edge to edge goes direct between neighbours,
+        else along the fewest backhaul hops, else (disconnected graph) via the cloud.
         """
         if self.tier(src) and self.tier(dst) and src == dst:
             return []
+        if self.d2d is not None and self.tier(src) == self.tier(dst) == "device":
+            return [(src, dst)]
         head: list[str] = []
         tail: list[str] = []
         a, b = src, dst
@@ -222,6 +260,8 @@ class SystemModel:
 
     def _hop(self, a: str, b: str, nbytes: int, start_s: float) -> Hop:
         tier_a, tier_b = self.tier(a), self.tier(b)
+        if tier_a == tier_b == "device":
+            return self._d2d_hop(a, b, nbytes, start_s)
         if "device" in (tier_a, tier_b):
             return self._wireless_hop(a, b, nbytes, start_s, uplink=tier_a == "device")
         link: LinkProfile
@@ -244,6 +284,14 @@ class SystemModel:
         time_s = airtime_s + wireless.latency_s
         direction = "up" if uplink else "down"
         return Hop(a, b, "device-edge", direction, nbytes, start_s, time_s, power_w * airtime_s)
+
+    def _d2d_hop(self, a: str, b: str, nbytes: int, start_s: float) -> Hop:
+        assert self.d2d is not None
+        (xa_m, ya_m), (xb_m, yb_m) = self.position(a, start_s), self.position(b, start_s)
+        airtime_s = d2d_airtime_s(self.d2d, math.hypot(xa_m - xb_m, ya_m - yb_m), nbytes)
+        time_s = airtime_s + self.d2d.latency_s
+        radio_j = self.d2d.device_tx_power_w * airtime_s
+        return Hop(a, b, "device-device", "peer", nbytes, start_s, time_s, radio_j)
 
     # -- compute and availability ---------------------------------------------------------
     def compute(self, node_id: str, flops: float, round_index: int | None = None) -> ComputeCost:
