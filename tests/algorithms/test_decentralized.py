@@ -90,7 +90,9 @@ def test_dpmn_r_choice_does_not_depend_on_delta(tiny_config):
     picks = []
     for delta in (0.0, 0.9):
         _, devices, states = run_peers(
-            tiny_config, "dpmn_r", extra=[f"decentralized.delta={delta}", "decentralized.k=2"]
+            tiny_config,
+            "dpmn_r",
+            extra=[f"decentralized.delta={delta}", "decentralized.neighbours=2"],
         )
         picks.append({d: states[d]["selected"] for d in devices})
     assert picks[0] == picks[1]
@@ -98,7 +100,7 @@ def test_dpmn_r_choice_does_not_depend_on_delta(tiny_config):
 
 
 def test_dpcg_keeps_the_k_nearest_models(tiny_config):
-    exp, devices, states = run_peers(tiny_config, "dpcg", extra=["decentralized.k=2"])
+    exp, devices, states = run_peers(tiny_config, "dpcg", extra=["decentralized.neighbours=2"])
     for d in devices:
         own = flatten(states[d]["model"])
         dist = {

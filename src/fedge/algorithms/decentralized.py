@@ -23,8 +23,8 @@ Interpretations, where the paper is terse (SPEC §3E):
   rounds a device fetches the sparse update of every graph peer and keeps those with
   similarity >= δ (most similar first, at most ``max_neighbours`` when > 0); in other rounds
   it keeps S_i minus peers that left its neighbourhood. DPCG ranks the peers' masked models
-  by Euclidean distance to its own at the same rounds and keeps the ``k`` nearest (those
-  models double as the round's fetch); DPMN-R draws ``k`` peers at random then, so its
+  by Euclidean distance to its own at the same rounds and keeps the ``neighbours`` nearest (those
+  models double as the round's fetch); DPMN-R draws ``neighbours`` peers at random then, so its
   choice never depends on δ; DPMP and DFL use every graph peer each round;
 - DFL mixes its own and its neighbours' models with equal weights (1/(1 + |N_i|)) or
   Metropolis-Hastings weights (1/(1 + max(d_i, d_j))), dense and unpruned, without a
@@ -106,8 +106,8 @@ class PeerSettings:
     """λ, the weight of the neighbour regulariser."""
     delta: float = 0.2
     """δ, the cosine-similarity threshold of DPMN."""
-    k: int = 3
-    """Neighbours kept by DPCG and DPMN-R."""
+    neighbours: int = 3
+    """Neighbours kept by DPCG and DPMN-R (a device keeps fewer when it has fewer peers)."""
     max_neighbours: int = 0
     """At most this many DPMN neighbours (0: every peer that passes δ)."""
     reselect_every: int = 5
@@ -122,7 +122,7 @@ class PeerSettings:
             raise ConfigError("decentralized.delta", self.delta, "a number in [-1, 1]")
         if self.lam < 0:
             raise ConfigError("decentralized.lambda", self.lam, "a number >= 0")
-        for name in ("prune_warmup", "k", "max_neighbours"):
+        for name in ("prune_warmup", "neighbours", "max_neighbours"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"decentralized.{name}", getattr(self, name), "an integer >= 0")
         if self.reselect_every < 1:
@@ -248,12 +248,12 @@ class PeerLearner:
             assert previous is not None
             return [p for p in previous if p in peers], {}
         if kind == "random":
-            return random_neighbours(peers, self.settings.k, ctx.rng), {}
+            return random_neighbours(peers, self.settings.neighbours, ctx.rng), {}
         own = ctx.state["model"]
         if kind == "euclidean":
             fetched = self._fetch(down, "get_model", peers, r)
             models = {p: decode_sparse(m.payload["sparse"], like=own) for p, m in fetched.items()}
-            return euclidean_neighbours(own, models, self.settings.k), fetched
+            return euclidean_neighbours(own, models, self.settings.neighbours), fetched
         replies = self._fetch(down, "get_update", peers, r)
         updates = {p: decode_sparse(m.payload["sparse"], like=own) for p, m in replies.items()}
         chosen = cosine_neighbours(ctx.state["update"], updates, self.settings.delta)

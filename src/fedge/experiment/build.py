@@ -293,7 +293,7 @@ def _peer_apps(
         prune_warmup=d.prune_warmup,
         lam=d.lam,
         delta=d.delta,
-        k=d.k,
+        neighbours=d.neighbours,
         max_neighbours=d.max_neighbours,
         reselect_every=d.reselect_every,
         mixing=d.mixing,

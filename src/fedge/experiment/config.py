@@ -86,7 +86,7 @@ class DecentralizedConfig(Section):
     prune_warmup: int = Field(0, ge=0, description="dense rounds before pruning starts")
     lam: float = Field(1.0, ge=0, alias="lambda", description="weight of the regulariser")
     delta: float = Field(0.2, ge=-1, le=1, description="DPMN cosine-similarity threshold")
-    k: int = Field(3, ge=0, description="neighbours kept by dpcg and dpmn_r")
+    neighbours: int = Field(3, ge=0, description="neighbours kept by dpcg and dpmn_r")
     max_neighbours: int = Field(0, ge=0, description="cap on DPMN neighbours; 0: none")
     reselect_every: int = Field(5, ge=1, description="rounds between neighbour selections")
     mixing: Literal["equal", "metropolis"] = "equal"
