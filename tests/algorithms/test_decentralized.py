@@ -152,8 +152,18 @@ def test_a_run_reports_personal_and_global_accuracy(tiny_config):
     for key in ("accuracy", "accuracy_min", "accuracy_max", "global_accuracy", "neighbours"):
         assert key in row and np.isfinite(row[key])
     assert row["accuracy_min"] <= row["accuracy"] <= row["accuracy_max"]
-    assert result.summary["bytes_peer"] > 0
-    assert result.summary["accuracy"] == row["accuracy"]
+    for key in ("accuracy", "accuracy_min", "global_accuracy"):
+        assert result.summary[key] == row[key]
+
+
+def test_relayed_device_traffic_goes_up_to_an_edge_and_down_again(tiny_config):
+    cfg = load_config(tiny_config, ["algorithm='dpmp'", "rounds=1", *PEER])
+    assert cfg.system.d2d.mode == "relay"
+    exp, _, _ = run_peers(tiny_config, "dpmp")
+    stats = exp.transport.stats()
+    assert stats["bytes_up_device_edge"] == stats["bytes_down_device_edge"] > 0
+    assert stats.get("bytes_up_edge_cloud", 0) == 0
+    assert stats.get("bytes_peer_device_device", 0) == 0
 
 
 def test_each_device_keeps_a_disjoint_own_test_split(tiny_config):

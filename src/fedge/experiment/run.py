@@ -48,6 +48,8 @@ PER_ROUND_COUNTS = (
     "latency_d2d_s",
 )
 """Cumulative transport counters and latencies also reported per round (``round_<name>``)."""
+SPREAD_PREFIXES = ("accuracy_", "global_")
+"""Evaluation figures across nodes (min / max over edges or devices, the global test set)."""
 SUMMED_PREFIXES = (
     "bytes_",
     "energy_j",
@@ -190,6 +192,7 @@ def _summarise(observer: _Observer) -> dict[str, Any]:
     evaluated = [row for row in observer.rows if "accuracy" in row]
     final = evaluated[-1] if evaluated else {}
     summary: dict[str, Any] = {k: final.get(k, math.nan) for k in SUMMARY_KEYS[:5]}
+    summary.update({k: v for k, v in final.items() if k.startswith(SPREAD_PREFIXES)})
     summary["rounds"] = last["round"]
     for key, value in last.items():
         if key.startswith(SUMMED_PREFIXES):
