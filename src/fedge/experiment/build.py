@@ -143,17 +143,8 @@ def _partition(cfg: ExperimentConfig, train: ArrayDataset, system: SystemModel) 
 
 
 def _train_config(cfg: ExperimentConfig) -> TrainConfig:
-    t = cfg.training
-    return TrainConfig(
-        optimizer=t.optimizer,
-        lr=t.lr,
-        momentum=t.momentum,
-        weight_decay=t.weight_decay,
-        epochs=t.epochs,
-        steps=t.steps,
-        batch_size=t.batch_size,
-        proximal_mu=t.proximal_mu,
-    )
+    """The ``[training]`` section; its keys are TrainConfig's fields."""
+    return TrainConfig(**cfg.training.model_dump())
 
 
 def _coordinator(cfg: ExperimentConfig, spec: AlgorithmSpec) -> Coordinator:
@@ -287,17 +278,7 @@ def _peer_apps(
     devices: list[str],
 ) -> dict[str, NodeApp]:
     """Devices of a decentralized algorithm, each with its own train and test split."""
-    d = cfg.decentralized
-    settings = PeerSettings(
-        sparsity=d.sparsity,
-        prune_warmup=d.prune_warmup,
-        lam=d.lam,
-        delta=d.delta,
-        neighbours=d.neighbours,
-        max_neighbours=d.max_neighbours,
-        reselect_every=d.reselect_every,
-        mixing=d.mixing,
-    )
+    settings = PeerSettings(**cfg.decentralized.model_dump())
     method = METHODS[spec.defaults["method"]]
     tcfg = _train_config(cfg)
 
