@@ -70,6 +70,7 @@ def test_bytes_charged_equal_the_encoded_masked_models(tiny_config):
     n_transfers = sum(len(exp.system.peers(d, 0.0)) for d in devices)
     assert model_bytes < 0.6 * dense * n_transfers  # half the weights pruned, plus mask bits
     assert stats["bytes_up"] == 0  # nothing goes through an edge or the cloud
+    assert stats["latency_d2d_s"] > 0 and stats["latency_upload_s"] == 0
 
 
 def test_dpmn_neighbours_all_pass_the_threshold(tiny_config):

@@ -18,7 +18,7 @@ decides what to do with it, i never gets it); ``drop`` loses it.
 
 Transmission latency follows §5 of the MS-FL paper: for every round index, the slowest model
 transfer of each component (device->edge upload, edge<->edge exchange, edge->cloud, cloud->edge) is
-added up. A model transfer is a message whose payload carries ``state`` or ``update``;
+added up. A model transfer is a message whose payload carries one of ``MODEL_KEYS``;
 triggers and metrics are charged in time and bytes but are not transmission latency. Direct
 device-to-device model transfers count as ``latency_d2d_s``; relayed ones count under the
 upload / exchange components of the hops they take.
@@ -104,8 +104,12 @@ SYNC = "sync"
 HANDOVER_POLICIES = ("relay", "redirect", "drop")
 
 
+MODEL_KEYS = ("state", "update", "sparse")
+"""Payload keys that carry a model (``sparse``: a pruned model in the sparse encoding)."""
+
+
 def _carries_model(message: Message) -> bool:
-    return "state" in message.payload or "update" in message.payload
+    return any(k in message.payload for k in MODEL_KEYS)
 
 
 @dataclass(frozen=True)
