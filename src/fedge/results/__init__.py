@@ -2,7 +2,7 @@
 
 from fedge.results.files import read_json, read_rows_csv, write_json, write_rows_csv
 from fedge.results.formatting import format_table, format_value, human_bytes
-from fedge.results.plots import plot_comparison, plot_confusion, plot_run
+from fedge.results.plots import plot_comparison, plot_confusion, plot_lines, plot_run
 from fedge.results.report import PLOTS_DIR, REPORT_NAME, rebuild_report, write_report
 from fedge.results.store import RUN_STATUSES, RunNotFoundError, RunStore
 
@@ -17,6 +17,7 @@ __all__ = [
     "human_bytes",
     "plot_comparison",
     "plot_confusion",
+    "plot_lines",
     "plot_run",
     "read_json",
     "read_rows_csv",

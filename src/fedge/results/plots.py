@@ -103,6 +103,15 @@ def _line_plot(
     return _save(fig, path)
 
 
+def plot_lines(
+    path: Path, curves: Sequence[Curve], xlabel: str, ylabel: str, title: str
+) -> list[Path]:
+    """One PNG with a line per curve; no paths without matplotlib (hint logged once)."""
+    if not plotting_available():
+        return []
+    return [_line_plot(path, curves, xlabel, ylabel, title)]
+
+
 def _tier_label(key: str) -> str:
     """``bytes_up_device_edge`` -> ``device–edge up``; other names just lose the prefix."""
     parts = key.removeprefix("bytes_").split("_")
