@@ -171,7 +171,8 @@ class NeighbourPull:
     ``neighbours`` holds (x_j, m_ij) pairs: the neighbour's model and the overlap of the two
     masks (an empty mask means dense). Only the model's parameters take part (buffers such as
     batch-norm statistics do not). Each step adds 2λ/|S_i|·e^(−u_ij)·m_ij ∘ (x_i − x_j) to the
-    gradient, the closed form of ``regulariser_grad``; ``value`` is h_i at the last step.
+    gradient, the closed form of ``regulariser_grad``, computed on the flattened parameters
+    of all neighbours at once (|S_i| × d floats); ``value`` is h_i at the last step.
     """
 
     def __init__(
@@ -182,47 +183,51 @@ class NeighbourPull:
     ) -> None:
         if not (isinstance(lam, int | float) and lam >= 0 and math.isfinite(lam)):
             raise ConfigError("lambda", lam, "a finite number >= 0")
-        self._params = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
         self._lam = float(lam)
-        self._terms = [self._term(x_j, m_ij) for x_j, m_ij in neighbours]
         self.value = 0.0
-
-    def _term(
-        self, x_j: Mapping[str, torch.Tensor], m_ij: Mapping[str, torch.Tensor]
-    ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-        missing = [k for k, p in self._params if k not in x_j or x_j[k].shape != p.shape]
-        if missing:
-            raise ConfigError("neighbour model", missing[:5], "the same parameters as own model")
-        out: list[tuple[torch.Tensor, torch.Tensor | None]] = []
-        for k, p in self._params:
-            m = m_ij.get(k)
-            anchor = x_j[k].detach().to(p.device, p.dtype)
-            out.append((anchor, None if m is None else m.to(p.device, p.dtype)))
-        return out
+        if not neighbours or not named:
+            self._anchors = self._masks = torch.empty(0)
+            return
+        ref = named[0][1]
+        anchors, masks = [], []
+        for x_j, m_ij in neighbours:
+            missing = [k for k, p in named if k not in x_j or x_j[k].shape != p.shape]
+            if missing:
+                raise ConfigError("neighbour model", missing[:5], "the same parameters as own")
+            anchors.append(torch.cat([x_j[k].detach().reshape(-1).to(p.dtype) for k, p in named]))
+            masks.append(
+                torch.cat(
+                    [
+                        (m_ij[k] if k in m_ij else torch.ones(p.shape, dtype=torch.bool))
+                        .reshape(-1)
+                        .to(p.dtype)
+                        for k, p in named
+                    ]
+                )
+            )
+        self._anchors = torch.stack(anchors).to(ref.device)
+        self._masks = torch.stack(masks).to(ref.device)
 
     def before_step(self) -> None:
-        if not self._terms or self._lam == 0.0:
+        if not len(self._anchors) or self._lam == 0.0:
             return
-        scale = 2.0 * self._lam / len(self._terms)
-        total = 0.0
         with torch.no_grad():
-            for term in self._terms:
-                diffs = []
-                u = 0.0
-                for (_, p), (anchor, m) in zip(self._params, term, strict=True):
-                    d = p - anchor
-                    if m is not None:
-                        d = d * m
-                    diffs.append(d)
-                    u += float(d.pow(2).sum())
-                weight = math.exp(-u)
-                total += 1.0 - weight
-                for (_, p), d in zip(self._params, diffs, strict=True):
-                    if p.grad is None:
-                        p.grad = (scale * weight) * d
-                    else:
-                        p.grad.add_(d, alpha=scale * weight)
-        self.value = total / len(self._terms)
+            x = torch.cat([p.detach().reshape(-1) for p in self._params])
+            diffs = torch.sub(x, self._anchors).mul_(self._masks)
+            weights = torch.exp(-torch.linalg.vector_norm(diffs, dim=1).pow(2))
+            scale = 2.0 * self._lam / len(self._anchors)
+            grad = (weights @ diffs).mul_(scale)
+            offset = 0
+            for p in self._params:
+                g = grad[offset : offset + p.numel()].view_as(p)
+                offset += p.numel()
+                if p.grad is None:
+                    p.grad = g.clone()
+                else:
+                    p.grad.add_(g)
+        self.value = float((1.0 - weights).mean())
 
     def after_step(self) -> None:
         pass
