@@ -1,4 +1,4 @@
-"""The fedge command line: run, compare, list, report."""
+"""The fedge command line: run, compare, list, report, schedule, partition-model."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
         "server-optimizers, interserver-rules",
     )
     _add_compare(sub)
+    _add_schedule(sub)
+    _add_partition_model(sub)
     rep = sub.add_parser("report", help="rebuild the plots and report.html of a run")
     rep.add_argument("run_dir", help="a run directory written by `fedge run`")
     return p
@@ -53,6 +55,72 @@ def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     _add_set(cmp, "override a config key (dotted) in every variant, repeatable")
     cmp.add_argument("--out", help="parent of the comparison directory (default: output.dir)")
     cmp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+SCHEDULE_ALGORITHMS = "atsa,atsa_paper,aco,fcfs,pso,minmin,maxmin,sufferage,lpt"
+
+
+def _add_schedule(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sch = sub.add_parser(
+        "schedule",
+        help="compare task schedulers (ATSA, ACO, FCFS, PSO, Min-Min, LPT, MILP, ...)",
+        description="Schedule independent tasks on heterogeneous nodes and report makespan, "
+        "total execution time, load imbalance ((max - min) / mean node completion time), "
+        "scheduler run time and the gap to a proven lower bound (LP relaxation, or the MILP's "
+        "dual bound when milp runs). Times are seconds of the generated ETC matrix.",
+    )
+    sch.add_argument(
+        "--tasks",
+        type=int,
+        default=200,
+        help="tasks per instance, or per stream with --window (default: 200)",
+    )
+    sch.add_argument("--nodes", default="10,20,30", help="node counts, e.g. 10,20,30")
+    sch.add_argument(
+        "--algorithms",
+        default=SCHEDULE_ALGORITHMS,
+        help=f"comma-separated, from {SCHEDULE_ALGORITHMS},milp (default: all but milp)",
+    )
+    sch.add_argument("--seeds", type=int, default=1, help="instances per setting (default: 1)")
+    sch.add_argument(
+        "--etc", default="consistent", help="consistent, inconsistent or both, comma-separated"
+    )
+    sch.add_argument("--window", type=int, help="schedule a Poisson stream in windows of W tasks")
+    sch.add_argument(
+        "--load", type=float, default=0.9, help="offered load of the stream (default: 0.9)"
+    )
+    sch.add_argument(
+        "--milp-time-limit", type=float, default=10.0, help="seconds per MILP (default: 10)"
+    )
+    sch.add_argument("--json", action="store_true", help="one JSON object per line and run")
+
+
+def _add_partition_model(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    pm = sub.add_parser(
+        "partition-model",
+        help="TMOA: choose where to split a DNN between the edge pool and the cloud",
+        description="Profile a model block by block and choose the cut under the memory "
+        "(C1), latency (C2, M/M/1 or M/M/N waiting) and energy (C3) constraints, for every "
+        "edge count and edge-to-cloud bandwidth. Exact: every cut is enumerated.",
+    )
+    pm.add_argument("--model", default="resnet34", help="a registered model (default: resnet34)")
+    pm.add_argument("--input", default="3x224x224", help="input shape C x H x W")
+    pm.add_argument("--classes", type=int, default=10, help="output classes (default: 10)")
+    pm.add_argument("--edges", default="10,20,30", help="edge counts, e.g. 10,20,30")
+    pm.add_argument("--bandwidth-mbps", default="20", help="edge-to-cloud Mbit/s, e.g. 1,10,100")
+    pm.add_argument("--objective", default="latest", choices=["latest", "latency", "energy"])
+    pm.add_argument("--queue", default="mmn", choices=["mm1", "mmn"], help="waiting-time model")
+    pm.add_argument("--arrival-rate", type=float, default=50.0, help="tasks/s over all edges")
+    pm.add_argument("--max-latency-ms", type=float, default=1000.0, help="T_max per task")
+    pm.add_argument("--max-power-w", type=float, default=10.0, help="E: watts per edge node")
+    pm.add_argument("--edge-gflops", type=float, default=20.0, help="GFLOP/s per edge node")
+    pm.add_argument("--edge-memory-mib", type=float, default=512.0, help="P0, MiB")
+    pm.add_argument("--static-power-w", type=float, default=5.0, help="edge static power")
+    pm.add_argument("--cloud-gflops", type=float, default=10000.0, help="cloud GFLOP/s")
+    pm.add_argument("--uplink-mbps", type=float, default=50.0, help="device-to-edge Mbit/s")
+    pm.add_argument("--curves", action="store_true", help="print memory/latency/power per cut")
+    pm.add_argument("--plots", help="write memory.png, latency.png, energy.png to this folder")
+    pm.add_argument("--json", action="store_true", help="one JSON object per line and result")
 
 
 def _registries() -> dict[str, list[tuple[str, str]]]:
@@ -121,6 +189,53 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schedule(args: argparse.Namespace) -> int:
+    import json
+
+    from fedge.experiment.edge_tools import schedule_study, schedule_table
+    from fedge.orchestration.scheduling import compare_schedulers
+
+    study = schedule_study(args)
+    rows = []
+    for row in compare_schedulers(study):
+        rows.append(row)
+        if args.json:
+            print(json.dumps(row), flush=True)
+    if not args.json:
+        print(schedule_table(rows))
+    return 0
+
+
+def cmd_partition_model(args: argparse.Namespace) -> int:
+    import json
+
+    from fedge.experiment.edge_tools import curve_table, partition_inputs, partition_table
+    from fedge.experiment.partition_model import (
+        curve_rows,
+        model_layers,
+        parse_input_shape,
+        partition_model,
+        plot_curves,
+    )
+
+    pool, work, edges, bandwidths = partition_inputs(args)
+    layers = model_layers(args.model, parse_input_shape(args.input), args.classes)
+    results = partition_model(layers, pool, work, edges, bandwidths, args.objective)
+    if args.json:
+        for result in results:
+            print(json.dumps(result))
+    else:
+        print(partition_table(results))
+    if args.curves or args.plots:
+        curves = curve_rows(layers, pool, work, edges)
+        if args.curves and not args.json:
+            print(curve_table(curves))
+        if args.plots:
+            for path in plot_curves(curves, Path(args.plots)):
+                print(f"plot: {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_report(run_dir: str) -> int:
     from fedge.results import rebuild_report
 
@@ -137,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_compare(args)
         if args.command == "list":
             return cmd_list(args.what)
+        if args.command == "schedule":
+            return cmd_schedule(args)
+        if args.command == "partition-model":
+            return cmd_partition_model(args)
         return cmd_report(args.run_dir)
     except FedgeError as exc:
         print(f"fedge: error: {exc}", file=sys.stderr)

@@ -67,7 +67,11 @@ def _result(
         "edges": pool.nodes,
         "bandwidth_mbps": pool.wan_bps / 1e6,
         "cut": choice.cut,
-        "cut_after": layers[choice.cut - 1].name if choice.cut else "input",
+        "cut_after": "-"
+        if choice.cut is None
+        else layers[choice.cut - 1].name
+        if choice.cut
+        else "input",
         "feasible": choice.feasible,
         "failing": list(choice.failing),
         "brute_force_cut": brute_force_cut(layers, pool, work, objective),
