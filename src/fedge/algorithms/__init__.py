@@ -13,10 +13,13 @@ from fedge.algorithms.decentralized import Decentralized, PeerLearner, PeerSetti
 from fedge.algorithms.fedavg import FedAvg
 from fedge.algorithms.hierarchical import EdgeServer, HierarchicalFL
 from fedge.algorithms.multiserver import Exchange, MultiServerFL
+from fedge.algorithms.split import CloudTail, SplitEdge, SplitSettings
+from fedge.algorithms.split_learning import SplitLearning
 
 __all__ = [
     "ALGORITHMS",
     "AlgorithmSpec",
+    "CloudTail",
     "Coordinator",
     "Decentralized",
     "EdgeServer",
@@ -30,5 +33,8 @@ __all__ = [
     "PeerLearner",
     "PeerSettings",
     "RoundRecord",
+    "SplitEdge",
+    "SplitLearning",
+    "SplitSettings",
     "trainer_app",
 ]

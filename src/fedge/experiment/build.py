@@ -26,6 +26,7 @@ from fedge.core.errors import ConfigError
 from fedge.core.node import NodeApp, derive_seed
 from fedge.core.update import ModelState
 from fedge.experiment.config import ExperimentConfig
+from fedge.experiment.split_build import split_setup
 from fedge.experiment.systems import build_system
 from fedge.learning import (
     DATASETS,
@@ -323,6 +324,11 @@ def build(cfg: ExperimentConfig) -> Experiment:
             for d, idx in zip(devices, parts, strict=True)
         }
     apps["cloud"] = NodeApp("cloud", "cloud")
+    if "split" in spec.roles:
+        split_apps, coordinator = split_setup(
+            cfg, spec, system, model, train, test, parts, tcfg, EVAL_BATCH
+        )
+        apps.update(split_apps)
     if "edge" in spec.roles:
         kit = _EdgeKit(_evaluator(model, test), validation, model, prof.flops_forward)
         apps.update(_edge_apps(cfg, system, kit, exchange="exchange" in spec.roles))

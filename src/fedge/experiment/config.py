@@ -92,11 +92,32 @@ class DecentralizedConfig(Section):
     mixing: Literal["equal", "metropolis"] = "equal"
 
 
+class SplitConfig(Section):
+    """Split / collaborative training (split, splitfed, ushaped); see fedge.algorithms.split."""
+
+    cut: int | Literal["tmoa"] = Field(
+        2, description="blocks on the edge (0: cloud-only); 'tmoa': chosen by TMOA"
+    )
+    a: float = Field(0.3, ge=0, description="weight of the edge (early-exit) loss F_e")
+    b: float = Field(0.7, gt=0, description="weight of the cloud loss F_c")
+    t0_ms: float = Field(0.0, ge=0, description="dormancy threshold T0 on T_rd; 0: never")
+    hysteresis: float = Field(0.2, ge=0, lt=1, description="dormancy band h around T0")
+    probe_every: int = Field(10, ge=1, description="dormant batches between cloud probes")
+    master: str = Field("all", description="edge that may go dormant, or 'all'")
+    exit_pool: int = Field(4, ge=1, description="early-exit head pools C×H×W maps to this size")
+
+
 class WanConfig(Section):
-    """Edge <-> cloud link."""
+    """Edge <-> cloud link; a latency trace (file or inline points) replaces ``latency_ms``."""
 
     bandwidth_mbps: float = Field(100.0, gt=0)
     latency_ms: float = Field(50.0, ge=0)
+    latency_trace: str | None = Field(
+        None, description="CSV file with the columns time_s,latency_s (one-way latency)"
+    )
+    latency_points: list[tuple[float, float]] = Field(
+        default_factory=list, description="inline trace: [[time_s, latency_s], ...]"
+    )
 
 
 class BackhaulConfig(Section):
@@ -184,6 +205,7 @@ class ExperimentConfig(Section):
     training: TrainingConfig = TrainingConfig()
     federation: FederationConfig = FederationConfig()
     decentralized: DecentralizedConfig = DecentralizedConfig()
+    split: SplitConfig = SplitConfig()
     system: SystemConfig = SystemConfig()
     output: OutputConfig = OutputConfig()
 

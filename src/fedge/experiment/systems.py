@@ -14,7 +14,7 @@ from fedge.system.compute import ComputeProfile
 from fedge.system.generators import highway, random_geometric
 from fedge.system.mobility import HighwayMobility, Mobility, StaticMobility
 from fedge.system.model import SystemModel
-from fedge.system.network import LinkProfile, WirelessProfile
+from fedge.system.network import LatencyTrace, LinkProfile, WirelessProfile
 from fedge.system.peers import PeerGraph
 from fedge.system.topology import Profiles, Topology
 from fedge.system.topology_io import load_topology
@@ -44,7 +44,7 @@ def profiles(cfg: SystemConfig) -> Profiles:
     return Profiles(
         device=device,
         device_flops_range=(dev.gflops_min * 1e9, dev.gflops_max * 1e9),
-        wan=LinkProfile(cfg.wan.bandwidth_mbps * 1e6, cfg.wan.latency_ms / 1e3),
+        wan=LinkProfile(cfg.wan.bandwidth_mbps * 1e6, cfg.wan.latency_ms / 1e3, wan_trace(cfg)),
         backhaul=LinkProfile(cfg.backhaul.bandwidth_mbps * 1e6, cfg.backhaul.latency_ms / 1e3),
         wireless=WirelessProfile(
             bandwidth_hz=w.bandwidth_mhz * 1e6,
@@ -53,6 +53,34 @@ def profiles(cfg: SystemConfig) -> Profiles:
             noise_psd_w_per_hz=_noise_psd_w_per_hz(cfg),
         ),
     )
+
+
+def wan_trace(cfg: SystemConfig) -> LatencyTrace | None:
+    """The WAN latency trace of ``[system.wan]`` (a CSV file or inline points), if any."""
+    wan = cfg.wan
+    if wan.latency_trace and wan.latency_points:
+        raise ConfigError(
+            "system.wan.latency_points", wan.latency_points, "empty when latency_trace is set"
+        )
+    if wan.latency_trace:
+        path = Path(wan.latency_trace)
+        if not path.is_file():
+            raise ConfigError(
+                "system.wan.latency_trace", str(path), "an existing CSV file (time_s,latency_s)"
+            )
+        return LatencyTrace.from_csv(path)
+    if not wan.latency_points:
+        return None
+    times = tuple(t for t, _ in wan.latency_points)
+    lats = tuple(v for _, v in wan.latency_points)
+    try:
+        return LatencyTrace(times, lats)
+    except ConfigError as exc:
+        raise ConfigError(
+            "system.wan.latency_points",
+            wan.latency_points,
+            "strictly increasing times, latencies >= 0",
+        ) from exc
 
 
 def _noise_psd_w_per_hz(cfg: SystemConfig) -> float:

@@ -1,0 +1,117 @@
+"""Build the apps and the coordinator of the split algorithms (split, splitfed, ushaped).
+
+Edges train on the samples of the devices attached to them at t = 0 (uploaded beforehand,
+not charged); devices run no app of their own in these algorithms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from torch import nn
+
+from fedge.algorithms.base import AlgorithmSpec
+from fedge.algorithms.split import CloudTail, EdgeFlops, SplitEdge, SplitSettings
+from fedge.algorithms.split_learning import SplitLearning
+from fedge.core.errors import ConfigError
+from fedge.core.node import NodeApp
+from fedge.experiment.config import ExperimentConfig
+from fedge.learning import ArrayDataset, TrainConfig, evaluate, profile, profile_blocks
+from fedge.learning.split import SplitModel, exit_head, feature_shape
+from fedge.orchestration.split_point import EdgePool, Layer, Workload, choose_cut
+from fedge.system.model import SystemModel
+
+
+def tmoa_cut(
+    cfg: ExperimentConfig, model: nn.Module, input_shape: tuple[int, ...], ushaped: bool
+) -> int:
+    """TMOA's cut (objective ``latest``, default pool and workload, this run's WAN and edge
+    count), clamped so that at least one block (two when U-shaped) stays on the cloud."""
+    prof = profile_blocks(model, input_shape)
+    layers = [
+        Layer(ly.name, ly.flops_forward, float(ly.param_bytes), float(ly.output_bytes))
+        for ly in prof.layers
+    ]
+    wan = cfg.system.wan
+    pool = EdgePool(
+        nodes=cfg.system.edges, wan_bps=wan.bandwidth_mbps * 1e6, wan_latency_s=wan.latency_ms / 1e3
+    )
+    work = Workload(input_bytes=float(4 * np.prod(input_shape)))
+    choice = choose_cut(layers, pool, work)
+    if choice.cut is None:
+        failing = ", ".join(choice.failing)
+        raise ConfigError(
+            "split.cut", "tmoa", f"an integer: TMOA finds no feasible cut ({failing})"
+        )
+    return min(choice.cut, len(layers) - (2 if ushaped else 1))
+
+
+def _edge_data(
+    system: SystemModel, train: ArrayDataset, parts: Sequence[np.ndarray]
+) -> dict[str, ArrayDataset]:
+    devices = system.ids("device")
+    out: dict[str, ArrayDataset] = {}
+    for edge in system.ids("edge"):
+        idx = [parts[devices.index(d)] for d in system.attached_devices(edge, 0.0)]
+        if idx:
+            out[edge] = train.subset(np.sort(np.concatenate(idx)))
+    return out
+
+
+def _flops(module: nn.Module, shape: tuple[int, ...]) -> float:
+    if not list(module.children()):
+        return 0.0
+    return float(profile(module, shape).flops_train)
+
+
+def split_setup(
+    cfg: ExperimentConfig,
+    spec: AlgorithmSpec,
+    system: SystemModel,
+    model: nn.Module,
+    train: ArrayDataset,
+    test: ArrayDataset,
+    parts: Sequence[np.ndarray],
+    tcfg: TrainConfig,
+    eval_batch: int,
+) -> tuple[dict[str, NodeApp], SplitLearning]:
+    """Edge apps, the cloud app and the coordinator of a split algorithm."""
+    ushaped = bool(spec.defaults.get("ushaped", False))
+    sc = cfg.split
+    shape = train.input_shape
+    cut = tmoa_cut(cfg, model, shape, ushaped) if sc.cut == "tmoa" else int(sc.cut)
+    split = SplitModel.build(model, cut, shape, train.n_classes, ushaped=ushaped)
+    fshape = feature_shape(split.head, shape)
+    split.exit = exit_head(fshape, train.n_classes, pool=sc.exit_pool)
+    if sc.master not in ("all", *system.ids("edge")):
+        raise ConfigError(
+            "split.master", sc.master, "'all' or one of " + ", ".join(system.ids("edge"))
+        )
+    settings = SplitSettings(cut, sc.a, sc.b, sc.t0_ms, sc.hysteresis, sc.probe_every, sc.master)
+    body_shape = feature_shape(split.tail, fshape) if ushaped else fshape
+    flops = EdgeFlops(
+        head=_flops(split.head, shape),
+        exit=_flops(split.exit, fshape),
+        last=_flops(split.last, body_shape) if split.last is not None else 0.0,
+    )
+    edge = SplitEdge(split, _edge_data(system, train, parts), tcfg, settings, flops)
+    apps = {e: edge.app(e) for e in system.ids("edge")}
+    cloud = CloudTail(split, tcfg, sc.b, _flops(split.tail, fshape))
+    apps["cloud"] = cloud.register(NodeApp("cloud", "cloud"))
+    coordinator = SplitLearning(
+        parts=split,
+        evaluate=_evaluator(test, eval_batch),
+        parallel=bool(spec.defaults.get("parallel", True)),
+        ushaped=ushaped,
+        evaluate_every=cfg.federation.evaluate_every,
+        deadline_s=cfg.federation.deadline_s,
+    )
+    return apps, coordinator
+
+
+def _evaluator(test: ArrayDataset, batch: int) -> Callable[[nn.Module], dict[str, float]]:
+    def run(module: nn.Module) -> dict[str, float]:
+        return evaluate(module, test, batch_size=batch).as_dict()
+
+    return run
