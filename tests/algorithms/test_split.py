@@ -8,6 +8,8 @@ from fedge.algorithms.dormancy import DormancySwitch, throughput_weights
 from fedge.core import ConfigError
 from fedge.experiment.build import build
 from fedge.experiment.config import load_config
+from fedge.experiment.run import run_experiment
+from fedge.results import read_json
 
 SPLIT = ["model.name='lenet5'", "split.cut=3", "training.steps=6", "system.devices=6"]
 
@@ -159,3 +161,30 @@ def test_latency_trace_file_and_tmoa_cut(tiny_config, tmp_path):
     wan = exp.system.topology.wan
     assert wan.latency_at(5.0) == 0.01 and wan.latency_at(11.0) == 0.3
     assert 0 <= len(exp.coordinator.parts.head) <= 11  # TMOA may pick edge-only: clamped
+
+
+@pytest.mark.parametrize("algorithm", ["splitfed", "ushaped"])
+def test_a_split_run_writes_its_early_exit_curve(tiny_config, algorithm):
+    overrides = [f"algorithm='{algorithm}'", "rounds=1", *SPLIT, "split.exit_threshold=0.75"]
+    result = run_experiment(load_config(tiny_config, overrides), progress=False)
+    points = read_json(result.run_dir / "early_exit.json")
+    assert sorted(points[0]) == ["accuracy", "exit_fraction", "latency_ms", "threshold"]
+    assert points[0]["threshold"] == 0 and points[0]["exit_fraction"] == 0
+    assert points[0]["accuracy"] == pytest.approx(result.summary["accuracy"])
+    assert points[-1]["exit_fraction"] == 1
+    assert points[-1]["accuracy"] == pytest.approx(result.rows[-1]["edge_accuracy"])
+    s = result.summary
+    assert s["exit_threshold"] == 0.75 and 0 <= s["exit_fraction"] <= 1
+    assert s["edge_only_latency_ms"] <= s["exit_latency_ms"] <= s["cloud_only_latency_ms"]
+    # cloud-only end: two WAN latencies (50 ms each way by default) and the transfers
+    assert s["cloud_only_latency_ms"] > 100
+
+
+def test_a_split_run_is_reproducible_from_its_seed(tiny_config):
+    first, h1 = run_split(tiny_config, "splitfed")
+    second, h2 = run_split(tiny_config, "splitfed")
+    exit1, exit2 = first.coordinator.parts.edge_state(), second.coordinator.parts.edge_state()
+    for key in h1.final_state:
+        assert torch.equal(h1.final_state[key], h2.final_state[key]), key
+    assert all(torch.equal(exit1[k], exit2[k]) for k in exit1)
+    assert h1.metrics[0]["accuracy"] == h2.metrics[0]["accuracy"]

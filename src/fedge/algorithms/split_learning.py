@@ -11,12 +11,16 @@ round's start). Evaluated rounds report ``accuracy`` (and precision, recall, F1,
 the full model (head + tail), ``edge_accuracy`` / ``edge_loss`` of the edge model (head +
 early-exit head), and per round ``cloud_batches``, ``dormant_batches``, ``mode_switches``
 (summed over edges), ``dormant_edges`` (edges dormant at the round's end).
+
+At the end of a run ``final_outputs(run_dir)`` calls the ``final`` hook (the experiment's
+early-exit report, ``fedge.learning.early_exit``) with the simulated clock of the last round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +37,8 @@ from fedge.learning import load_state, state_of
 from fedge.learning.split import SplitModel
 
 Evaluate = Callable[[nn.Module], Mapping[str, float]]
+Final = Callable[[Path, float], Mapping[str, Any]]
+"""(run directory, simulated time at the end) -> figures for the run's summary."""
 COUNTERS = ("cloud_batches", "dormant_batches", "mode_switches")
 
 
@@ -46,7 +52,9 @@ class SplitLearning(RoundLoop):
     ushaped: bool = False
     evaluate_every: int = 1
     deadline_s: float | None = None
+    final: Final | None = None
     _edge_state: ModelState | None = field(default=None, repr=False)
+    _clock_s: float = field(default=0.0, repr=False)
 
     def __post_init__(self) -> None:
         if self.evaluate_every < 1:
@@ -67,6 +75,7 @@ class SplitLearning(RoundLoop):
         else:
             replies = self._sequential(transport, edges, r)
         parts.load_edge_state(self._edge_state)
+        self._clock_s = transport.now()
         metrics = _counters([m for m, _ in replies])
         if self.parallel and replies:
             metrics["u_weight_max"] = max(u for _, u in replies) / sum(u for _, u in replies)
@@ -76,6 +85,10 @@ class SplitLearning(RoundLoop):
             edge = self.evaluate(parts.edge_model())
             metrics.update(edge_accuracy=edge["accuracy"], edge_loss=edge["loss"])
         return RoundRecord(r, state_of(parts.full), metrics, evaluated=due and bool(self.evaluate))
+
+    def final_outputs(self, run_dir: Path) -> Mapping[str, Any]:
+        """The ``final`` hook's files in ``run_dir`` and summary figures ({} without one)."""
+        return {} if self.final is None else self.final(run_dir, self._clock_s)
 
     def _ask(self, transport: Transport, edge: str, r: int) -> Message:
         assert self._edge_state is not None

@@ -105,6 +105,9 @@ class SplitConfig(Section):
     probe_every: int = Field(10, ge=1, description="dormant batches between cloud probes")
     master: str = Field("all", description="edge that may go dormant, or 'all'")
     exit_pool: int = Field(4, ge=1, description="early-exit head pools C×H×W maps to this size")
+    exit_threshold: float = Field(
+        0.5, ge=0, description="entropy (nats) below which the edge answers; summary figures"
+    )
 
 
 class WanConfig(Section):

@@ -177,6 +177,7 @@ def run_experiment(
         if bar is not None:
             bar.close()
     summary = _summarise(observer)
+    summary.update(_final_outputs(exp, run_dir))
     _write_outputs(exp, run_dir, observer, summary)
     store.finish(run_id, summary)
     store.close()
@@ -205,6 +206,13 @@ def _summarise(observer: _Observer) -> dict[str, Any]:
         summary["sim_time_to_target_s"] = hit["sim_time_s"] if hit else None
         summary["transmission_latency_to_target_s"] = hit["transmission_latency_s"] if hit else None
     return summary
+
+
+def _final_outputs(exp: Experiment, run_dir: Path) -> dict[str, Any]:
+    """A coordinator may expose ``final_outputs(run_dir) -> Mapping``: it writes its own
+    files into the run directory after the last round and returns figures for the summary."""
+    hook = getattr(exp.coordinator, "final_outputs", None)
+    return dict(hook(run_dir)) if callable(hook) else {}
 
 
 def _write_outputs(exp: Experiment, run_dir: Path, obs: _Observer, summary: dict[str, Any]) -> None:

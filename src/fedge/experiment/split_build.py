@@ -1,12 +1,16 @@
 """Build the apps and the coordinator of the split algorithms (split, splitfed, ushaped).
 
 Edges train on the samples of the devices attached to them at t = 0 (uploaded beforehand,
-not charged); devices run no app of their own in these algorithms.
+not charged); devices run no app of their own in these algorithms. At the end of a run the
+coordinator writes ``early_exit.json`` (``early_exit_report``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -15,11 +19,13 @@ from fedge.algorithms.base import AlgorithmSpec
 from fedge.algorithms.split import CloudTail, EdgeFlops, SplitEdge, SplitSettings
 from fedge.algorithms.split_learning import SplitLearning
 from fedge.core.errors import ConfigError
-from fedge.core.node import NodeApp
+from fedge.core.node import NodeApp, derive_seed
 from fedge.experiment.config import ExperimentConfig
 from fedge.learning import ArrayDataset, TrainConfig, evaluate, profile, profile_blocks
+from fedge.learning.early_exit import default_thresholds, early_exit, exit_costs
 from fedge.learning.split import SplitModel, exit_head, feature_shape
 from fedge.orchestration.split_point import EdgePool, Layer, Workload, choose_cut
+from fedge.results import write_json
 from fedge.system.model import SystemModel
 
 
@@ -83,7 +89,9 @@ def split_setup(
     cut = tmoa_cut(cfg, model, shape, ushaped) if sc.cut == "tmoa" else int(sc.cut)
     split = SplitModel.build(model, cut, shape, train.n_classes, ushaped=ushaped)
     fshape = feature_shape(split.head, shape)
-    split.exit = exit_head(fshape, train.n_classes, pool=sc.exit_pool)
+    split.exit = exit_head(
+        fshape, train.n_classes, pool=sc.exit_pool, seed=derive_seed(cfg.seed, "exit")
+    )
     if sc.master not in ("all", *system.ids("edge")):
         raise ConfigError(
             "split.master", sc.master, "'all' or one of " + ", ".join(system.ids("edge"))
@@ -106,8 +114,53 @@ def split_setup(
         ushaped=ushaped,
         evaluate_every=cfg.federation.evaluate_every,
         deadline_s=cfg.federation.deadline_s,
+        final=early_exit_report(cfg, system, split, test, eval_batch),
     )
     return apps, coordinator
+
+
+EARLY_EXIT_FILE = "early_exit.json"
+
+
+def early_exit_report(
+    cfg: ExperimentConfig, system: SystemModel, split: SplitModel, test: ArrayDataset, batch: int
+) -> Callable[[Path, float], Mapping[str, Any]]:
+    """The hook that writes ``early_exit.json`` (threshold, exit_fraction, accuracy,
+    latency_ms per entropy threshold) for the trained model on the test set, and returns
+    the summary figures at ``split.exit_threshold`` and at both ends.
+
+    Costs: this run's edge and cloud FLOP/s (the first edge's profile), WAN bandwidth, and the
+    WAN latency in force at the end of the run (the trace's, when there is one).
+    """
+    topo = system.topology
+    edge = topo.node(system.ids("edge")[0]).compute.flops_per_s
+    cloud = topo.cloud.compute.flops_per_s
+
+    def final(run_dir: Path, now_s: float) -> dict[str, Any]:
+        costs = exit_costs(
+            split,
+            test.input_shape,
+            test.n_classes,
+            edge,
+            cloud,
+            topo.wan.bandwidth_bps,
+            topo.wan.latency_at(now_s),
+        )
+        tau = cfg.split.exit_threshold
+        thresholds = sorted({*default_thresholds(test.n_classes), tau})
+        points = early_exit(split, test, thresholds, costs, batch)
+        write_json([asdict(p) for p in points], run_dir / EARLY_EXIT_FILE)
+        at = next(p for p in points if p.threshold == tau)
+        return {
+            "exit_threshold": tau,
+            "exit_fraction": at.exit_fraction,
+            "exit_accuracy": at.accuracy,
+            "exit_latency_ms": at.latency_ms,
+            "cloud_only_latency_ms": points[0].latency_ms,
+            "edge_only_latency_ms": points[-1].latency_ms,
+        }
+
+    return final
 
 
 def _evaluator(test: ArrayDataset, batch: int) -> Callable[[nn.Module], dict[str, float]]:

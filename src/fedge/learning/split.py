@@ -64,11 +64,14 @@ def split_ushaped(model: nn.Module, cut: int) -> tuple[nn.Sequential, nn.Sequent
     return _part(named[:cut]), _part(named[cut:-1]), _part(named[-1:])
 
 
-def exit_head(feature_shape: Sequence[int], n_classes: int, pool: int = 4) -> nn.Sequential:
+def exit_head(
+    feature_shape: Sequence[int], n_classes: int, pool: int = 4, seed: int | None = None
+) -> nn.Sequential:
     """An early-exit classifier on a cut feature map (BranchyNet-style, kept small).
 
     C×H×W maps are average-pooled to at most ``pool``×``pool`` then classified by one linear
-    layer; flat features go straight to the linear layer.
+    layer; flat features go straight to the linear layer. ``seed`` seeds its initialisation
+    (without touching the global torch RNG); None draws from the global RNG.
     """
     shape = tuple(int(s) for s in feature_shape)
     layers: list[tuple[str, nn.Module]] = []
@@ -80,7 +83,13 @@ def exit_head(feature_shape: Sequence[int], n_classes: int, pool: int = 4) -> nn
         size = (min(pool, h), min(pool, w))
         layers.append(("pool", nn.AdaptiveAvgPool2d(size)))
         width = c * size[0] * size[1]
-    layers += [("flatten", nn.Flatten()), ("fc", nn.Linear(width, n_classes))]
+    if seed is None:
+        fc = nn.Linear(width, n_classes)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fc = nn.Linear(width, n_classes)
+    layers += [("flatten", nn.Flatten()), ("fc", fc)]
     return nn.Sequential(OrderedDict(layers))
 
 
