@@ -30,18 +30,32 @@ from fedge.system.model import SystemModel
 
 
 def tmoa_cut(
-    cfg: ExperimentConfig, model: nn.Module, input_shape: tuple[int, ...], ushaped: bool
+    cfg: ExperimentConfig,
+    system: SystemModel,
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    ushaped: bool,
 ) -> int:
-    """TMOA's cut (objective ``latest``, default pool and workload, this run's WAN and edge
-    count), clamped so that at least one block (two when U-shaped) stays on the cloud."""
+    """TMOA's cut (objective ``latest``, TMOA's default workload) for this run's edges: the
+    slowest edge's FLOP/s, the smallest edge memory (P0), their static power and energy per
+    FLOP, the cloud's FLOP/s, the WAN, the edge count. Clamped so that at least one block
+    (two when U-shaped) stays on the cloud."""
     prof = profile_blocks(model, input_shape)
     layers = [
         Layer(ly.name, ly.flops_forward, float(ly.param_bytes), float(ly.output_bytes))
         for ly in prof.layers
     ]
+    edges = [e.compute for e in system.topology.edges]
     wan = cfg.system.wan
     pool = EdgePool(
-        nodes=cfg.system.edges, wan_bps=wan.bandwidth_mbps * 1e6, wan_latency_s=wan.latency_ms / 1e3
+        nodes=len(edges),
+        flops=min(e.flops_per_s for e in edges),
+        memory_bytes=min(e.memory_bytes for e in edges),
+        static_power_w=max(e.static_power_w for e in edges),
+        energy_per_flop_j=max(e.energy_per_flop_j for e in edges),
+        cloud_flops=system.topology.cloud.compute.flops_per_s,
+        wan_bps=wan.bandwidth_mbps * 1e6,
+        wan_latency_s=wan.latency_ms / 1e3,
     )
     work = Workload(input_bytes=float(4 * np.prod(input_shape)))
     choice = choose_cut(layers, pool, work)
@@ -86,7 +100,7 @@ def split_setup(
     ushaped = bool(spec.defaults.get("ushaped", False))
     sc = cfg.split
     shape = train.input_shape
-    cut = tmoa_cut(cfg, model, shape, ushaped) if sc.cut == "tmoa" else int(sc.cut)
+    cut = tmoa_cut(cfg, system, model, shape, ushaped) if sc.cut == "tmoa" else int(sc.cut)
     split = SplitModel.build(model, cut, shape, train.n_classes, ushaped=ushaped)
     fshape = feature_shape(split.head, shape)
     split.exit = exit_head(
