@@ -189,7 +189,8 @@ class PeerLearner:
         ctx.add_work(Work(result.samples, result.samples * self.flops_per_sample + reg_flops))
         st["model"], st["mask"], st["update"] = state, mask, update
         st["published"] = encode_sparse(state, mask)
-        st["published_update"] = encode_sparse(update, mask)
+        if self.method.selection == "cosine":  # only DPMN's peers ask for updates
+            st["published_update"] = encode_sparse(update, mask)
         metrics = {
             "train_loss": result.loss,
             "regulariser": pull.value if pull is not None else 0.0,
