@@ -8,9 +8,8 @@ over the rounds (and edges) of a run; the early-exit tables average ``early_exit
 
 from __future__ import annotations
 
-import json
 import sys
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,10 @@ from fedge.results.recipe import (
     Column,
     Entry,
     comparisons,
+    entries,
+    markdown,
     markdown_table,
     mean_ci_cell,
-    run_values,
 )
 
 NAMES = {
@@ -45,38 +45,25 @@ COLUMNS = (
 ROUNDS = (1, 2, 5, 10, 15, 20)
 
 
-@dataclass(frozen=True)
-class Variant(Entry):
-    """An entry named for the tables, with its run directories."""
-
-    name: str = ""
-    dirs: tuple[Path, ...] = ()
-
-    @property
-    def label(self) -> str:
-        return self.name
-
-
-def _run(run_dir: Path) -> dict[str, Any]:
-    values = run_values(run_dir)
+def _derived(run: dict[str, Any], run_dir: Path) -> None:
+    """Figures the tables need beyond the summary: MB, totals over rounds, the rows."""
     rows = read_rows_csv(run_dir / "metrics.csv")
-    values["up_mb"] = float(values.get("bytes_up_edge_cloud", 0.0)) / 1e6
-    values["down_mb"] = float(values.get("bytes_down_edge_cloud", 0.0)) / 1e6
+    run["up_mb"] = float(run.get("bytes_up_edge_cloud", 0.0)) / 1e6
+    run["down_mb"] = float(run.get("bytes_down_edge_cloud", 0.0)) / 1e6
     for key in ("mode_switches", "dormant_batches"):
-        values[f"{key}_total"] = sum(float(r.get(key) or 0.0) for r in rows)
-    values["_rows"] = rows
-    return values
+        run[f"{key}_total"] = sum(float(r.get(key) or 0.0) for r in rows)
+    run["_rows"] = rows
 
 
-def variants(root: Path) -> list[Variant]:
+def variants(root: Path) -> list[Entry]:
     """Every variant of the recipe's comparisons, named, in the order of ``NAMES``."""
-    found: dict[str, Variant] = {}
+    found: dict[str, Entry] = {}
     for comparison in comparisons(root):
-        for e in json.loads((comparison / "comparison.json").read_text()):
-            entry = Entry(e["variant"], [])
+        for entry in entries(comparison):
+            for run, run_dir in zip(entry.runs, entry.dirs, strict=True):
+                _derived(run, run_dir)
             name = NAMES.get((comparison.parent.name, entry.label), entry.label)
-            dirs = tuple(comparison / "runs" / rid for rid in e["runs"])
-            found[name] = Variant(e["variant"], [_run(d) for d in dirs], name, dirs)
+            found[name] = replace(entry, name=name)
     order = list(NAMES.values())
     return sorted(found.values(), key=lambda v: order.index(v.name) if v.name in order else 99)
 
@@ -90,30 +77,26 @@ def _at_round(runs: list[dict[str, Any]], r: int, key: str) -> list[float | None
     return out
 
 
-def by_round(rows: list[Variant], key: str) -> str:
+def by_round(rows: list[Entry], key: str) -> str:
     last = max((int(x["round"]) for v in rows for run in v.runs for x in run["_rows"]), default=0)
     rounds = [r for r in ROUNDS if r <= last]
-    head = ["variant", *(f"round {r}" for r in rounds)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for v in rows:
-        cells = [mean_ci_cell(_at_round(v.runs, r, key), 4) for r in rounds]
-        lines.append("| " + " | ".join([v.label, *cells]) + " |")
-    return "\n".join(lines)
+    lines = [[v.label, *(mean_ci_cell(_at_round(v.runs, r, key), 4) for r in rounds)] for v in rows]
+    return markdown(["variant", *(f"round {r}" for r in rounds)], lines)
 
 
-def early_exit_table(v: Variant) -> str:
+def early_exit_table(v: Entry) -> str:
     curves = [read_json(d / "early_exit.json") for d in v.dirs if (d / "early_exit.json").exists()]
     if not curves:
         return "(no early_exit.json)"
     head = ["entropy threshold (nats)", "exit fraction", "accuracy", "latency ms / sample"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for i, point in enumerate(curves[0]):
         cells = [
             mean_ci_cell([c[i][key] for c in curves], digits)
             for key, digits in (("exit_fraction", 3), ("accuracy", 4), ("latency_ms", 3))
         ]
-        lines.append("| " + " | ".join([f"{point['threshold']:g}", *cells]) + " |")
-    return "\n".join(lines)
+        lines.append([f"{point['threshold']:g}", *cells])
+    return markdown(head, lines)
 
 
 def main(root: str) -> None:

@@ -66,12 +66,14 @@ from fedge.learning.pruning import (
     mask_density,
     mask_overlap,
 )
-from fedge.learning.sparse import decode_mask, decode_sparse, encode_sparse
+from fedge.learning.sparse import decode_sparse, decode_with_mask, encode_sparse
 from fedge.learning.training import StepHook
 
 SELECTIONS = ("cosine", "euclidean", "random", "all")
 MIXINGS = ("equal", "metropolis")
 Evaluate = Callable[[ModelState, ArrayDataset], Mapping[str, float]]
+PeerModel = tuple[ModelState, Mask, int]
+"""A fetched neighbour model: its state, its mask and the sender's degree in the graph."""
 
 
 @dataclass(frozen=True)
@@ -215,18 +217,13 @@ class PeerLearner:
         chosen, fetched = self._select(message.round, ctx, down, peers)
         st["selected"] = chosen
         missing = [p for p in chosen if p not in fetched]
-        fetched.update(self._fetch(down, "get_model", missing, message.round))
+        fetched.update(self._models(down, missing, message.round, st["model"]))
         got = {p: fetched[p] for p in chosen if p in fetched}
-        sent = {
-            p: (decode_sparse(m.payload["sparse"], like=st["model"]), m) for p, m in got.items()
-        }
         if self.method.average:
-            st["model"] = self._mix(st["model"], len(peers), sent)
+            st["model"] = self._mix(st["model"], len(peers), got)
             st["neighbours"] = {}
         else:
-            st["neighbours"] = {
-                p: (x, decode_mask(m.payload["sparse"])) for p, (x, m) in sent.items()
-            }
+            st["neighbours"] = {p: (x, m) for p, (x, m, _) in got.items()}
         out: dict[str, Any] = {
             "metrics": {"neighbours": float(len(got)), "peers": float(len(peers))}
         }
@@ -238,7 +235,7 @@ class PeerLearner:
 
     def _select(
         self, r: int, ctx: NodeContext, down: Transport, peers: list[str]
-    ) -> tuple[list[str], dict[str, Message]]:
+    ) -> tuple[list[str], dict[str, PeerModel]]:
         """(S_i, models already fetched while choosing it)."""
         kind = self.method.selection
         if kind == "all":
@@ -252,9 +249,9 @@ class PeerLearner:
             return random_neighbours(peers, self.settings.neighbours, ctx.rng), {}
         own = ctx.state["model"]
         if kind == "euclidean":
-            fetched = self._fetch(down, "get_model", peers, r)
-            models = {p: decode_sparse(m.payload["sparse"], like=own) for p, m in fetched.items()}
-            return euclidean_neighbours(own, models, self.settings.neighbours), fetched
+            models = self._models(down, peers, r, own)
+            states = {p: x for p, (x, _, _) in models.items()}
+            return euclidean_neighbours(own, states, self.settings.neighbours), models
         replies = self._fetch(down, "get_update", peers, r)
         updates = {p: decode_sparse(m.payload["sparse"], like=own) for p, m in replies.items()}
         chosen = cosine_neighbours(ctx.state["update"], updates, self.settings.delta)
@@ -268,15 +265,23 @@ class PeerLearner:
         replies = down.send([Message(down.node_id, p, kind, r) for p in peers])
         return {m.src: m for m in replies}
 
-    def _mix(
-        self, own: ModelState, degree: int, sent: Mapping[str, tuple[ModelState, Message]]
-    ) -> ModelState:
-        if not sent:
+    def _models(
+        self, down: Transport, peers: Sequence[str], r: int, own: ModelState
+    ) -> dict[str, PeerModel]:
+        """The peers' published models, decoded once: (state, mask, the peer's degree)."""
+        out: dict[str, PeerModel] = {}
+        for p, m in self._fetch(down, "get_model", peers, r).items():
+            state, mask = decode_with_mask(m.payload["sparse"], like=own)
+            out[p] = (state, mask, int(m.payload["degree"]))
+        return out
+
+    def _mix(self, own: ModelState, degree: int, got: Mapping[str, PeerModel]) -> ModelState:
+        if not got:
             return own
-        states = [own, *(x for x, _ in sent.values())]
+        states = [own, *(x for x, _, _ in got.values())]
         if self.settings.mixing == "equal":
             return weighted_mean(states, [1.0] * len(states))
-        peer_w = [1.0 / (1 + max(degree, int(m.payload["degree"]))) for _, m in sent.values()]
+        peer_w = [1.0 / (1 + max(degree, d)) for _, _, d in got.values()]
         return weighted_mean(states, [1.0 - sum(peer_w), *peer_w])
 
 

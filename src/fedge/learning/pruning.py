@@ -183,8 +183,8 @@ class NeighbourPull:
     ) -> None:
         if not (isinstance(lam, int | float) and lam >= 0 and math.isfinite(lam)):
             raise ConfigError("lambda", lam, "a finite number >= 0")
-        self._params = [p for p in model.parameters() if p.requires_grad]
         named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
+        self._params = [p for _, p in named]
         self._lam = float(lam)
         self.value = 0.0
         if not neighbours or not named:

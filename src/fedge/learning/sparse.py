@@ -37,16 +37,23 @@ def encode_sparse(
     return {k: _entry(v, mask.get(k)) for k, v in state.items()}
 
 
-def _decode_entry(entry: Mapping[str, Any], dtype: torch.dtype | None) -> torch.Tensor:
+def _keep(entry: Mapping[str, Any]) -> torch.Tensor:
+    """The flat boolean mask of a sparse entry."""
+    n = math.prod(int(s) for s in entry["shape"])
+    bits = np.asarray(entry["bits"].numpy(), dtype=np.uint8)
+    return torch.from_numpy(np.unpackbits(bits, count=n).astype(bool))
+
+
+def _decode_entry(
+    entry: Mapping[str, Any], dtype: torch.dtype | None, keep: torch.Tensor | None = None
+) -> torch.Tensor:
     values: torch.Tensor = entry["values"]
     shape = [int(s) for s in entry["shape"]]
     values = values if dtype is None else values.to(dtype)
     if "bits" not in entry:
         return values.clone().reshape(shape)
-    n = math.prod(shape)
-    bits = np.asarray(entry["bits"].numpy(), dtype=np.uint8)
-    keep = torch.from_numpy(np.unpackbits(bits, count=n).astype(bool))
-    out = torch.zeros(n, dtype=values.dtype)
+    keep = _keep(entry) if keep is None else keep
+    out = torch.zeros(keep.numel(), dtype=values.dtype)
     out[keep] = values
     return out.reshape(shape)
 
@@ -66,14 +73,24 @@ def decode_sparse(
 
 def decode_mask(payload: Mapping[str, Mapping[str, Any]]) -> dict[str, torch.Tensor]:
     """The sender's mask: a boolean tensor per key sent sparse (dense keys are absent)."""
-    out: dict[str, torch.Tensor] = {}
-    for k, entry in payload.items():
-        if "bits" in entry:
-            shape = [int(s) for s in entry["shape"]]
-            bits = np.asarray(entry["bits"].numpy(), dtype=np.uint8)
-            flat = np.unpackbits(bits, count=math.prod(shape)).astype(bool)
-            out[k] = torch.from_numpy(flat).reshape(shape)
-    return out
+    return {
+        k: _keep(e).reshape([int(s) for s in e["shape"]]) for k, e in payload.items() if "bits" in e
+    }
+
+
+def decode_with_mask(
+    payload: Mapping[str, Mapping[str, Any]], like: Mapping[str, torch.Tensor]
+) -> tuple[ModelState, dict[str, torch.Tensor]]:
+    """``decode_sparse(payload, like)`` and ``decode_mask(payload)``, unpacking each mask once."""
+    masks = decode_mask(payload)
+    state: ModelState = {}
+    for k, v in like.items():
+        if k not in payload:
+            state[k] = v.detach().clone()
+            continue
+        keep = masks[k].reshape(-1) if k in masks else None
+        state[k] = _decode_entry(payload[k], v.dtype, keep)
+    return state, masks
 
 
 def sparse_nbytes(state: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor]) -> int:

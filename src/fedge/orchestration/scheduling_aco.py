@@ -135,8 +135,8 @@ def _paper_colony(
         if spans[y] < best_c:
             best, best_c = tours[y].copy(), float(spans[y])
         tau *= 1.0 - rho
-        for y in range(ants):
-            tau[np.arange(k), tours[y]] += q / total[y]
+        # every ant y adds Q / Z_y on its (task, node) pairs, ants in order
+        np.add.at(tau, (np.tile(np.arange(k), ants), tours.ravel()), np.repeat(q / total, k))
     return Solution(best)
 
 

@@ -35,9 +35,15 @@ class Entry:
 
     variant: Mapping[str, Any]
     runs: list[dict[str, Any]]
+    dirs: tuple[Path, ...] = ()
+    """The run directories, in the order of ``runs``."""
+    name: str = ""
+    """A label for tables; default: the variant's ``key=value`` pairs."""
 
     @property
     def label(self) -> str:
+        if self.name:
+            return self.name
         return ", ".join(f"{k}={v}" for k, v in self.variant.items()) or "base"
 
 
@@ -70,11 +76,17 @@ def run_values(run_dir: Path) -> dict[str, Any]:
 
 def entries(comparison: Path) -> list[Entry]:
     """The variants of a finished comparison directory, in their order."""
-    listed = json.loads((comparison / "comparison.json").read_text())
-    return [
-        Entry(e["variant"], [run_values(comparison / "runs" / rid) for rid in e["runs"]])
-        for e in listed
-    ]
+    out = []
+    for e in json.loads((comparison / "comparison.json").read_text()):
+        dirs = tuple(comparison / "runs" / rid for rid in e["runs"])
+        out.append(Entry(e["variant"], [run_values(d) for d in dirs], dirs))
+    return out
+
+
+def markdown(head: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    """A markdown table: the header row, the rule, one row per line of cells."""
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(rows + ["| " + " | ".join(cells) + " |" for cells in lines])
 
 
 def markdown_table(
@@ -85,14 +97,14 @@ def markdown_table(
     """One line per variant: label, seeds, a ``mean ± ci95`` cell per column, then extras."""
     extra = extra or {}
     head = ["variant", "n", *(c.title for c in columns), *extra]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for entry in rows:
         cells = [
             mean_ci_cell([r.get(c.key, c.default) for r in entry.runs], c.digits) for c in columns
         ]
         cells += [fn(entry) for fn in extra.values()]
-        lines.append("| " + " | ".join([entry.label, str(len(entry.runs)), *cells]) + " |")
-    return "\n".join(lines)
+        lines.append([entry.label, str(len(entry.runs)), *cells])
+    return markdown(head, lines)
 
 
 def comparisons(root: Path) -> Iterator[Path]:
