@@ -99,7 +99,13 @@ def mean(updates: Sequence[Update], rng: np.random.Generator) -> ModelState:
 def aggregate(
     name: str, updates: Sequence[Update], rng: np.random.Generator, **params: object
 ) -> ModelState:
-    """Look up aggregator ``name`` and apply it; unknown names or parameters raise ConfigError."""
+    """Look up aggregator ``name`` and apply it; unknown names or parameters raise ConfigError.
+
+    Updates are combined in a canonical order (by origin, then the node that received them,
+    then round), so the result does not depend on the order in which replies arrived: the
+    engines deliver the same updates in different orders, and float sums are not associative.
+    """
     fn = AGGREGATORS.get(name, field="aggregator")
     check_params(name, fn, params, skip=2)
-    return fn(updates, rng, **params)
+    ordered = sorted(updates, key=lambda u: (u.origin, u.via, u.round))
+    return fn(ordered, rng, **params)

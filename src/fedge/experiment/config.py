@@ -187,6 +187,35 @@ class SystemConfig(Section):
     d2d: D2DConfig = D2DConfig()
 
 
+class RayConfig(Section):
+    """The Ray engine: where the cluster is and how many workers run device work."""
+
+    address: str | None = Field(
+        None, description="a Ray cluster address (e.g. ray://host:10001); local Ray when unset"
+    )
+    workers: int = Field(
+        0, ge=0, description="worker actors that run device work; 0 uses one per CPU"
+    )
+
+
+class GrpcConfig(Section):
+    """The gRPC deployment: addresses, TLS, message limits, deadlines and retries."""
+
+    host: str = "127.0.0.1"
+    base_port: int = Field(
+        0, ge=0, le=65535, description="first port for deploy-local; 0 picks free ports"
+    )
+    certs: str | None = Field(None, description="directory written by `fedge certs` (TLS)")
+    chunk_bytes: int = Field(1 << 20, ge=1024, description="largest chunk of a model on the wire")
+    max_message_bytes: int = Field(256 << 20, ge=1024, description="largest message accepted")
+    call_timeout_s: float = Field(600.0, gt=0, description="longest wait for any reply")
+    connect_timeout_s: float = Field(60.0, gt=0, description="wait for nodes to attach")
+    retry_initial_s: float = Field(0.2, gt=0, description="first reconnection backoff")
+    retry_max_s: float = Field(5.0, gt=0, description="longest reconnection backoff")
+    heartbeat_s: float = Field(2.0, gt=0, description="keepalive ping interval")
+    checkpoint_dir: str | None = Field(None, description="where nodes write their checkpoints")
+
+
 class OutputConfig(Section):
     dir: str = "runs"
     store: str = "runs/fedge.sqlite"
@@ -199,7 +228,7 @@ class ExperimentConfig(Section):
     seed: int = Field(0, ge=0)
     rounds: int = Field(10, ge=1)
     algorithm: str = "fedavg"
-    engine: Literal["local"] = "local"
+    engine: Literal["local", "ray", "grpc"] = "local"
     target_accuracy: float | None = Field(None, gt=0, le=1)
     stop_at_target: bool = Field(True, description="stop once target_accuracy is reached")
     threads: int = Field(0, ge=0, description="PyTorch CPU threads; 0 keeps PyTorch's default")
@@ -210,6 +239,8 @@ class ExperimentConfig(Section):
     decentralized: DecentralizedConfig = DecentralizedConfig()
     split: SplitConfig = SplitConfig()
     system: SystemConfig = SystemConfig()
+    ray: RayConfig = RayConfig()
+    grpc: GrpcConfig = GrpcConfig()
     output: OutputConfig = OutputConfig()
 
 

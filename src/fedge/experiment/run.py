@@ -174,6 +174,7 @@ def run_experiment(
         store.close()
         raise
     finally:
+        exp.nodes.close()
         if bar is not None:
             bar.close()
     summary = _summarise(observer)

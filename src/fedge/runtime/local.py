@@ -30,6 +30,9 @@ class NodeSet:
         ctx = app.context(self.seed, message, downstream)
         return app.handle(message, ctx), ctx.work
 
+    def close(self) -> None:
+        """Release what the node set holds outside this process (nothing in-process)."""
+
 
 def flat_membership(tiers: Mapping[str, Sequence[str]]) -> Membership:
     """Every node sees every node of a tier (no topology): the simplest deployment."""
