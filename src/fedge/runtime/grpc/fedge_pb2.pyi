@@ -25,11 +25,9 @@ class Frame(_message.Message):
         HELLO: _ClassVar[Frame.Kind]
         CHUNK: _ClassVar[Frame.Kind]
         ERROR: _ClassVar[Frame.Kind]
-        PING: _ClassVar[Frame.Kind]
     HELLO: Frame.Kind
     CHUNK: Frame.Kind
     ERROR: Frame.Kind
-    PING: Frame.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]

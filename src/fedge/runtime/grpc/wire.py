@@ -46,9 +46,6 @@ def error(call_id: int, reason: str) -> pb.Frame:
     return pb.Frame(kind=pb.Frame.ERROR, call_id=call_id, data=reason.encode()[:4096])
 
 
-PING = pb.Frame(kind=pb.Frame.PING)
-
-
 @dataclass
 class _Partial:
     pieces: list[bytes] = field(default_factory=list)

@@ -1,0 +1,189 @@
+"""The child side of a gRPC node: dial the parent, hold the stream, answer its requests.
+
+A child knows a list of parents, its home first. It reconnects after a broken stream with
+exponential backoff (``retry_initial_s`` doubling up to ``retry_max_s``, with jitter); after
+``FAILOVER_AFTER`` failed attempts in a row it moves on to the next parent of the list (a
+device whose edge died re-attaches to a neighbour edge) and stays there. Requests run on an
+executor thread, so a long handler (an edge coordinating its devices) never blocks the
+stream. A request that fails is answered with an ERROR frame and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from fedge.core.message import Message
+from fedge.core.node import NodeApp
+from fedge.core.transport import Transport
+from fedge.runtime.grpc import wire
+from fedge.runtime.grpc.settings import GrpcSettings, pause
+from fedge.runtime.grpc.tls import NodeCerts
+
+log = logging.getLogger("fedge.grpc")
+FAILOVER_AFTER = 3
+Rewrite = Callable[[Message], Message]
+Observe = Callable[[Message, Message], None]
+
+
+class Attachment:
+    """One child node attached to a parent; ``run`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        app: NodeApp,
+        seed: int,
+        parents: Sequence[str],
+        settings: GrpcSettings,
+        certs: NodeCerts | None,
+        executor: Executor,
+        downstream: Transport | None = None,
+    ) -> None:
+        if not parents:
+            raise ValueError(f"{app.node_id} has no parent address to attach to")
+        self.app = app
+        self.parents = list(parents)
+        self.settings = settings
+        self.connected_to: str | None = None
+        self.disconnected_since_s = time.monotonic()
+        self.before: Rewrite | None = None
+        """Applied to every request before its handler (e.g. an edge back from dormancy)."""
+        self.after: Observe | None = None
+        """Called with every (request, reply) pair the node answered."""
+        self._seed = seed
+        self._certs = certs
+        self._executor = executor
+        self._downstream = downstream
+        self._rng = random.Random(f"{app.node_id}-backoff")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        index, failures, delay_s = 0, 0, self.settings.retry_initial_s
+        while not stop.is_set():
+            address = self.parents[index]
+            if await self._session(address, stop):
+                failures, delay_s = 0, self.settings.retry_initial_s
+                continue
+            failures += 1
+            if failures >= FAILOVER_AFTER and len(self.parents) > 1:
+                index, failures = (index + 1) % len(self.parents), 0
+                log.warning("%s: moving to parent %s", self.app.node_id, self.parents[index])
+            pause_s = delay_s * (0.5 + self._rng.random())
+            delay_s = min(2 * delay_s, self.settings.retry_max_s)
+            await pause(stop, pause_s)
+
+    def _channel(self, address: str) -> aio.Channel:
+        options = self.settings.options()
+        if self._certs is None:
+            return aio.insecure_channel(address, options=options)
+        return aio.secure_channel(address, self._certs.channel(), options=options)
+
+    async def _session(self, address: str, stop: asyncio.Event) -> bool:
+        """One stream to ``address``; True when it was established (then broke or ended)."""
+        outgoing: asyncio.Queue[wire.Frame | None] = asyncio.Queue()
+        outgoing.put_nowait(wire.hello(self.app.node_id, self.app.tier, self.parents[0]))
+
+        async def frames() -> Any:
+            while (frame := await outgoing.get()) is not None:
+                yield frame
+
+        channel = self._channel(address)
+        established = False
+        try:
+            stream = channel.stream_stream(
+                wire.SERVICE_METHOD,
+                request_serializer=wire.Frame.SerializeToString,
+                response_deserializer=wire.Frame.FromString,
+            )(frames())
+            await asyncio.wait_for(stream.wait_for_connection(), self.settings.connect_timeout_s)
+            established = True
+            self.connected_to = address
+            log.info("%s: attached to %s", self.app.node_id, address)
+            await self._serve(stream, outgoing, stop)
+        except (aio.AioRpcError, TimeoutError) as exc:
+            detail = exc.details() if isinstance(exc, aio.AioRpcError) else "timed out"
+            log.info("%s: stream to %s ended: %s", self.app.node_id, address, detail)
+        finally:
+            if self.connected_to is not None:
+                self.disconnected_since_s = time.monotonic()
+            self.connected_to = None
+            outgoing.put_nowait(None)
+            await channel.close(grace=None)
+        return established
+
+    async def _serve(
+        self, stream: Any, outgoing: asyncio.Queue[wire.Frame | None], stop: asyncio.Event
+    ) -> None:
+        reassembler = wire.Reassembler(self.settings.max_message_bytes)
+        tasks: set[asyncio.Task[None]] = set()
+        stopping = asyncio.ensure_future(stop.wait())
+        replies = aiter(stream)
+        reading = asyncio.ensure_future(anext(replies, None))
+        while True:
+            await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping.done():
+                reading.cancel()
+                stream.cancel()
+                return
+            frame = reading.result()
+            if frame is None:
+                stopping.cancel()
+                return
+            request = self._take(reassembler, frame, outgoing)
+            if request is not None:
+                task = asyncio.ensure_future(self._answer(request, frame.call_id, outgoing))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            reading = asyncio.ensure_future(anext(replies, None))
+
+    def _take(
+        self,
+        reassembler: wire.Reassembler,
+        frame: wire.Frame,
+        outgoing: asyncio.Queue[wire.Frame | None],
+    ) -> Message | None:
+        if frame.kind == wire.Frame.ERROR:
+            reason = frame.data.decode(errors="replace")
+            log.warning(
+                "%s: the parent refused call %d: %s", self.app.node_id, frame.call_id, reason
+            )
+            return None
+        try:
+            return reassembler.add(frame)
+        except wire.WireError as exc:
+            log.warning("%s: rejected a request: %s", self.app.node_id, exc)
+            outgoing.put_nowait(wire.error(frame.call_id, str(exc)))
+            return None
+
+    async def _answer(
+        self, request: Message, call_id: int, outgoing: asyncio.Queue[wire.Frame | None]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            reply = await loop.run_in_executor(self._executor, self.handle, request)
+            frames = wire.message_frames(call_id, reply, self.settings.chunk_bytes)
+        except Exception as exc:  # the handler's failure goes back to the caller, logged
+            log.exception("%s: %s request failed", self.app.node_id, request.kind)
+            frames = [wire.error(call_id, f"{type(exc).__name__}: {exc}")]
+        for frame in frames:
+            outgoing.put_nowait(frame)
+
+    def handle(self, request: Message) -> Message:
+        """Run the node's handler for one request (on an executor thread)."""
+        if request.dst != self.app.node_id:
+            raise ValueError(f"a request for {request.dst!r} reached {self.app.node_id!r}")
+        if self.before is not None:
+            request = self.before(request)
+        ctx = self.app.context(self._seed, request, self._downstream)
+        reply = self.app.handle(request, ctx)
+        if self.after is not None:
+            self.after(request, reply)
+        return reply
+

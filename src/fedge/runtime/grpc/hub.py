@@ -1,0 +1,272 @@
+"""The parent side of a gRPC node: children attach to it and answer its calls.
+
+A device or edge dials its parent and holds one ``Attach`` stream; the hub sends requests
+down that stream and matches the replies by call id. A child that says it is someone else
+than its certificate names, an unknown node, an out-of-order, oversized or undecodable
+message: each is rejected and logged, and the server carries on. A call whose child drops
+waits up to ``reattach_s`` for the same node to attach again (a restarted edge, a device
+that reconnected) and is then sent again; otherwise it fails and its reply is absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from fedge.core.errors import FedgeError
+from fedge.core.message import Message
+from fedge.runtime.grpc import wire
+from fedge.runtime.grpc.settings import GrpcSettings, LoopThread
+from fedge.runtime.grpc.tls import NodeCerts
+
+log = logging.getLogger("fedge.grpc")
+
+Authorize = Callable[[str, str], str | None]
+"""(node id, tier) -> None to accept the child, or the reason it is refused."""
+
+
+class ChildGone(FedgeError):
+    """The child a call was sent to detached and did not come back in time."""
+
+
+@dataclass(eq=False)
+class _Child:
+    node_id: str
+    tier: str
+    reassembler: wire.Reassembler
+    queue: asyncio.Queue[wire.Frame | None] = field(default_factory=asyncio.Queue)
+    pending: dict[int, asyncio.Future[Message]] = field(default_factory=dict)
+
+
+class Hub:
+    """A gRPC server for the children of one node, and the calls it has in flight."""
+
+    def __init__(
+        self,
+        node_id: str,
+        settings: GrpcSettings,
+        authorize: Authorize,
+        certs: NodeCerts | None,
+        loop: LoopThread,
+    ) -> None:
+        self.node_id = node_id
+        self.settings = settings
+        self.counters: Counter[str] = Counter()
+        self._authorize = authorize
+        self._certs = certs
+        self._loop = loop
+        self._children: dict[str, _Child] = {}
+        self._arrived: dict[str, asyncio.Event] = {}
+        self._ids = itertools.count(1)
+        self._server: aio.Server | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self, address: str) -> int:
+        """Listen on ``host:port`` (port 0 picks a free one); returns the bound port."""
+        return self._loop.submit(self._start(address)).result(timeout=30)
+
+    async def _start(self, address: str) -> int:
+        server = aio.server(options=self.settings.options())
+        handler = grpc.stream_stream_rpc_method_handler(
+            self._attach,
+            request_deserializer=wire.Frame.FromString,
+            response_serializer=wire.Frame.SerializeToString,
+        )
+        service = grpc.method_handlers_generic_handler("fedge.v1.Node", {"Attach": handler})
+        server.add_generic_rpc_handlers((service,))
+        if self._certs is not None:
+            port = server.add_secure_port(address, self._certs.server())
+        else:
+            port = server.add_insecure_port(address)
+        port = int(port)
+        if port == 0:
+            raise FedgeError(f"cannot listen on {address}")
+        await server.start()
+        self._server = server
+        return port
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        if self._server is not None:
+            self._loop.submit(self._server.stop(grace_s)).result(timeout=grace_s + 10)
+            self._server = None
+
+    # -- what the transport uses (called from other threads) ------------------------------
+
+    def attached(self, tier: str) -> list[str]:
+        return sorted(n for n, c in list(self._children.items()) if c.tier == tier)
+
+    def wait_for(self, node_ids: list[str], timeout_s: float) -> list[str]:
+        """Block until every node in ``node_ids`` is attached; returns those still missing."""
+
+        async def wait() -> None:
+            await asyncio.gather(*(self._event(n).wait() for n in node_ids))
+
+        with contextlib.suppress(TimeoutError):
+            self._loop.submit(asyncio.wait_for(wait(), timeout_s)).result()
+        return [n for n in node_ids if n not in self._children]
+
+    def call(self, message: Message) -> Future[Message]:
+        """Send ``message`` to its child and resolve with the reply (see the module doc)."""
+        return self._loop.submit(self._call(message))
+
+    # -- the event loop side -------------------------------------------------------------
+
+    def _event(self, node_id: str) -> asyncio.Event:
+        return self._arrived.setdefault(node_id, asyncio.Event())
+
+    async def _call(self, message: Message) -> Message:
+        data = message.encode()
+        while True:
+            child = await self._attached_child(message.dst)
+            call_id = next(self._ids)
+            reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+            child.pending[call_id] = reply
+            for frame in wire.chunks(call_id, data, self.settings.chunk_bytes):
+                await child.queue.put(frame)
+            self.counters["bytes_sent"] += len(data)
+            self.counters["messages"] += 1
+            try:
+                answer = await reply
+            except ChildGone:
+                log.info("%s: %s detached during round %d; waiting for it", *self._who(message))
+                continue
+            finally:
+                child.pending.pop(call_id, None)
+            self.counters["messages"] += 1
+            return answer
+
+    def _who(self, message: Message) -> tuple[str, str, int]:
+        return self.node_id, message.dst, message.round
+
+    async def _attached_child(self, node_id: str) -> _Child:
+        child = self._children.get(node_id)
+        if child is not None:
+            return child
+        try:
+            await asyncio.wait_for(self._event(node_id).wait(), self.settings.reattach_s)
+        except TimeoutError:
+            raise ChildGone(f"{node_id} is not attached to {self.node_id}") from None
+        return self._children[node_id]
+
+    async def _attach(
+        self, requests: AsyncIterator[wire.Frame], context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[wire.Frame]:
+        requests = aiter(requests)
+        child = await self._admit(requests, context)
+        if child is None:
+            return
+        reader = asyncio.ensure_future(self._read(child, requests))
+        try:
+            while (frame := await child.queue.get()) is not None:
+                yield frame
+        finally:
+            reader.cancel()
+            self._detach(child)
+
+    async def _admit(
+        self, requests: AsyncIterator[wire.Frame], context: aio.ServicerContext[Any, Any]
+    ) -> _Child | None:
+        """Read and check the HELLO frame; refuse (and log) anyone who fails the checks."""
+        try:
+            first = await asyncio.wait_for(anext(requests), self.settings.connect_timeout_s)
+        except (StopAsyncIteration, TimeoutError):
+            return None
+        reason, code = self._refusal(first, context)
+        if reason is not None:
+            self.counters["rejected"] += 1
+            log.warning("%s: refused a child from %s: %s", self.node_id, context.peer(), reason)
+            await context.abort(code, reason)
+            return None
+        hello = first.hello
+        child = _Child(hello.node_id, hello.tier, wire.Reassembler(self.settings.max_message_bytes))
+        previous = self._children.get(child.node_id)
+        if previous is not None:
+            previous.queue.put_nowait(None)
+        self._children[child.node_id] = child
+        self._event(child.node_id).set()
+        log.info(
+            "%s: %s %s attached from %s", self.node_id, child.tier, child.node_id, context.peer()
+        )
+        return child
+
+    def _refusal(
+        self, first: wire.Frame, context: aio.ServicerContext[Any, Any]
+    ) -> tuple[str | None, grpc.StatusCode]:
+        if first.kind != wire.Frame.HELLO:
+            return "the first frame must be HELLO", grpc.StatusCode.INVALID_ARGUMENT
+        hello = first.hello
+        if hello.protocol != wire.PROTOCOL_VERSION:
+            reason = f"protocol {hello.protocol}, this node speaks {wire.PROTOCOL_VERSION}"
+            return reason, grpc.StatusCode.FAILED_PRECONDITION
+        if self._certs is not None:
+            names = context.auth_context().get("x509_common_name", [])
+            named = [n.decode() for n in names]
+            if named != [hello.node_id]:
+                reason = f"claims to be {hello.node_id!r} but its certificate names {named!r}"
+                return reason, grpc.StatusCode.UNAUTHENTICATED
+        refused = self._authorize(hello.node_id, hello.tier)
+        if refused is not None:
+            return refused, grpc.StatusCode.PERMISSION_DENIED
+        return None, grpc.StatusCode.OK
+
+    async def _read(self, child: _Child, requests: AsyncIterator[wire.Frame]) -> None:
+        try:
+            async for frame in requests:
+                self.counters["bytes_received"] += len(frame.data)
+                self._take(child, frame)
+        except (aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            child.queue.put_nowait(None)
+
+    def _take(self, child: _Child, frame: wire.Frame) -> None:
+        """One frame from a child: a chunk of a reply, or the error a call ended with."""
+        reply = child.pending.get(frame.call_id)
+        if frame.kind == wire.Frame.ERROR:
+            child.reassembler.forget(frame.call_id)
+            reason = frame.data.decode(errors="replace")
+            log.warning(
+                "%s: %s failed call %d: %s", self.node_id, child.node_id, frame.call_id, reason
+            )
+            if reply is not None and not reply.done():
+                reply.set_exception(FedgeError(f"{child.node_id}: {reason}"))
+            return
+        try:
+            message = child.reassembler.add(frame)
+        except wire.WireError as exc:
+            self.counters["rejected"] += 1
+            log.warning("%s: rejected a message from %s: %s", self.node_id, child.node_id, exc)
+            child.queue.put_nowait(wire.error(frame.call_id, str(exc)))
+            if reply is not None and not reply.done():
+                reply.set_exception(exc)
+            return
+        if message is None:
+            return
+        if reply is None or reply.done():
+            log.info("%s: dropped a late reply from %s", self.node_id, child.node_id)
+        elif message.src != child.node_id:
+            self.counters["rejected"] += 1
+            log.warning("%s: %s sent a reply as %r", self.node_id, child.node_id, message.src)
+            reply.set_exception(FedgeError(f"{child.node_id} answered as {message.src!r}"))
+        else:
+            reply.set_result(message)
+
+    def _detach(self, child: _Child) -> None:
+        if self._children.get(child.node_id) is child:
+            del self._children[child.node_id]
+            self._event(child.node_id).clear()
+            log.info("%s: %s detached", self.node_id, child.node_id)
+        for reply in child.pending.values():
+            if not reply.done():
+                reply.set_exception(ChildGone(child.node_id))

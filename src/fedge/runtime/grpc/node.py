@@ -1,0 +1,199 @@
+"""One OS process of a gRPC deployment: a hub for its children, attachments to its parents.
+
+A process hosts one node with children (the cloud, an edge) or several leaf nodes (devices
+packed into one process to save memory: each still has its own stream and certificate).
+Every hosted node also answers ``shutdown``: it forwards it to its own children, then
+the process stops. An edge checkpoints its node state after every request it answered
+(written atomically) and reloads it when it starts again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from fedge.core.errors import FedgeError
+from fedge.core.message import Message
+from fedge.core.node import NodeApp, NodeContext
+from fedge.core.transport import Transport
+from fedge.runtime.grpc.attach import Attachment
+from fedge.runtime.grpc.hub import Authorize, Hub
+from fedge.runtime.grpc.settings import GrpcSettings, LoopThread, pause
+from fedge.runtime.grpc.tls import NodeCerts
+from fedge.runtime.grpc.transport import GrpcTransport
+
+log = logging.getLogger("fedge.grpc")
+SHUTDOWN = "shutdown"
+
+
+class NodeProcess:
+    """The event loop, executor, hub and attachments of one deployment process."""
+
+    def __init__(self, settings: GrpcSettings, certs_dir: str | None, seed: int) -> None:
+        self.settings = settings
+        self.seed = seed
+        self._certs_dir = certs_dir
+        self._loop = LoopThread("fedge-grpc")
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fedge-node")
+        self._stop = self._loop.submit(_event()).result()
+        self._stopped = threading.Event()
+        self.hub: Hub | None = None
+        self.attachments: list[Attachment] = []
+        self._running: list[Future[None]] = []
+
+    def certs(self, node_id: str) -> NodeCerts | None:
+        return NodeCerts.load(self._certs_dir, node_id) if self._certs_dir else None
+
+    def serve(self, node_id: str, listen: str, authorize: Authorize) -> GrpcTransport:
+        """Listen for children of ``node_id``; the transport reaches them."""
+        self.hub = Hub(node_id, self.settings, authorize, self.certs(node_id), self._loop)
+        self.port = self.hub.start(listen)
+        log.info("%s: listening on port %d", node_id, self.port)
+        return GrpcTransport(self.hub, node_id)
+
+    def attach(
+        self, app: NodeApp, parents: Sequence[str], downstream: Transport | None = None
+    ) -> Attachment:
+        """Dial the first reachable parent as ``app``'s node and answer its requests."""
+        app.on(SHUTDOWN, self._shutdown)
+        attachment = Attachment(
+            app,
+            self.seed,
+            parents,
+            self.settings,
+            self.certs(app.node_id),
+            self._executor,
+            downstream,
+        )
+        self.attachments.append(attachment)
+        self._running.append(self._loop.submit(attachment.run(self._stop)))
+        return attachment
+
+    def keep_training(self, attachment: Attachment) -> Dormancy:
+        """Let an edge train on its own while its parent is unreachable."""
+        dormancy = Dormancy(attachment, self.settings.dormant_after_s)
+        if self.settings.dormant_after_s > 0:
+            self._loop.submit(dormancy.watch(self._stop, self._executor))
+        return dormancy
+
+    def _shutdown(self, message: Message, ctx: NodeContext) -> Message:
+        if ctx.downstream is not None:
+            shutdown_children(ctx.downstream)
+        self._loop.loop.call_later(0.5, self._stop.set)
+        self._loop.loop.call_later(0.5, self._stopped.set)
+        return message.reply("bye")
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until a ``shutdown`` arrived (True) or ``timeout_s`` passed (False)."""
+        return self._stopped.wait(timeout_s)
+
+    def close(self) -> None:
+        """Close every stream (children see them end at once), then stop the loop."""
+        self._loop.loop.call_soon_threadsafe(self._stop.set)
+        wait(self._running, timeout=5.0)
+        if self.hub is not None:
+            self.hub.stop()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._loop.stop()
+
+
+async def _event() -> asyncio.Event:
+    return asyncio.Event()
+
+
+def shutdown_children(transport: Transport) -> None:
+    """Ask every child of this node to stop (edges pass it on to their devices)."""
+    children = [n for tier in ("edge", "device") for n in transport.nodes(tier)]
+    transport.send([Message(transport.node_id, c, SHUTDOWN) for c in children], 10.0)
+
+
+class EdgeState:
+    """An edge's node state on disk: written atomically after every answered request."""
+
+    def __init__(self, directory: str | Path, app: NodeApp) -> None:
+        self.path = Path(directory) / f"{app.node_id}.state.pkl"
+        self.app = app
+
+    def restore(self) -> bool:
+        if not self.path.exists():
+            return False
+        try:
+            saved: dict[str, Any] = pickle.loads(self.path.read_bytes())
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
+            raise FedgeError(f"edge checkpoint {self.path} cannot be read: {exc}") from exc
+        self.app.state.clear()
+        self.app.state.update(saved)
+        log.info("%s: restored its state from %s", self.app.node_id, self.path)
+        return True
+
+    def save(self, request: Message, reply: Message) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = pickle.dumps(dict(self.app.state), protocol=pickle.HIGHEST_PROTOCOL)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+class Dormancy:
+    """An edge cut off from its parent keeps training its own model, then resynchronises.
+
+    While the stream to the parent is down, every ``period_s`` the edge repeats its last
+    request without a model (so it continues from its own). The first request from the
+    parent after that also trains from the edge's own model, so the work done alone reaches
+    the global model in that round's aggregation; from then on the edge follows the parent.
+    """
+
+    def __init__(self, attachment: Attachment, period_s: float) -> None:
+        self.attachment = attachment
+        self.period_s = period_s
+        self.rounds_alone = 0
+        self._last: Message | None = None
+        attachment.before = self.before
+        attachment.after = self.after
+
+    def after(self, request: Message, reply: Message) -> None:
+        if "edge_rounds" in request.payload and not request.payload.get("alone"):
+            self._last = request
+
+    def before(self, request: Message) -> Message:
+        if not self.rounds_alone or "state" not in request.payload:
+            return request
+        log.info(
+            "%s: back in touch after %d rounds alone; resynchronising",
+            request.dst,
+            self.rounds_alone,
+        )
+        self.rounds_alone = 0
+        payload = {k: v for k, v in request.payload.items() if k != "state"}
+        return Message(request.src, request.dst, request.kind, request.round, payload)
+
+    async def watch(self, stop: asyncio.Event, executor: Executor) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            await pause(stop, self.period_s)
+            down_s = time.monotonic() - self.attachment.disconnected_since_s
+            alone = self.attachment.connected_to is None and down_s >= self.period_s
+            if alone and self._last is not None and not stop.is_set():
+                await loop.run_in_executor(executor, self.round_alone, self._last)
+
+    def round_alone(self, last: Message) -> None:
+        """One round without the parent, from the edge's own model."""
+        self.rounds_alone += 1
+        rounds = int(last.payload["edge_rounds"])
+        payload = {k: v for k, v in last.payload.items() if k != "state"}
+        payload["first_round"] = int(last.payload["first_round"]) + self.rounds_alone * rounds
+        payload["alone"] = True
+        log.info("%s: parent unreachable, round %d alone", last.dst, self.rounds_alone)
+        self.attachment.handle(Message(last.src, last.dst, last.kind, last.round, payload))
