@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
-import grpc
 from grpc import aio
 
 from fedge.core.message import Message
@@ -186,4 +185,3 @@ class Attachment:
         if self.after is not None:
             self.after(request, reply)
         return reply
-
