@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from fedge.core.errors import FedgeError
 
@@ -13,11 +14,20 @@ from fedge.core.errors import FedgeError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run one experiment from a TOML config")
-    run.add_argument("config", help="path to the experiment TOML file")
+    run = sub.add_parser("run", help="run one experiment from a TOML config, or resume one")
+    run.add_argument("config", nargs="?", help="path to the experiment TOML file")
     _add_set(run, "override a config key (dotted), repeatable")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="go on with an interrupted run from its last checkpoint (its config.json is used)",
+    )
     run.add_argument("--out", help="parent directory of the run directory (default: runs/)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--engine", choices=("local", "ray", "grpc"), help="shortcut for --set engine=..."
+    )
+    run.add_argument("--ray-address", metavar="ADDR", help="shortcut for --set ray.address=...")
     lst = sub.add_parser("list", help="list algorithms, datasets, partitioners, models, ...")
     lst.add_argument(
         "what",
@@ -29,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_schedule(sub)
     _add_partition_model(sub)
+    _add_deployment(sub)
     rep = sub.add_parser("report", help="rebuild the plots and report.html of a run")
     rep.add_argument("run_dir", help="a run directory written by `fedge run`")
     return p
@@ -152,14 +163,54 @@ def cmd_list(what: str) -> int:
     return 0
 
 
+def _run_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides followed by the ``--engine`` / ``--ray-address`` shortcuts."""
+    out = list(args.overrides)
+    if args.engine is not None:
+        out.append(f"engine={args.engine!r}")
+    if args.ray_address is not None:
+        out.append(f"ray.address={args.ray_address!r}")
+    return out
+
+
+def _check_resume_args(args: argparse.Namespace) -> None:
+    """``--resume RUN_DIR`` stands alone: the run's config is the one stored with it."""
+    if args.resume is None:
+        if args.config is None:
+            raise FedgeError("run: got no config; allowed: CONFIG.toml, or --resume RUN_DIR")
+        return
+    given = {
+        "a config path": args.config is not None,
+        "--set / --engine / --ray-address": bool(_run_overrides(args)),
+        "--out": args.out is not None,
+    }
+    extra = [name for name, present in given.items() if present]
+    if extra:
+        raise FedgeError(
+            f"run --resume: got {' and '.join(extra)} too; allowed: --resume RUN_DIR alone "
+            "(the run goes on with the config stored in RUN_DIR/config.json)"
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from fedge.experiment.config import load_config
-    from fedge.experiment.run import SUMMARY_KEYS, run_experiment
+    from fedge.experiment.run import resume_experiment, run_experiment
+
+    _check_resume_args(args)
+    progress = False if args.no_progress else None
+    if args.resume is not None:
+        result = resume_experiment(args.resume, progress=progress, echo=_echo)
+    else:
+        config = load_config(args.config, _run_overrides(args))
+        result = run_experiment(config, out_dir=args.out, progress=progress, echo=_echo)
+    _print_summary(result.summary, result.run_dir)
+    return 0
+
+
+def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
+    from fedge.experiment.run import SUMMARY_KEYS
     from fedge.results import format_table, human_bytes
 
-    config = load_config(args.config, args.overrides)
-    result = run_experiment(config, out_dir=args.out, progress=False if args.no_progress else None)
-    s = result.summary
     print(format_table([s], [c for c in SUMMARY_KEYS if c in s and not c.startswith("bytes")]))
     tiers = sorted(k for k in s if k.startswith(("bytes_up_", "bytes_down_", "bytes_peer_")))
     print(
@@ -168,8 +219,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             [k.removeprefix("bytes_") for k in tiers],
         )
     )
-    print(f"report: {result.run_dir / 'report.html'}")
-    return 0
+    print(f"report: {run_dir / 'report.html'}")
+
+
+def _echo(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -236,11 +290,73 @@ def cmd_partition_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_deployment(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    crt = sub.add_parser("certs", help="make a CA and node certificates for a test deployment")
+    crt.add_argument("dir", help="where to write ca.pem and <node>.pem / <node>.key")
+    crt.add_argument("--config", help="make certificates for every node of this experiment")
+    crt.add_argument("--nodes", default="", help="comma-separated node ids (besides --config)")
+    crt.add_argument(
+        "--hosts", default="localhost,127.0.0.1,::1", help="names and addresses the servers use"
+    )
+    srv = sub.add_parser("serve", help="run one node of a gRPC deployment (cloud, edge, device)")
+    srv.add_argument("role", choices=("cloud", "edge", "device"))
+    srv.add_argument("--config", required=True, help="the experiment TOML (same on every node)")
+    _add_set(srv, "override a config key (dotted), repeatable")
+    srv.add_argument("--id", default="cloud", help="node id; devices: several, comma-separated")
+    srv.add_argument("--listen", help="host:port to serve children on (cloud and edges)")
+    srv.add_argument("--parent", action="append", default=[], help="host:port, repeatable")
+    tls = srv.add_mutually_exclusive_group()
+    tls.add_argument("--certs", help="directory written by `fedge certs` (default: grpc.certs)")
+    tls.add_argument("--insecure", action="store_true", help="no TLS (debugging only)")
+    srv.add_argument("--out", help="cloud: parent of the run directory (default: output.dir)")
+    srv.add_argument("--resume", metavar="RUN_DIR", help="cloud: go on from this run's checkpoint")
+    srv.add_argument("--announce", help="cloud: write the run directory's path to this file")
+    srv.add_argument("--state-dir", help="edge: where it checkpoints its state")
+    dep = sub.add_parser("deploy-local", help="run a config as gRPC processes on loopback")
+    dep.add_argument("config", help="path to the experiment TOML file")
+    _add_set(dep, "override a config key (dotted), repeatable")
+    dep.add_argument("--out", help="parent of the deployment directory (default: output.dir)")
+    dep.add_argument("--certs", help="use these certificates instead of making new ones")
+    dep.add_argument(
+        "--devices-per-process", type=int, default=0, help="0: one process per edge's devices"
+    )
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from fedge.experiment.deploy import node_ids_for_certs
+    from fedge.runtime.grpc.tls import make_certs
+
+    nodes = node_ids_for_certs(args.config, args.nodes)
+    root = make_certs(args.dir, nodes, [h for h in args.hosts.split(",") if h])
+    print(f"certificates for {len(nodes)} nodes and their CA in {root}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fedge.experiment.deploy import serve_from_cli
+
+    return serve_from_cli(args)
+
+
+def cmd_deploy_local(args: argparse.Namespace) -> int:
+    from fedge.experiment.config import load_config
+    from fedge.experiment.deploy import deploy_local
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir, summary = deploy_local(cfg, args.out, args.certs, args.devices_per_process, echo=_echo)
+    _print_summary(summary, run_dir)
+    print(f"run: {run_dir}")
+    return 0
+
+
 def cmd_report(run_dir: str) -> int:
     from fedge.results import rebuild_report
 
     print(f"report: {rebuild_report(Path(run_dir))}")
     return 0
+
+
+_DEPLOYMENT = {"certs": cmd_certs, "serve": cmd_serve, "deploy-local": cmd_deploy_local}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -256,10 +372,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_schedule(args)
         if args.command == "partition-model":
             return cmd_partition_model(args)
+        if args.command in _DEPLOYMENT:
+            return _DEPLOYMENT[args.command](args)
         return cmd_report(args.run_dir)
     except FedgeError as exc:
         print(f"fedge: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("fedge: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

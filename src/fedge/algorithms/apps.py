@@ -61,5 +61,6 @@ def _override(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
 
 
 def trainer_app(node_id: str, trainer: LocalTrainer, tier: str = "device") -> NodeApp:
-    """A device app answering ``train`` with an ``update``."""
-    return NodeApp(node_id, tier, {"train": trainer.train})
+    """A device app answering ``train`` with an ``update``; ``train`` is portable (a pure
+    function of the message and the device's data), so the Ray engine may run it remotely."""
+    return NodeApp(node_id, tier, {"train": trainer.train}, portable=frozenset({"train"}))

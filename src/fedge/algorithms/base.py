@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedge.core.errors import ConfigError
 from fedge.core.registry import Registry
 from fedge.core.transport import Transport
 from fedge.core.update import ModelState, Update
@@ -51,7 +52,11 @@ class Coordinator(Protocol):
         rng: np.random.Generator,
         rounds: int,
         observer: Observer | None = None,
-    ) -> History: ...
+        first_round: int = 1,
+    ) -> History:
+        """Rounds ``first_round..rounds`` from ``initial_state``; a resumed run passes the
+        round after its checkpoint and the state, rng and coordinator restored from it."""
+        ...
 
 
 class RoundLoop(ABC):
@@ -70,10 +75,14 @@ class RoundLoop(ABC):
         rng: np.random.Generator,
         rounds: int,
         observer: Observer | None = None,
+        first_round: int = 1,
     ) -> History:
+        """The history holds the rounds run by this call (from ``first_round`` on)."""
+        if first_round < 1:
+            raise ConfigError("first_round", first_round, "an integer >= 1")
         history = History()
         state = initial_state
-        for r in range(1, rounds + 1):
+        for r in range(first_round, rounds + 1):
             record = self.step(transport, state, rng, r, rounds)
             history.record(record)
             state = record.state

@@ -51,13 +51,25 @@ class UnknownKindError(FedgeError):
 
 
 class NodeApp:
-    """A set of handlers keyed by message kind, plus the node's persistent state."""
+    """A set of handlers keyed by message kind, plus the node's persistent state.
 
-    def __init__(self, node_id: str, tier: str, handlers: dict[str, Handler] | None = None):
+    ``portable`` names the kinds whose reply and work depend only on the message and the app
+    as built from the config (no downstream transport, no state kept between deliveries):
+    an engine may run those on another process or machine (e.g. a Ray worker).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        tier: str,
+        handlers: dict[str, Handler] | None = None,
+        portable: frozenset[str] = frozenset(),
+    ):
         self.node_id = node_id
         self.tier = tier
         self.handlers: dict[str, Handler] = dict(handlers or {})
         self.state: dict[str, Any] = {}
+        self.portable = portable
 
     def on(self, kind: str, handler: Handler) -> NodeApp:
         self.handlers[kind] = handler

@@ -26,6 +26,7 @@ from fedge.core.errors import ConfigError
 from fedge.core.node import NodeApp, derive_seed
 from fedge.core.update import ModelState
 from fedge.experiment.config import ExperimentConfig
+from fedge.experiment.engines import node_set
 from fedge.experiment.split_build import split_setup
 from fedge.experiment.systems import build_system
 from fedge.learning import (
@@ -332,7 +333,7 @@ def build(cfg: ExperimentConfig) -> Experiment:
     if "edge" in spec.roles:
         kit = _EdgeKit(_evaluator(model, test), validation, model, prof.flops_forward)
         apps.update(_edge_apps(cfg, system, kit, exchange="exchange" in spec.roles))
-    nodes = NodeSet(apps, derive_seed(cfg.seed, "apps"))
+    nodes = node_set(cfg, apps, derive_seed(cfg.seed, "apps"))
     transport = SimulatedTransport(nodes, system, SYNC if "peer" in spec.roles else "cloud")
     return Experiment(
         config=cfg,

@@ -6,6 +6,7 @@ and what is allowed, and is raised before any work starts.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -213,6 +214,15 @@ class GrpcConfig(Section):
     retry_initial_s: float = Field(0.2, gt=0, description="first reconnection backoff")
     retry_max_s: float = Field(5.0, gt=0, description="longest reconnection backoff")
     heartbeat_s: float = Field(2.0, gt=0, description="keepalive ping interval")
+    failover_s: float = Field(
+        5.0, gt=0, description="a device cut off from its edge this long moves to a neighbour"
+    )
+    reattach_s: float = Field(
+        20.0, ge=0, description="how long a call waits for its node to come back"
+    )
+    dormant_after_s: float = Field(
+        10.0, ge=0, description="an edge cut off from the cloud this long trains alone (0: never)"
+    )
     checkpoint_dir: str | None = Field(None, description="where nodes write their checkpoints")
 
 
@@ -245,14 +255,18 @@ class ExperimentConfig(Section):
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Read a TOML file, apply ``key=value`` overrides and validate."""
+    """Read a TOML file (or the JSON a run stores as config.json), apply ``key=value``
+    overrides and validate."""
     p = Path(path)
     try:
-        raw = tomllib.loads(p.read_text())
+        text = p.read_text()
+        raw = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
     except FileNotFoundError:
         raise FedgeError(f"config file {p} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise FedgeError(f"config file {p} is not valid TOML: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise FedgeError(f"config file {p} is not valid JSON: {exc}") from None
     return parse_config(apply_overrides(raw, overrides))
 
 

@@ -1,23 +1,26 @@
-"""run_experiment(config) -> RunResult: build, run, evaluate, store and report one run."""
+"""run_experiment(config) -> RunResult: build, run, evaluate, store and report one run;
+resume_experiment(run_dir) -> RunResult: go on from the run's last checkpoint."""
 
 from __future__ import annotations
 
 import math
 import platform
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fedge.algorithms.base import RoundRecord
 from fedge.core.errors import FedgeError
-from fedge.experiment.build import EVAL_BATCH, Experiment, build
+from fedge.core.update import ModelState
+from fedge.experiment import resume
+from fedge.experiment.build import Experiment, build
+from fedge.experiment.checkpoint import CHECKPOINT_NAME, References
 from fedge.experiment.config import ExperimentConfig
-from fedge.learning import EvalResult, evaluate, load_state
+from fedge.experiment.observer import Checkpointer, RoundObserver
 from fedge.results import PLOTS_DIR, RunStore, plot_run, write_json, write_report, write_rows_csv
+from fedge.results.files import atomic_write_bytes
 
 SUMMARY_KEYS = (
     "accuracy",
@@ -34,20 +37,6 @@ SUMMARY_KEYS = (
 )
 
 
-PER_ROUND_COUNTS = (
-    "handover_redirected",
-    "handover_lost",
-    "dropped",
-    "late",
-    "transmission_latency_s",
-    "latency_upload_s",
-    "latency_exchange_s",
-    "latency_cloud_up_s",
-    "latency_cloud_down_s",
-    "latency_handover_s",
-    "latency_d2d_s",
-)
-"""Cumulative transport counters and latencies also reported per round (``round_<name>``)."""
 SPREAD_PREFIXES = ("accuracy_", "global_")
 """Evaluation figures across nodes (min / max over edges or devices, the global test set)."""
 SUMMED_PREFIXES = (
@@ -84,61 +73,36 @@ def versions() -> dict[str, str]:
     }
 
 
-class _Observer:
-    """Evaluates, records and displays each round; stops at the target accuracy."""
-
-    def __init__(self, exp: Experiment, store: RunStore, run_id: str, bar: Any) -> None:
-        self.exp, self.store, self.run_id, self.bar = exp, store, run_id, bar
-        self.rows: list[dict[str, Any]] = []
-        self.last_eval: EvalResult | None = None
-        self.started_s = time.perf_counter()
-        self.previous_s = 0.0
-
-    def evaluate(self, record: RoundRecord) -> EvalResult:
-        load_state(self.exp.model, record.state)
-        self.last_eval = evaluate(self.exp.model, self.exp.test, batch_size=EVAL_BATCH)
-        return self.last_eval
-
-    def _handovers(self, now_s: float) -> int:
-        """Handover events on the clock since the previous round (0 without mobility)."""
-        if self.exp.config.system.mobility == "static":
-            return 0
-        events = self.exp.system.handovers(self.previous_s, now_s)
-        self.previous_s = now_s
-        return len(events)
-
-    def __call__(self, record: RoundRecord) -> bool:
-        cfg = self.exp.config
-        r = record.round
-        due = r % cfg.federation.evaluate_every == 0 or r == cfg.rounds
-        row: dict[str, Any] = {"round": r}
-        if due and not record.evaluated:
-            row.update(self.evaluate(record).as_dict())
-        row.update(record.metrics)
-        evaluated = "accuracy" in row
-        row.update(self.exp.transport.stats())
-        previous = self.rows[-1] if self.rows else {}
-        for key in PER_ROUND_COUNTS:
-            row[f"round_{key}"] = row.get(key, 0.0) - previous.get(key, 0.0)
-        row["handovers"] = float(self._handovers(row["sim_time_s"]))
-        row["wall_time_s"] = time.perf_counter() - self.started_s
-        self.rows.append(row)
-        self.store.log_round(self.run_id, r, row)
-        if self.bar is not None:
-            self.bar.update(1)
-            if evaluated:
-                self.bar.set_postfix(acc=f"{row['accuracy']:.4f}", sim=f"{row['sim_time_s']:.0f}s")
-        target = cfg.target_accuracy
-        reached = evaluated and target is not None and row["accuracy"] >= target
-        return bool(reached and cfg.stop_at_target)
-
-
-def _progress(enabled: bool, total: int, name: str) -> Any:
+def _progress(enabled: bool, total: int, name: str, done: int = 0) -> Any:
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=name, unit="round", dynamic_ncols=True)
+    return tqdm(total=total, initial=done, desc=name, unit="round", dynamic_ncols=True)
+
+
+@dataclass(frozen=True)
+class _Session:
+    """A run being executed: its live objects, store row, directory and checkpoint keys."""
+
+    exp: Experiment
+    store: RunStore
+    run_id: str
+    run_dir: Path
+    refs: References | None
+    """None: this engine writes no checkpoints."""
+
+    def checkpointer(self) -> Checkpointer | None:
+        if self.refs is None:
+            return None
+        return resume.checkpointer(self.exp, self.run_dir, self.refs, self.run_id)
+
+
+def _set_threads(config: ExperimentConfig) -> None:
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)
 
 
 def run_experiment(
@@ -146,13 +110,24 @@ def run_experiment(
     out_dir: str | Path | None = None,
     progress: bool | None = None,
     echo: Callable[[str], None] | None = None,
+    *,
+    prepare: Callable[[Experiment], None] | None = None,
+    started: Callable[[Path], None] | None = None,
 ) -> RunResult:
-    """Build the experiment, run it on its engine and write the run directory."""
-    if config.threads:
-        import torch
+    """Build the experiment, run it on its engine and write the run directory; the local
+    engine writes ``checkpoint.pkl`` there after every round (see resume_experiment).
 
-        torch.set_num_threads(config.threads)
+    ``prepare`` may change the built experiment before anything runs (a driver swaps in its
+    own transport; a class with ``checkpoint_by_reference = True`` is then named in the
+    checkpoints, not stored); ``started`` gets the run directory once it exists.
+    """
+    if config.engine == "grpc" and prepare is None:
+        return _deploy(config, out_dir, echo)
+    _set_threads(config)
     exp = build(config)
+    if prepare is not None:
+        prepare(exp)
+    refs = resume.references(exp) if config.engine in resume.RESUMABLE_ENGINES else None
     store = RunStore(config.output.store)
     root = Path(out_dir if out_dir is not None else config.output.dir)
     resolved, packages = config.model_dump(), versions()
@@ -163,31 +138,139 @@ def run_experiment(
     write_json(resolved, run_dir / "config.json")
     write_json({"seed": config.seed, "versions": packages}, run_dir / "versions.json")
     write_json(exp.partition_report(), run_dir / "partition.json")
-    bar = _progress(
-        config.output.progress if progress is None else progress, config.rounds, config.name
-    )
-    observer = _Observer(exp, store, run_id, bar)
+    if started is not None:
+        started(run_dir)
+    with resume.RunLock(run_dir):
+        session = _Session(exp, store, run_id, run_dir, refs)
+        return _execute(session, exp.initial_state, 1, None, progress, echo)
+
+
+def resume_experiment(
+    run_dir: str | Path,
+    progress: bool | None = None,
+    echo: Callable[[str], None] | None = None,
+    *,
+    prepare: Callable[[Experiment], None] | None = None,
+    started: Callable[[Path], None] | None = None,
+) -> RunResult:
+    """Go on with an interrupted run of the local engine from its last checkpoint, with the
+    config stored in ``run_dir``: same run id, rows and files; it ends bit-identical to an
+    uninterrupted run. Nothing changes when the directory or its checkpoint is unusable.
+    ``prepare`` and ``started`` as in run_experiment (``prepare`` sees the fresh build)."""
+    point = resume.resume_point(run_dir)
+    config = point.config
+    if config.engine == "grpc" and prepare is None:
+        raise FedgeError(
+            f"{point.run_dir} is a gRPC run: resume it in its cloud process with "
+            f"`fedge serve cloud --config CONFIG --resume {point.run_dir}` (edges and devices "
+            "attach again as they come back)"
+        )
+    with resume.RunLock(point.run_dir):
+        store = RunStore(config.output.store)
+        try:
+            resume.check_unfinished(store, point)
+            _set_threads(config)
+            fresh = build(config)
+            if prepare is not None:
+                prepare(fresh)
+            refs = resume.references(fresh)
+            meta = resume.checkpoint_meta(config, point.run_id)
+            exp, ckpt = resume.restore(fresh, point.run_dir, refs, meta)
+            store.reopen(point.run_id, ckpt.round)
+        except BaseException:
+            store.close()
+            raise
+        if fresh.nodes is not exp.nodes:
+            fresh.nodes.close()
+        first = config.rounds + 1 if ckpt.extra.get("stopped") else ckpt.round + 1
+        if started is not None:
+            started(point.run_dir)
+        session = _Session(exp, store, point.run_id, point.run_dir, refs)
+        return _execute(session, ckpt.state, first, ckpt.extra, progress, echo)
+
+
+def _deploy(
+    config: ExperimentConfig, out_dir: str | Path | None, echo: Callable[[str], None] | None
+) -> RunResult:
+    """``engine = "grpc"``: the run as processes on loopback (``fedge deploy-local``)."""
+    from fedge.experiment.deploy import deploy_local
+    from fedge.results import read_rows_csv
+
+    run_dir, summary = deploy_local(config, out_dir, echo=echo)
+    return RunResult(run_dir.name, run_dir, summary, read_rows_csv(run_dir / "metrics.csv"))
+
+
+def _execute(
+    s: _Session,
+    state: ModelState,
+    first_round: int,
+    saved: Mapping[str, Any] | None,
+    progress: bool | None,
+    echo: Callable[[str], None] | None,
+) -> RunResult:
+    """Rounds ``first_round..rounds``, then the summary, report and store row."""
+    exp, config = s.exp, s.exp.config
+    enabled = config.output.progress if progress is None else progress
+    bar = _progress(enabled, config.rounds, config.name, first_round - 1)
+    observer = RoundObserver(exp, s.store, s.run_id, bar, s.checkpointer())
+    observer.state = state
+    if saved is not None:
+        observer.restore(saved)
     try:
-        exp.coordinator.run(exp.transport, exp.initial_state, exp.rng, config.rounds, observer)
-    except BaseException:
-        store.finish(run_id, {}, status="failed")
-        store.close()
+        if first_round <= config.rounds:
+            coordinator = exp.coordinator
+            coordinator.run(exp.transport, state, exp.rng, config.rounds, observer, first_round)
+    except BaseException as exc:
+        _stopped(s, observer, exc, echo)
         raise
     finally:
         exp.nodes.close()
         if bar is not None:
             bar.close()
-    summary = _summarise(observer)
-    summary.update(_final_outputs(exp, run_dir))
-    _write_outputs(exp, run_dir, observer, summary)
-    store.finish(run_id, summary)
-    store.close()
+    try:
+        summary = _summarise(observer)
+        summary.update(_final_outputs(exp, s.run_dir))
+        _write_outputs(exp, s.run_dir, observer, summary)
+    except BaseException as exc:
+        _stopped(s, observer, exc, echo)
+        raise
+    s.store.finish(s.run_id, summary)
+    s.store.close()
     if echo is not None:
-        echo(f"run {run_id} written to {run_dir}")
-    return RunResult(run_id, run_dir, summary, observer.rows)
+        echo(f"run {s.run_id} written to {s.run_dir}")
+    return RunResult(s.run_id, s.run_dir, summary, observer.rows)
 
 
-def _summarise(observer: _Observer) -> dict[str, Any]:
+def _stopped(
+    s: _Session, observer: RoundObserver, exc: BaseException, echo: Callable[[str], None] | None
+) -> None:
+    """Mark the run interrupted (Ctrl-C) or failed, and say how to go on when it can."""
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    s.store.finish(s.run_id, {}, status=status)
+    s.store.close()
+    if echo is not None and observer.rows and (s.run_dir / CHECKPOINT_NAME).is_file():
+        last = observer.rows[-1]["round"]
+        echo(
+            f"run {s.run_id} stopped after round {last}; go on with: fedge run --resume {s.run_dir}"
+        )
+
+
+MODEL_FILE = "model.pt"
+"""The final global model (``torch.load(path, weights_only=True)`` gives name -> tensor); for
+algorithms whose models stay on the edges or devices, the initial model they started from."""
+
+
+def _write_model(state: ModelState, path: Path) -> None:
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _summarise(observer: RoundObserver) -> dict[str, Any]:
     if not observer.rows:
         raise FedgeError("the run produced no rounds")
     last = observer.rows[-1]
@@ -216,9 +299,12 @@ def _final_outputs(exp: Experiment, run_dir: Path) -> dict[str, Any]:
     return dict(hook(run_dir)) if callable(hook) else {}
 
 
-def _write_outputs(exp: Experiment, run_dir: Path, obs: _Observer, summary: dict[str, Any]) -> None:
+def _write_outputs(
+    exp: Experiment, run_dir: Path, obs: RoundObserver, summary: dict[str, Any]
+) -> None:
     write_rows_csv(obs.rows, run_dir / "metrics.csv")
     write_json(summary, run_dir / "summary.json")
+    _write_model(obs.state, run_dir / MODEL_FILE)
     confusion = obs.last_eval.confusion if obs.last_eval is not None else None
     names = list(exp.test.class_names) or None
     if confusion is not None:

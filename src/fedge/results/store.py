@@ -149,6 +149,19 @@ class RunStore:
             (status, _dumps(summary), _now(), run_id),
         )
 
+    def reopen(self, run_id: str, kept_rounds: int) -> None:
+        """Mark a run ``running`` again to resume it after round ``kept_rounds``: the rows of
+        later rounds (logged after its last checkpoint) and its summary are dropped."""
+        self._require(run_id)
+        with self._lock, self._conn:
+            self._conn.execute(
+                "DELETE FROM rounds WHERE run_id = ? AND round > ?", (run_id, int(kept_rounds))
+            )
+            self._conn.execute(
+                "UPDATE runs SET status = 'running', summary = '{}', finished = NULL WHERE id = ?",
+                (run_id,),
+            )
+
     def get_run(self, run_id: str) -> dict[str, Any]:
         """The run's record: id, name, created, config, seed, versions, status, summary,
         run_dir and finished (None while running)."""

@@ -30,6 +30,10 @@ class NodeSet:
         ctx = app.context(self.seed, message, downstream)
         return app.handle(message, ctx), ctx.work
 
+    def prefetch(self, messages: Sequence[Message]) -> None:
+        """Messages about to be delivered, in order; an engine may start their portable work
+        early (in parallel). In-process there is nothing to start."""
+
     def close(self) -> None:
         """Release what the node set holds outside this process (nothing in-process)."""
 
@@ -69,9 +73,11 @@ class LocalTransport:
         return reply
 
     def send(self, messages: Sequence[Message], deadline_s: float | None = None) -> list[Message]:
+        self._nodes.prefetch(messages)
         return [self._one(m) for m in messages]
 
     def submit(self, messages: Sequence[Message]) -> None:
+        self._nodes.prefetch(messages)
         self._pending.extend(self._one(m) for m in messages)
 
     def next_reply(self) -> Message | None:

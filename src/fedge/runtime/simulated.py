@@ -214,7 +214,13 @@ class SimulatedTransport:
         self._nodes.deliver(moved, self.at(edge, t_s + up.time_s))
         self._ledger.counters["handover_redirected"] += 1
 
+    def _prefetch(self, messages: Sequence[Message]) -> None:
+        """Let the node set start the work of the messages that will be delivered (in order)."""
+        is_up = self._system.is_available
+        self._nodes.prefetch([m for m in messages if is_up(m.dst, m.round)])
+
     def send(self, messages: Sequence[Message], deadline_s: float | None = None) -> list[Message]:
+        self._prefetch(messages)
         start_s = self.now()
         arrivals = [self._deliver(m, start_s, i) for i, m in enumerate(messages)]
         landed = sorted((a for a in arrivals if a is not None), key=lambda a: (a.time_s, a.order))
@@ -227,6 +233,7 @@ class SimulatedTransport:
         return [a.reply for a in kept]
 
     def submit(self, messages: Sequence[Message]) -> None:
+        self._prefetch(messages)
         for m in messages:
             arrival = self._deliver(m, self.now(), self._submitted)
             self._submitted += 1

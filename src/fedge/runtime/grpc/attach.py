@@ -1,9 +1,11 @@
 """The child side of a gRPC node: dial the parent, hold the stream, answer its requests.
 
 A child knows a list of parents, its home first. It reconnects after a broken stream with
-exponential backoff (``retry_initial_s`` doubling up to ``retry_max_s``, with jitter); after
-``FAILOVER_AFTER`` failed attempts in a row it moves on to the next parent of the list (a
-device whose edge died re-attaches to a neighbour edge) and stays there. Requests run on an
+exponential backoff (``retry_initial_s`` doubling up to ``retry_max_s``, with jitter). Once
+it has been attached, a parent it cannot reach for ``failover_s`` is given up for the next
+of the list (a device whose edge died re-attaches to a neighbour edge), where it stays; before
+its first attachment it waits up to ``connect_timeout_s`` for its home (processes start at
+different speeds). Requests run on an
 executor thread, so a long handler (an edge coordinating its devices) never blocks the
 stream. A request that fails is answered with an ERROR frame and logged.
 """
@@ -28,7 +30,6 @@ from fedge.runtime.grpc.settings import GrpcSettings, pause
 from fedge.runtime.grpc.tls import NodeCerts
 
 log = logging.getLogger("fedge.grpc")
-FAILOVER_AFTER = 3
 Rewrite = Callable[[Message], Message]
 Observe = Callable[[Message, Message], None]
 
@@ -55,7 +56,7 @@ class Attachment:
         self.disconnected_since_s = time.monotonic()
         self.before: Rewrite | None = None
         """Applied to every request before its handler (e.g. an edge back from dormancy)."""
-        self.after: Observe | None = None
+        self.after: list[Observe] = []
         """Called with every (request, reply) pair the node answered."""
         self._seed = seed
         self._certs = certs
@@ -64,15 +65,18 @@ class Attachment:
         self._rng = random.Random(f"{app.node_id}-backoff")
 
     async def run(self, stop: asyncio.Event) -> None:
-        index, failures, delay_s = 0, 0, self.settings.retry_initial_s
+        index, delay_s = 0, self.settings.retry_initial_s
+        patience_s = self.settings.connect_timeout_s
+        failing_since_s = time.monotonic()
         while not stop.is_set():
             address = self.parents[index]
             if await self._session(address, stop):
-                failures, delay_s = 0, self.settings.retry_initial_s
+                delay_s, patience_s = self.settings.retry_initial_s, self.settings.failover_s
+                failing_since_s = time.monotonic()
                 continue
-            failures += 1
-            if failures >= FAILOVER_AFTER and len(self.parents) > 1:
-                index, failures = (index + 1) % len(self.parents), 0
+            if time.monotonic() - failing_since_s >= patience_s and len(self.parents) > 1:
+                index = (index + 1) % len(self.parents)
+                failing_since_s = time.monotonic()
                 log.warning("%s: moving to parent %s", self.app.node_id, self.parents[index])
             pause_s = delay_s * (0.5 + self._rng.random())
             delay_s = min(2 * delay_s, self.settings.retry_max_s)
@@ -182,6 +186,6 @@ class Attachment:
             request = self.before(request)
         ctx = self.app.context(self._seed, request, self._downstream)
         reply = self.app.handle(request, ctx)
-        if self.after is not None:
-            self.after(request, reply)
+        for observe in self.after:
+            observe(request, reply)
         return reply

@@ -43,7 +43,9 @@ class NodeProcess:
         self.seed = seed
         self._certs_dir = certs_dir
         self._loop = LoopThread("fedge-grpc")
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="fedge-node")
+        # One thread: the nodes of a process share their scratch model, and a request that
+        # arrives while a stale one still runs (a parent that restarted) waits its turn.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedge-node")
         self._stop = self._loop.submit(_event()).result()
         self._stopped = threading.Event()
         self.hub: Hub | None = None
@@ -53,12 +55,14 @@ class NodeProcess:
     def certs(self, node_id: str) -> NodeCerts | None:
         return NodeCerts.load(self._certs_dir, node_id) if self._certs_dir else None
 
-    def serve(self, node_id: str, listen: str, authorize: Authorize) -> GrpcTransport:
-        """Listen for children of ``node_id``; the transport reaches them."""
+    def serve(
+        self, node_id: str, listen: str, authorize: Authorize, order: Sequence[str] = ()
+    ) -> GrpcTransport:
+        """Listen for children of ``node_id``; the transport reaches them (in ``order``)."""
         self.hub = Hub(node_id, self.settings, authorize, self.certs(node_id), self._loop)
         self.port = self.hub.start(listen)
         log.info("%s: listening on port %d", node_id, self.port)
-        return GrpcTransport(self.hub, node_id)
+        return GrpcTransport(self.hub, node_id, order)
 
     def attach(
         self, app: NodeApp, parents: Sequence[str], downstream: Transport | None = None
@@ -161,7 +165,7 @@ class Dormancy:
         self.rounds_alone = 0
         self._last: Message | None = None
         attachment.before = self.before
-        attachment.after = self.after
+        attachment.after.append(self.after)
 
     def after(self, request: Message, reply: Message) -> None:
         if "edge_rounds" in request.payload and not request.payload.get("alone"):

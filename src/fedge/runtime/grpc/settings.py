@@ -24,6 +24,8 @@ class GrpcSettings:
     retry_initial_s: float = 0.2
     retry_max_s: float = 5.0
     heartbeat_s: float = 2.0
+    failover_s: float = 5.0
+    """A child that cannot reach its parent this long moves to the next one it knows."""
     reattach_s: float = 20.0
     """How long a call waits for its node to attach again after its stream broke."""
     dormant_after_s: float = 10.0

@@ -24,8 +24,18 @@ log = logging.getLogger("fedge.grpc")
 class GrpcTransport:
     """A transport at ``node_id`` that reaches the children attached to its hub."""
 
-    def __init__(self, hub: Hub, node_id: str, started_s: float | None = None) -> None:
+    checkpoint_by_reference = True
+    """A live connection: a restarted process makes a new one (checkpoints name it)."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        node_id: str,
+        order: Sequence[str] = (),
+        started_s: float | None = None,
+    ) -> None:
         self._hub = hub
+        self._rank = {n: i for i, n in enumerate(order)}
         self._node_id = node_id
         self._started_s = time.monotonic() if started_s is None else started_s
         self._outstanding: deque[Future[Message]] = deque()
@@ -37,7 +47,9 @@ class GrpcTransport:
         return self._node_id
 
     def nodes(self, tier: str) -> list[str]:
-        return self._hub.attached(tier)
+        """Attached children of ``tier`` in the deployment's order (then by name)."""
+        rank = self._rank
+        return sorted(self._hub.attached(tier), key=lambda n: (rank.get(n, len(rank)), n))
 
     def send(self, messages: Sequence[Message], deadline_s: float | None = None) -> list[Message]:
         limit_s = self._hub.settings.call_timeout_s

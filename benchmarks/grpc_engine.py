@@ -1,0 +1,193 @@
+"""The gRPC engine measured in one run: transfer throughput, per-round overhead, 1,000 devices.
+
+Three parts, each bounded in time, all on loopback with TLS:
+
+* ``transfer``: a model of ``--model-mb`` MB sent to a device process and echoed back
+  over the chunked Attach stream, against a plain in-memory copy of the same bytes
+  (``bytes(bytearray(...))``) and against the fedge codec alone (encode + decode).
+* ``rounds``: the quickstart (Fashion-MNIST, FedAvg) for ``--rounds`` rounds with 10 and
+  100 devices, on the local engine and as a ``deploy-local`` deployment; the per-round
+  wall time is the median of the rounds after the first (which includes the wait for
+  attachments on gRPC). Evaluation is in both.
+* ``connections``: one edge hub in this process holding 1,000 device streams opened by
+  a second process; reports the time until all attached, one round trip to all 1,000,
+  and this process's peak RSS.
+
+Run from the repo root::
+
+    .venv/bin/python benchmarks/grpc_engine.py                 # all three, ~5 minutes
+    .venv/bin/python benchmarks/grpc_engine.py --part transfer --model-mb 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedge.core.message import Message
+from fedge.core.node import NodeApp, NodeContext
+from fedge.experiment.config import load_config
+from fedge.experiment.deploy import deploy_local
+from fedge.experiment.run import run_experiment
+from fedge.results import read_rows_csv
+from fedge.runtime.grpc.node import NodeProcess
+from fedge.runtime.grpc.settings import GrpcSettings
+from fedge.runtime.grpc.tls import make_certs
+
+CONFIG = "examples/quickstart.toml"
+
+
+def _echo(message: Message, ctx: NodeContext) -> Message:
+    return message.reply("echo", dict(message.payload))
+
+
+def _ack(message: Message, ctx: NodeContext) -> Message:
+    return message.reply("ack", {"n": 1})
+
+
+def _devices(address: str, certs: str, ids: list[str], seconds: float) -> None:
+    """Child process: attach ``ids`` to ``address`` and serve until shut down."""
+    process = NodeProcess(GrpcSettings(connect_timeout_s=120.0), certs, seed=0)
+    for node in ids:
+        process.attach(NodeApp(node, "device", {"echo": _echo, "ack": _ack}), [address])
+    process.wait(seconds)
+    process.close()
+
+
+def _spawn(address: str, certs: str, ids: list[str], seconds: float) -> subprocess.Popen[bytes]:
+    code = (
+        "import sys, json; sys.path.insert(0, 'benchmarks'); import grpc_engine as g; "
+        f"g._devices({address!r}, {certs!r}, json.loads(sys.argv[1]), {seconds})"
+    )
+    return subprocess.Popen([sys.executable, "-c", code, json.dumps(ids)])
+
+
+def _hub(certs: str, ids: list[str], settings: GrpcSettings) -> tuple[NodeProcess, Any]:
+    process = NodeProcess(settings, certs, seed=0)
+    transport = process.serve("edge0", "127.0.0.1:0", lambda node, tier: None, ids)
+    return process, transport
+
+
+def transfer(model_mb: float, repeats: int, certs: str) -> dict[str, float]:
+    x = torch.randn(int(model_mb * 2**20 / 4))
+    message = Message("edge0", "d0", "echo", 1, {"state": {"w": x}})
+    nbytes = message.nbytes()
+    process, transport = _hub(certs, ["d0"], GrpcSettings(max_message_bytes=4 * nbytes))
+    child = _spawn(f"localhost:{process.port}", certs, ["d0"], 600)
+    try:
+        assert process.hub is not None and process.hub.wait_for(["d0"], 60.0) == []
+        transport.send([message])  # warm-up
+        grpc_s = _best(lambda: transport.send([message]), repeats) / 2  # one way
+        data = message.encode()
+        copy_s = _best(lambda: bytes(bytearray(data)), repeats)
+        codec_s = _best(lambda: Message.decode(message.encode()), repeats)
+    finally:
+        transport.send([Message("edge0", "d0", "shutdown")], 10.0)
+        child.wait(30)
+        process.close()
+    mb = nbytes / 2**20
+    return {
+        "model_mb": mb,
+        "grpc_mb_per_s": mb / grpc_s,
+        "memcopy_mb_per_s": mb / copy_s,
+        "codec_mb_per_s": mb / codec_s,
+        "grpc_over_memcopy_time": grpc_s / copy_s,
+        "grpc_over_codec_time": grpc_s / codec_s,
+    }
+
+
+def _best(fn: Any, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _round_s(run_dir: Path) -> float:
+    wall = [float(r["wall_time_s"]) for r in read_rows_csv(run_dir / "metrics.csv")]
+    return statistics.median(b - a for a, b in itertools.pairwise(wall))
+
+
+def rounds(devices: int, n_rounds: int, out: Path) -> dict[str, float]:
+    overrides = [
+        f"rounds={n_rounds}",
+        f"system.devices={devices}",
+        "federation.clients_per_round=10",
+        "threads=1",
+        "data.test_limit=2000",
+        "output.plots=false",
+        "output.progress=false",
+        f"output.dir={json.dumps(str(out))}",
+        f"output.store={json.dumps(str(out / 'fedge.sqlite'))}",
+    ]
+    local = run_experiment(load_config(CONFIG, overrides))
+    deployed = deploy_local(CONFIG, overrides, str(out))
+    local_s, grpc_s = _round_s(local.run_dir), _round_s(Path(deployed["run_dir"]))
+    return {"devices": devices, "local_round_s": local_s, "grpc_round_s": grpc_s,
+            "grpc_over_local": grpc_s / local_s}  # fmt: skip
+
+
+def connections(n: int, certs: str) -> dict[str, float]:
+    ids = [f"d{i}" for i in range(n)]
+    process, transport = _hub(certs, ids, GrpcSettings(connect_timeout_s=120.0))
+    start = time.perf_counter()
+    child = _spawn(f"localhost:{process.port}", certs, ids, 600)
+    try:
+        assert process.hub is not None
+        missing = process.hub.wait_for(ids, 120.0)
+        attach_s = time.perf_counter() - start
+        start = time.perf_counter()
+        replies = transport.send([Message("edge0", d, "ack", 1) for d in ids], 60.0)
+        round_trip_s = time.perf_counter() - start
+    finally:
+        transport.send([Message("edge0", d, "shutdown") for d in transport.nodes("device")], 30)
+        child.wait(60)
+        process.close()
+    return {
+        "connections": n,
+        "attached": n - len(missing),
+        "attach_all_s": attach_s,
+        "round_trip_all_s": round_trip_s,
+        "replies": len(replies),
+        "edge_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--part", choices=("all", "transfer", "rounds", "connections"), default="all")
+    p.add_argument("--model-mb", type=float, default=45.0, help="about ResNet-18's size")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--connections", type=int, default=1000)
+    args = p.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        nodes = ["edge0", *(f"d{i}" for i in range(max(args.connections, 1)))]
+        certs = str(make_certs(Path(tmp) / "certs", nodes))
+        if args.part in ("all", "transfer"):
+            print(json.dumps({"transfer": transfer(args.model_mb, args.repeats, certs)}))
+        if args.part in ("all", "rounds"):
+            for devices in (10, 100):
+                result = rounds(devices, args.rounds, Path(tmp) / f"r{devices}")
+                print(json.dumps({"rounds": result}))
+        if args.part in ("all", "connections"):
+            print(json.dumps({"connections": connections(args.connections, certs)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The observer of a run: evaluates, logs and displays each round, decides when the run
+stops, and hands each logged round to a checkpointer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fedge.algorithms.base import RoundRecord
+from fedge.core.update import ModelState
+from fedge.experiment.build import EVAL_BATCH, Experiment
+from fedge.learning import EvalResult, evaluate, load_state
+from fedge.results import RunStore
+
+PER_ROUND_COUNTS = (
+    "handover_redirected",
+    "handover_lost",
+    "dropped",
+    "late",
+    "transmission_latency_s",
+    "latency_upload_s",
+    "latency_exchange_s",
+    "latency_cloud_up_s",
+    "latency_cloud_down_s",
+    "latency_handover_s",
+    "latency_d2d_s",
+)
+"""Cumulative transport counters and latencies also reported per round (``round_<name>``)."""
+
+Checkpointer = Callable[[RoundRecord, dict[str, Any]], None]
+"""Called after each round with the record and the observer's snapshot (its own state)."""
+
+
+class RoundObserver:
+    """Evaluates, records and displays each round; stops at the target accuracy; hands each
+    round to the checkpointer once it is logged."""
+
+    def __init__(
+        self,
+        exp: Experiment,
+        store: RunStore,
+        run_id: str,
+        bar: Any,
+        checkpoint: Checkpointer | None = None,
+    ) -> None:
+        self.exp, self.store, self.run_id, self.bar = exp, store, run_id, bar
+        self.checkpoint = checkpoint
+        self.state: ModelState = exp.initial_state
+        """The global model after the last round observed."""
+        self.rows: list[dict[str, Any]] = []
+        self.last_eval: EvalResult | None = None
+        self.started_s = time.perf_counter()
+        self.previous_s = 0.0
+
+    def snapshot(self, stop: bool) -> dict[str, Any]:
+        """What carries over to the next round, and whether the run stops here."""
+        return {
+            "rows": self.rows,
+            "previous_s": self.previous_s,
+            "last_eval": self.last_eval,
+            "stopped": stop,
+        }
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        """Continue from a snapshot; wall time goes on from the last row (not the downtime)."""
+        self.rows = list(saved["rows"])
+        self.previous_s = float(saved["previous_s"])
+        self.last_eval = saved["last_eval"]
+        wall_s = self.rows[-1]["wall_time_s"] if self.rows else 0.0
+        self.started_s = time.perf_counter() - wall_s
+
+    def evaluate(self, record: RoundRecord) -> EvalResult:
+        load_state(self.exp.model, record.state)
+        self.last_eval = evaluate(self.exp.model, self.exp.test, batch_size=EVAL_BATCH)
+        return self.last_eval
+
+    def _handovers(self, now_s: float) -> int:
+        """Handover events on the clock since the previous round (0 without mobility)."""
+        if self.exp.config.system.mobility == "static":
+            return 0
+        events = self.exp.system.handovers(self.previous_s, now_s)
+        self.previous_s = now_s
+        return len(events)
+
+    def __call__(self, record: RoundRecord) -> bool:
+        cfg = self.exp.config
+        self.state = record.state
+        r = record.round
+        due = r % cfg.federation.evaluate_every == 0 or r == cfg.rounds
+        row: dict[str, Any] = {"round": r}
+        if due and not record.evaluated:
+            row.update(self.evaluate(record).as_dict())
+        row.update(record.metrics)
+        evaluated = "accuracy" in row
+        row.update(self.exp.transport.stats())
+        previous = self.rows[-1] if self.rows else {}
+        for key in PER_ROUND_COUNTS:
+            row[f"round_{key}"] = row.get(key, 0.0) - previous.get(key, 0.0)
+        row["handovers"] = float(self._handovers(row["sim_time_s"]))
+        row["wall_time_s"] = time.perf_counter() - self.started_s
+        self.rows.append(row)
+        self.store.log_round(self.run_id, r, row)
+        if self.bar is not None:
+            self.bar.update(1)
+            if evaluated:
+                self.bar.set_postfix(acc=f"{row['accuracy']:.4f}", sim=f"{row['sim_time_s']:.0f}s")
+        target = cfg.target_accuracy
+        reached = evaluated and target is not None and row["accuracy"] >= target
+        stop = bool(reached and cfg.stop_at_target)
+        if self.checkpoint is not None:
+            self.checkpoint(record, self.snapshot(stop))
+        return stop

@@ -1,0 +1,201 @@
+"""Checkpoints of the local engine: what a run directory must hold to be resumed, what a
+checkpoint of an Experiment contains, and the lock that keeps two processes out of one run."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from fedge.algorithms.base import RoundRecord
+from fedge.core.errors import FedgeError
+from fedge.experiment.build import Experiment
+from fedge.experiment.checkpoint import (
+    CHECKPOINT_NAME,
+    TMP_SUFFIX,
+    Checkpoint,
+    CheckpointError,
+    References,
+    load_checkpoint,
+    read_checkpoint_header,
+    save_checkpoint,
+)
+from fedge.experiment.config import ExperimentConfig, parse_config
+from fedge.results import RunNotFoundError, RunStore, read_json
+from fedge.results.files import to_jsonable
+
+RESUMABLE_ENGINES = ("local", "grpc")
+"""A gRPC run resumes in its cloud process (``fedge serve cloud --resume``)."""
+LOCK_NAME = "run.lock"
+_ALLOWED = (
+    "a run directory written by `fedge run` that holds config.json and checkpoint.pkl "
+    "and whose run did not finish"
+)
+
+
+def references(exp: Experiment) -> References:
+    """Scan a fresh build: the live objects a checkpoint stores, then static roots."""
+    live = (exp.coordinator, exp.transport, exp.nodes, exp.rng)
+    return References.scan(*live, exp.model, exp.train, exp.test, exp.system, exp.config)
+
+
+def checkpoint_meta(config: ExperimentConfig, run_id: str) -> dict[str, Any]:
+    """Header fields a resume must match: the run, its config, the library versions."""
+    import numpy
+    import torch
+
+    import fedge
+
+    text = json.dumps(to_jsonable(config.model_dump()), sort_keys=True)
+    libraries = {"fedge": fedge.__version__, "torch": torch.__version__, "numpy": numpy.__version__}
+    config_sha256 = hashlib.sha256(text.encode()).hexdigest()
+    return {"run_id": run_id, "config_sha256": config_sha256, "versions": libraries}
+
+
+def checkpointer(
+    exp: Experiment, run_dir: Path, refs: References, run_id: str
+) -> Callable[[RoundRecord, dict[str, Any]], None]:
+    """Saves the live objects of ``exp`` after a round, with what the driver adds. An object
+    that cannot be stored (e.g. a custom algorithm's) warns once and stops the checkpoints:
+    the run goes on, and can be resumed from the last checkpoint written, if any."""
+    meta = checkpoint_meta(exp.config, run_id)
+    failed: list[CheckpointError] = []
+
+    def save(record: RoundRecord, extra: dict[str, Any]) -> None:
+        if failed:
+            return
+        ckpt = Checkpoint(
+            record.round, record.state, exp.coordinator, exp.rng, exp.transport, exp.nodes, extra
+        )
+        try:
+            save_checkpoint(run_dir / CHECKPOINT_NAME, ckpt, refs, meta)
+        except CheckpointError as exc:
+            failed.append(exc)
+            warnings.warn(
+                f"{exc}; no further checkpoints in this run", RuntimeWarning, stacklevel=2
+            )
+
+    return save
+
+
+def restore(
+    exp: Experiment, run_dir: Path, refs: References, meta: dict[str, Any]
+) -> tuple[Experiment, Checkpoint]:
+    """The freshly built ``exp`` with the live objects of the run's checkpoint (call it with
+    the run's lock held: it also removes checkpoints left half-written by a dead process)."""
+    for stale in run_dir.glob(f".{CHECKPOINT_NAME}.*{TMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)
+    ckpt, _ = load_checkpoint(run_dir / CHECKPOINT_NAME, refs, meta)
+    if ckpt.transport is None or ckpt.nodes is None:
+        raise CheckpointError(f"{run_dir / CHECKPOINT_NAME}: no transport or node apps in it")
+    live = dataclasses.replace(
+        exp, coordinator=ckpt.coordinator, transport=ckpt.transport, nodes=ckpt.nodes, rng=ckpt.rng
+    )
+    return live, ckpt
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A run directory checked for resuming: its config, run id and checkpoint header."""
+
+    run_dir: Path
+    config: ExperimentConfig
+    run_id: str
+    header: dict[str, Any]
+
+
+def resume_point(run_dir: str | Path) -> ResumePoint:
+    """Check a run directory before anything is built (FedgeError names what is missing)."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise FedgeError(f"--resume {d}: no such directory; allowed: {_ALLOWED}")
+    config = parse_config(read_json(d / "config.json", f"the run's config; allowed: {_ALLOWED}"))
+    if config.engine not in RESUMABLE_ENGINES:
+        raise FedgeError(
+            f"{d}: a run of engine {config.engine!r} cannot be resumed; allowed: engine "
+            + " | ".join(repr(e) for e in RESUMABLE_ENGINES)
+        )
+    if not (d / CHECKPOINT_NAME).is_file():
+        raise CheckpointError(
+            f"{d}: no {CHECKPOINT_NAME} (the run stopped before its first round ended); "
+            f"allowed: {_ALLOWED}; start it again with `fedge run CONFIG`"
+        )
+    header = read_checkpoint_header(d / CHECKPOINT_NAME)
+    run_id = header.get("run_id")
+    if not isinstance(run_id, str):
+        raise CheckpointError(f"{d / CHECKPOINT_NAME}: the header names no run id")
+    return ResumePoint(d, config, run_id, header)
+
+
+def check_unfinished(store: RunStore, point: ResumePoint) -> None:
+    """The run must be in the config's store and not finished."""
+    try:
+        run = store.get_run(point.run_id)
+    except RunNotFoundError:
+        raise FedgeError(
+            f"{point.run_dir}: run {point.run_id} is not in the run store {store.path} "
+            "(output.store of its config, relative to the directory fedge runs in); allowed: "
+            "resume from the directory the run was started in"
+        ) from None
+    if run["status"] == "finished":
+        raise FedgeError(
+            f"{point.run_dir}: run {point.run_id} already finished (see its summary.json); "
+            f"allowed: {_ALLOWED}"
+        )
+
+
+class RunLock:
+    """An exclusive lock on ``RUN_DIR/run.lock`` while a process works in the run: a second
+    process (a resume of a run that is still going) gets a clear error. The kernel releases
+    it when the holder dies, kill -9 included. No lock on Windows."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_NAME
+        self._fh: IO[str] | None = None
+
+    def __enter__(self) -> RunLock:
+        fh = open(self.path, "a+")  # held until __exit__
+        if not _try_lock(fh.fileno()):
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise FedgeError(
+                f"{self.path.parent}: another fedge process (pid {holder}) is running this "
+                "run; allowed: a run that no process is running (wait for it or stop it)"
+            )
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _try_lock(fd: int) -> bool:
+    if sys.platform == "win32":
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,209 @@
+"""`fedge serve cloud|edge|device`: one node of a gRPC deployment as a real process.
+
+Every process builds the experiment from the same config (so data partitions, models and
+seeds agree) and keeps only its own nodes. The cloud runs the coordinator and writes the
+run directory exactly as ``fedge run`` does; edges and devices dial their parents and
+answer requests until the cloud says ``shutdown``.
+
+Supported: the FedAvg family (devices attach to the cloud) and hierarchical FL (devices to
+their edge, edges to the cloud). Interpretations: deadlines are wall-clock seconds here; a
+device's parents are its home edge then that edge's neighbours (handover when its edge
+dies); an edge waits for its home devices before it dials the cloud, and the cloud for
+every edge (or device), so the first round sees the whole federation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedge.algorithms import ALGORITHMS
+from fedge.core.errors import ConfigError, FedgeError
+from fedge.experiment.build import Experiment, build
+from fedge.experiment.config import ExperimentConfig
+from fedge.experiment.systems import build_system
+from fedge.runtime.grpc.node import EdgeState, NodeProcess, shutdown_children
+from fedge.runtime.grpc.settings import GrpcSettings
+
+log = logging.getLogger("fedge.grpc")
+ROLES = ("cloud", "edge", "device")
+SUPPORTED_ROLES = {(): "devices attach to the cloud", ("edge",): "devices -> edges -> cloud"}
+
+
+def grpc_settings(cfg: ExperimentConfig) -> GrpcSettings:
+    g = cfg.grpc
+    return GrpcSettings(
+        chunk_bytes=g.chunk_bytes,
+        max_message_bytes=g.max_message_bytes,
+        call_timeout_s=g.call_timeout_s,
+        connect_timeout_s=g.connect_timeout_s,
+        retry_initial_s=g.retry_initial_s,
+        retry_max_s=g.retry_max_s,
+        heartbeat_s=g.heartbeat_s,
+        failover_s=g.failover_s,
+        reattach_s=g.reattach_s,
+        dormant_after_s=g.dormant_after_s,
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Who is whose parent in a deployment of ``cfg``."""
+
+    hierarchical: bool
+    edges: list[str]
+    devices: list[str]
+    home: dict[str, str]
+    neighbours: dict[str, list[str]]
+
+    @staticmethod
+    def of(cfg: ExperimentConfig) -> Plan:
+        spec = ALGORITHMS.get(cfg.algorithm, "algorithm")
+        if spec.roles not in SUPPORTED_ROLES:
+            supported = [
+                a for a in ALGORITHMS.names() if ALGORITHMS.get(a).roles in SUPPORTED_ROLES
+            ]
+            raise ConfigError(
+                "algorithm", cfg.algorithm, "on the grpc engine one of " + ", ".join(supported)
+            )
+        system = build_system(cfg.system, cfg.seed)
+        edges, devices = system.ids("edge"), system.ids("device")
+        home = {d: system.attachment(d, 0.0) for d in devices}
+        neighbours = {e: list(system.neighbors(e)) for e in edges}
+        return Plan(spec.roles == ("edge",), edges, devices, home, neighbours)
+
+    def children(self, node_id: str) -> list[str]:
+        if node_id == "cloud":
+            return self.edges if self.hierarchical else self.devices
+        return [d for d in self.devices if self.home[d] == node_id]
+
+    def parents(self, device: str) -> list[str]:
+        """Parent nodes of a device in the order it tries them."""
+        if not self.hierarchical:
+            return ["cloud"]
+        home = self.home[device]
+        return [home, *self.neighbours.get(home, [])]
+
+    def authorize(self, node_id: str) -> Callable[[str, str], str | None]:
+        """Which children ``node_id`` accepts: its tier below, any node of it (handover)."""
+        tier = "edge" if node_id == "cloud" and self.hierarchical else "device"
+        known = set(self.edges if tier == "edge" else self.devices)
+
+        def check(child: str, claimed_tier: str) -> str | None:
+            if claimed_tier != tier or child not in known:
+                return f"{child!r} ({claimed_tier}) is not a {tier} of this deployment"
+            return None
+
+        return check
+
+    def nodes(self) -> list[str]:
+        return ["cloud", *(self.edges if self.hierarchical else []), *self.devices]
+
+
+def _set_threads(cfg: ExperimentConfig) -> None:
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+
+
+def _local(cfg: ExperimentConfig) -> ExperimentConfig:
+    return cfg.model_copy(update={"engine": "local"})
+
+
+def _check_ids(plan: Plan, role: str, ids: Sequence[str]) -> None:
+    allowed = {"cloud": ["cloud"], "edge": plan.edges, "device": plan.devices}[role]
+    unknown = [i for i in ids if i not in allowed]
+    if unknown or not ids:
+        shown = ", ".join(allowed[:8]) + (" ..." if len(allowed) > 8 else "")
+        raise ConfigError("--id", ",".join(ids) or "(none)", f"{role} ids among {shown}")
+    if role == "edge" and not plan.hierarchical:
+        raise ConfigError("serve", "edge", "cloud or device: this algorithm has no edge servers")
+
+
+def serve_cloud(
+    cfg: ExperimentConfig,
+    listen: str,
+    certs: str | None,
+    out_dir: str | None = None,
+    resume_dir: str | None = None,
+    announce: Callable[[Path], None] | None = None,
+) -> Path:
+    """Run the coordinator with its children attached over gRPC; returns the run directory."""
+    from fedge.experiment.run import resume_experiment, run_experiment
+
+    plan = Plan.of(cfg)
+    settings = grpc_settings(cfg)
+    process = NodeProcess(settings, certs, seed=0)
+    transport = process.serve("cloud", listen, plan.authorize("cloud"), plan.nodes())
+
+    def attach(exp: Experiment) -> None:
+        assert process.hub is not None
+        missing = process.hub.wait_for(plan.children("cloud"), cfg.grpc.connect_timeout_s)
+        if missing:
+            raise FedgeError(
+                f"{len(missing)} nodes did not attach within grpc.connect_timeout_s = "
+                f"{cfg.grpc.connect_timeout_s}: {', '.join(missing[:8])}"
+            )
+        exp.transport = transport  # type: ignore[assignment]
+
+    try:
+        if resume_dir is not None:
+            log.info("cloud: resuming %s from its last checkpoint", resume_dir)
+            result = resume_experiment(resume_dir, progress=False, prepare=attach, started=announce)
+        else:
+            result = run_experiment(cfg, out_dir, progress=False, prepare=attach, started=announce)
+        shutdown_children(transport)
+    finally:
+        process.close()
+    return result.run_dir
+
+
+def serve_edge(
+    cfg: ExperimentConfig,
+    edge: str,
+    listen: str,
+    parents: Sequence[str],
+    certs: str | None,
+    state_dir: str,
+) -> None:
+    """Serve one edge until the cloud says shutdown: devices below, the cloud above."""
+    plan = Plan.of(cfg)
+    _check_ids(plan, "edge", [edge])
+    _set_threads(cfg)
+    exp = build(_local(cfg))
+    app = exp.nodes.apps[edge]
+    process = NodeProcess(grpc_settings(cfg), certs, exp.nodes.seed)
+    try:
+        downstream = process.serve(edge, listen, plan.authorize(edge), plan.devices)
+        assert process.hub is not None
+        missing = process.hub.wait_for(plan.children(edge), cfg.grpc.connect_timeout_s)
+        if missing:
+            log.warning("%s: devices %s did not attach; going on without them", edge, missing)
+        state = EdgeState(state_dir, app)
+        state.restore()
+        attachment = process.attach(app, parents, downstream)
+        attachment.after.append(state.save)
+        process.keep_training(attachment)
+        process.wait()
+    finally:
+        process.close()
+
+
+def serve_devices(
+    cfg: ExperimentConfig, ids: Sequence[str], parents: Sequence[str], certs: str | None
+) -> None:
+    """Serve devices (one stream and identity each) until their parent says shutdown."""
+    plan = Plan.of(cfg)
+    _check_ids(plan, "device", ids)
+    _set_threads(cfg)
+    exp = build(_local(cfg))
+    process = NodeProcess(grpc_settings(cfg), certs, exp.nodes.seed)
+    try:
+        for device in ids:
+            process.attach(exp.nodes.apps[device], parents)
+        process.wait()
+    finally:
+        process.close()
