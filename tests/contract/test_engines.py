@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.grpc]
 def _in_process(config: Path, overrides: list[str]) -> dict[str, torch.Tensor]:
     """The coordinator on the cost-free in-process transport."""
     cfg = load_config(config, overrides)
+    torch.set_num_threads(cfg.threads)  # as run_experiment does: float sums depend on it
     exp = build(cfg)
     system = exp.system
     transport = LocalTransport(

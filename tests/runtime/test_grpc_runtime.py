@@ -175,17 +175,22 @@ def test_malformed_out_of_order_and_oversized_messages_are_rejected(
     assert _ask(cloud, "double", ["d0"], x=torch.ones(2))[0].payload["x"].tolist() == [2, 2]
 
 
-def test_a_reply_after_the_deadline_is_absent_and_the_round_ends_at_the_deadline(
-    cloud: Cloud,
-) -> None:
+def _fast_and_slow(cloud: Cloud, slow_s: float) -> list[Message]:
+    """Attach d0 and d1; requests that d0 answers at once and d1 after ``slow_s``."""
     cloud.start_device("d0")
     cloud.start_device("d1")
     assert cloud.process.hub is not None
-    cloud.process.hub.wait_for(["d0", "d1"], 5.0)
-    msgs = [
+    assert cloud.process.hub.wait_for(["d0", "d1"], 5.0) == []
+    return [
         Message("cloud", "d0", "slow", 1, {"sleep_s": 0.0}),
-        Message("cloud", "d1", "slow", 1, {"sleep_s": 3.0}),
+        Message("cloud", "d1", "slow", 1, {"sleep_s": slow_s}),
     ]
+
+
+def test_a_reply_after_the_deadline_is_absent_and_the_round_ends_at_the_deadline(
+    cloud: Cloud,
+) -> None:
+    msgs = _fast_and_slow(cloud, slow_s=3.0)
     started = time.monotonic()
     replies = cloud.transport.send(msgs, deadline_s=1.0)
     assert [r.src for r in replies] == ["d0"]
@@ -194,14 +199,7 @@ def test_a_reply_after_the_deadline_is_absent_and_the_round_ends_at_the_deadline
 
 
 def test_a_device_killed_mid_call_is_skipped_after_the_reattach_window(cloud: Cloud) -> None:
-    cloud.start_device("d0")
-    cloud.start_device("d1")
-    assert cloud.process.hub is not None
-    cloud.process.hub.wait_for(["d0", "d1"], 5.0)
-    msgs = [
-        Message("cloud", "d0", "slow", 1, {"sleep_s": 0.0}),
-        Message("cloud", "d1", "slow", 1, {"sleep_s": 2.0}),
-    ]
+    msgs = _fast_and_slow(cloud, slow_s=2.0)
     threading.Timer(0.5, cloud.kill_device, args=("d1",)).start()
     started = time.monotonic()
     replies = cloud.transport.send(msgs)

@@ -12,17 +12,18 @@ import hashlib
 import json
 import os
 import struct
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fedge.core.errors import FedgeError
+from fedge.results.files import atomic_write_bytes
 
 FORMAT_VERSION = 1
 _MAGIC = b"FEDGECKP"
 _LENGTH = struct.Struct("<Q")
 TMP_SUFFIX = ".tmp"
+"""The ending of the temporary files atomic_write_bytes leaves if killed mid-write."""
 """A checkpoint being written is ``.NAME.PID.tmp`` (left behind when a process dies mid-write)."""
 
 
@@ -42,29 +43,8 @@ def write_checkpoint_file(
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
     }
     head = json.dumps(full, sort_keys=True).encode()
-    _atomic_write(path, [_MAGIC, _LENGTH.pack(len(head)), head, payload])
+    atomic_write_bytes(path, b"".join([_MAGIC, _LENGTH.pack(len(head)), head, payload]))
     return full
-
-
-def _atomic_write(target: Path, chunks: list[bytes | memoryview]) -> None:
-    """Temporary file in the same directory, fsync, os.replace, fsync of the directory."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if sys.platform != "win32":
-        fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def read_checkpoint_header(path: str | Path) -> dict[str, Any]:

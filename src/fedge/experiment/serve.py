@@ -134,6 +134,7 @@ def serve_cloud(
     """Run the coordinator with its children attached over gRPC; returns the run directory."""
     from fedge.experiment.run import resume_experiment, run_experiment
 
+    cfg = cfg.model_copy(update={"engine": "grpc"})  # recorded with the run
     plan = Plan.of(cfg)
     settings = grpc_settings(cfg)
     process = NodeProcess(settings, certs, seed=0)

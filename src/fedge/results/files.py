@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,7 +34,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (tmp file in the same dir, fsync, os.replace)."""
+    """Write ``data`` to ``path`` atomically (tmp file in the same dir, fsync, os.replace,
+    fsync of the directory so the rename survives a power cut)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
@@ -48,6 +50,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if sys.platform != "win32":
+        fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def to_jsonable(obj: Any, where: str = "$") -> Any:
