@@ -93,7 +93,7 @@ class LocalDeployment:
                 "--listen",
                 self.address["cloud"],
                 "--out",
-                str(self.directory / "runs"),
+                str(self.directory.parent),  # the run sits beside `fedge run`'s runs
                 "--announce",
                 str(self.directory / CLOUD_FILE),
             )

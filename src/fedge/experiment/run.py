@@ -288,7 +288,8 @@ def _summarise(observer: RoundObserver) -> dict[str, Any]:
         summary["target_accuracy"] = target
         summary["rounds_to_target"] = hit["round"] if hit else None
         summary["sim_time_to_target_s"] = hit["sim_time_s"] if hit else None
-        summary["transmission_latency_to_target_s"] = hit["transmission_latency_s"] if hit else None
+        latency_s = hit.get("transmission_latency_s") if hit else None  # simulated engines only
+        summary["transmission_latency_to_target_s"] = latency_s
     return summary
 
 
