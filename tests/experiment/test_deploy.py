@@ -169,3 +169,19 @@ def test_deploy_local_rejects_algorithms_it_cannot_run(tmp_path: Path, deploy) -
     config = _config(tmp_path, "dpmn")
     with pytest.raises(Exception, match="on the grpc engine one of"):
         deploy_local(load_config(config))
+
+
+def test_serve_and_certs_name_what_is_missing(tmp_path: Path, capsys) -> None:
+    config = str(_config(tmp_path, "hierarchical"))
+    assert main(["serve", "edge", "--config", config, "--id", "edge0", "--insecure"]) == 2
+    assert "--parent" in capsys.readouterr().err
+    assert main(["serve", "device", "--config", config, "--id", "nobody", "--insecure",
+                 "--parent", "127.0.0.1:1"]) == 2  # fmt: skip
+    assert "device ids among dev" in capsys.readouterr().err
+    assert main(["serve", "cloud", "--config", config]) == 2
+    assert "no certificates" in capsys.readouterr().err
+    assert main(["certs", str(tmp_path / "c")]) == 2
+    assert main(["certs", str(tmp_path / "c"), "--config", config, "--nodes", "extra"]) == 0
+    made = sorted(p.name for p in (tmp_path / "c").glob("*.pem"))
+    assert made == sorted(["ca.pem", "cloud.pem", "edge0.pem", "edge1.pem", "extra.pem"]
+                          + [f"dev{i}.pem" for i in range(10)])  # fmt: skip
