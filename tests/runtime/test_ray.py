@@ -1,6 +1,5 @@
 """engine = "ray": the same numbers as the local engine, on a bounded pool of actors."""
 
-import logging
 import sys
 
 import pytest
@@ -12,6 +11,7 @@ from fedge.core.errors import FedgeError
 from fedge.experiment.build import build
 from fedge.experiment.config import load_config
 from fedge.experiment.run import run_experiment
+from fedge.runtime.ray import start_local_ray
 
 pytestmark = pytest.mark.ray
 
@@ -22,7 +22,7 @@ TWO_ROUNDS = ["rounds=2", "threads=1"]
 def ray_session():
     """One local Ray for the module; node sets find it running and leave it up."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    start_local_ray(ray, num_cpus=2)
     yield ray
     ray.shutdown()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from types import ModuleType
@@ -46,6 +47,22 @@ def import_ray() -> ModuleType:
     except ImportError as exc:
         raise FedgeError(f"engine 'ray' needs Ray, which is not installed: {INSTALL_HINT}") from exc
     return ray
+
+
+def start_local_ray(ray: ModuleType, num_cpus: int, attempts: int = 2) -> None:
+    """Start a local Ray; its start gives up after a fixed 30 s when a loaded machine is slow
+    to register the raylet, so try again once before reporting it."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for a start that timed out
+            ray.shutdown()
+            if attempt == attempts:
+                raise FedgeError(
+                    f"local Ray did not start ({exc}); try again or set ray.address"
+                ) from exc
+            time.sleep(2.0)
 
 
 def _unwrap(form: Message | bytes) -> Message:
@@ -191,9 +208,5 @@ class RayNodeSet(NodeSet):
         if self._address:
             self._ray.init(address=self._address, logging_level=logging.WARNING)
         else:
-            self._ray.init(
-                num_cpus=self._workers or os.cpu_count() or 1,
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-            )
+            start_local_ray(self._ray, self._workers or os.cpu_count() or 1)
         self._started_ray = True
