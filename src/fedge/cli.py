@@ -312,6 +312,13 @@ def _add_deployment(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     srv.add_argument("--resume", metavar="RUN_DIR", help="cloud: go on from this run's checkpoint")
     srv.add_argument("--announce", help="cloud: write the run directory's path to this file")
     srv.add_argument("--state-dir", help="edge: where it checkpoints its state")
+    srv.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="ID=HOST:PORT",
+        help="edge (msfl): a neighbour edge's address, repeatable",
+    )
     dep = sub.add_parser("deploy-local", help="run a config as gRPC processes on loopback")
     dep.add_argument("config", help="path to the experiment TOML file")
     _add_set(dep, "override a config key (dotted), repeatable")

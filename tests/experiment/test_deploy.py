@@ -185,3 +185,17 @@ def test_serve_and_certs_name_what_is_missing(tmp_path: Path, capsys) -> None:
     made = sorted(p.name for p in (tmp_path / "c").glob("*.pem"))
     assert made == sorted(["ca.pem", "cloud.pem", "edge0.pem", "edge1.pem", "extra.pem"]
                           + [f"dev{i}.pem" for i in range(10)])  # fmt: skip
+
+
+def test_multi_server_fl_exchanges_between_edge_processes_as_on_the_local_engine(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path, "msfl")
+    cfg = load_config(config, ["rounds=2", "federation.interserver='spaa'"])
+    local = run_experiment(cfg, out_dir=tmp_path / "local")
+    run_dir, summary = deploy_local(cfg.model_copy(update={"engine": "grpc"}), tmp_path / "g")
+    assert summary["rounds"] == 2
+    keys = ("accuracy", "accuracy_min", "accuracy_max", "accepted_peers", "participants")
+    deployed = read_rows_csv(run_dir / "metrics.csv")
+    assert [[r[k] for k in keys] for r in deployed] == [[r[k] for k in keys] for r in local.rows]
+    assert all(r["accepted_peers"] >= 1 for r in deployed)

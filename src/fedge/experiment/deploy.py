@@ -99,10 +99,11 @@ class LocalDeployment:
             )
         }
         for edge in self.plan.edges if self.plan.hierarchical else []:
+            peers = [a for p in self.plan.peers(edge) for a in ("--peer", f"{p}={self.address[p]}")]
             out[edge] = self._command(
                 "edge", "--id", edge, "--listen", self.address[edge],
                 "--parent", self.address["cloud"],
-                "--state-dir", str(self.directory / "state"),
+                "--state-dir", str(self.directory / "state"), *peers,
             )  # fmt: skip
         for name, devices in self.groups.items():
             parents = [
@@ -219,6 +220,19 @@ def _announcer(path: str | None) -> Callable[[Path], None] | None:
     return announce
 
 
+def _peers(items: Sequence[str]) -> dict[str, str]:
+    """``ID=HOST:PORT`` items as a mapping; a malformed one is named."""
+    peers = {}
+    for item in items:
+        node, sep, address = item.partition("=")
+        if not sep or not node or ":" not in address:
+            raise FedgeError(
+                f"--peer: got {item!r}; allowed: ID=HOST:PORT, e.g. edge1=10.0.0.2:50061"
+            )
+        peers[node] = address
+    return peers
+
+
 def serve_from_cli(args: Any) -> int:
     """`fedge serve`: check the arguments for the role, then serve until shutdown."""
     from fedge.experiment.serve import serve_cloud, serve_devices, serve_edge
@@ -241,7 +255,7 @@ def serve_from_cli(args: Any) -> int:
         if not args.listen:
             raise FedgeError("serve edge: got no --listen; allowed: --listen HOST:PORT")
         state_dir = args.state_dir or cfg.grpc.checkpoint_dir or str(Path(cfg.output.dir) / "state")
-        serve_edge(cfg, args.id, args.listen, args.parent, certs, state_dir)
+        serve_edge(cfg, args.id, args.listen, args.parent, certs, state_dir, _peers(args.peer))
         return 0
     serve_devices(cfg, [i for i in args.id.split(",") if i], args.parent, certs)
     return 0

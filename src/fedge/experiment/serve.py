@@ -5,22 +5,26 @@ seeds agree) and keeps only its own nodes. The cloud runs the coordinator and wr
 run directory exactly as ``fedge run`` does; edges and devices dial their parents and
 answer requests until the cloud says ``shutdown``.
 
-Supported: the FedAvg family (devices attach to the cloud) and hierarchical FL (devices to
-their edge, edges to the cloud). Interpretations: deadlines are wall-clock seconds here; a
-device's parents are its home edge then that edge's neighbours (handover when its edge
-dies); an edge waits for its home devices before it dials the cloud, and the cloud for
+Supported: the FedAvg family (devices attach to the cloud), hierarchical FL (devices to
+their edge, edges to the cloud) and multi-server FL (edges also attach to their neighbour
+edges, which fetch their models through those streams).
+
+Interpretations: deadlines are wall-clock seconds here; a device's parents are its home
+edge then that edge's neighbours (handover when its edge dies); an edge waits for its home
+devices (and neighbour edges) before it dials the cloud, and the cloud for
 every edge (or device), so the first round sees the whole federation.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedge.algorithms import ALGORITHMS
 from fedge.core.errors import ConfigError, FedgeError
+from fedge.core.node import NodeApp
 from fedge.experiment.build import Experiment, build
 from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.systems import build_system
@@ -29,7 +33,11 @@ from fedge.runtime.grpc.settings import GrpcSettings
 
 log = logging.getLogger("fedge.grpc")
 ROLES = ("cloud", "edge", "device")
-SUPPORTED_ROLES = {(): "devices attach to the cloud", ("edge",): "devices -> edges -> cloud"}
+SUPPORTED_ROLES = {
+    (): "devices attach to the cloud",
+    ("edge",): "devices -> edges -> cloud",
+    ("edge", "exchange"): "devices -> edges -> cloud, and each edge to its neighbour edges",
+}
 
 
 def grpc_settings(cfg: ExperimentConfig) -> GrpcSettings:
@@ -53,6 +61,8 @@ class Plan:
     """Who is whose parent in a deployment of ``cfg``."""
 
     hierarchical: bool
+    exchange: bool
+    """Edges also attach to their neighbour edges (multi-server FL's model exchange)."""
     edges: list[str]
     devices: list[str]
     home: dict[str, str]
@@ -72,7 +82,8 @@ class Plan:
         edges, devices = system.ids("edge"), system.ids("device")
         home = {d: system.attachment(d, 0.0) for d in devices}
         neighbours = {e: list(system.neighbors(e)) for e in edges}
-        return Plan(spec.roles == ("edge",), edges, devices, home, neighbours)
+        edged = "edge" in spec.roles
+        return Plan(edged, "exchange" in spec.roles, edges, devices, home, neighbours)
 
     def children(self, node_id: str) -> list[str]:
         if node_id == "cloud":
@@ -86,14 +97,21 @@ class Plan:
         home = self.home[device]
         return [home, *self.neighbours.get(home, [])]
 
+    def peers(self, edge: str) -> list[str]:
+        """The neighbour edges ``edge`` exchanges models with (none without exchange)."""
+        return list(self.neighbours.get(edge, [])) if self.exchange else []
+
     def authorize(self, node_id: str) -> Callable[[str, str], str | None]:
-        """Which children ``node_id`` accepts: its tier below, any node of it (handover)."""
-        tier = "edge" if node_id == "cloud" and self.hierarchical else "device"
-        known = set(self.edges if tier == "edge" else self.devices)
+        """Which children ``node_id`` accepts: the cloud its edges (or devices), an edge any
+        device (handover) and its neighbour edges when they exchange models."""
+        if node_id == "cloud":
+            known = {"edge" if self.hierarchical else "device": set(self.children("cloud"))}
+        else:
+            known = {"device": set(self.devices), "edge": set(self.peers(node_id))}
 
         def check(child: str, claimed_tier: str) -> str | None:
-            if claimed_tier != tier or child not in known:
-                return f"{child!r} ({claimed_tier}) is not a {tier} of this deployment"
+            if child not in known.get(claimed_tier, set()):
+                return f"{child!r} ({claimed_tier}) may not attach to {node_id}"
             return None
 
         return check
@@ -169,8 +187,10 @@ def serve_edge(
     parents: Sequence[str],
     certs: str | None,
     state_dir: str,
+    peers: Mapping[str, str] | None = None,
 ) -> None:
-    """Serve one edge until the cloud says shutdown: devices below, the cloud above."""
+    """Serve one edge until the cloud says shutdown: devices below, the cloud above, and
+    (multi-server FL) a stream to each neighbour edge in ``peers`` (id -> address)."""
     plan = Plan.of(cfg)
     _check_ids(plan, "edge", [edge])
     _set_threads(cfg)
@@ -178,11 +198,14 @@ def serve_edge(
     app = exp.nodes.apps[edge]
     process = NodeProcess(grpc_settings(cfg), certs, exp.nodes.seed)
     try:
-        downstream = process.serve(edge, listen, plan.authorize(edge), plan.devices)
+        order = [*plan.devices, *plan.edges]
+        downstream = process.serve(edge, listen, plan.authorize(edge), order)
+        _attach_peers(process, app, plan.peers(edge), peers or {})
         assert process.hub is not None
-        missing = process.hub.wait_for(plan.children(edge), cfg.grpc.connect_timeout_s)
+        expected = [*plan.children(edge), *plan.peers(edge)]
+        missing = process.hub.wait_for(expected, cfg.grpc.connect_timeout_s)
         if missing:
-            log.warning("%s: devices %s did not attach; going on without them", edge, missing)
+            log.warning("%s: %s did not attach; going on without them", edge, missing)
         state = EdgeState(state_dir, app)
         state.restore()
         attachment = process.attach(app, parents, downstream)
@@ -191,6 +214,18 @@ def serve_edge(
         process.wait()
     finally:
         process.close()
+
+
+def _attach_peers(
+    process: NodeProcess, app: NodeApp, neighbours: Sequence[str], peers: Mapping[str, str]
+) -> None:
+    """Attach ``app`` to every neighbour edge; their requests (``get_model``) run on their
+    own thread, so two edges exchanging at once never wait on each other."""
+    unknown = [n for n in neighbours if n not in peers]
+    if unknown:
+        raise ConfigError("--peer", ", ".join(unknown), "ID=HOST:PORT for every neighbour edge")
+    for neighbour in neighbours:
+        process.attach(app, [peers[neighbour]], executor=process.own_thread())
 
 
 def serve_devices(

@@ -51,6 +51,7 @@ class NodeProcess:
         self.hub: Hub | None = None
         self.attachments: list[Attachment] = []
         self._running: list[Future[None]] = []
+        self._executors = [self._executor]
 
     def certs(self, node_id: str) -> NodeCerts | None:
         return NodeCerts.load(self._certs_dir, node_id) if self._certs_dir else None
@@ -65,9 +66,14 @@ class NodeProcess:
         return GrpcTransport(self.hub, node_id, order)
 
     def attach(
-        self, app: NodeApp, parents: Sequence[str], downstream: Transport | None = None
+        self,
+        app: NodeApp,
+        parents: Sequence[str],
+        downstream: Transport | None = None,
+        executor: Executor | None = None,
     ) -> Attachment:
-        """Dial the first reachable parent as ``app``'s node and answer its requests."""
+        """Dial the first reachable parent as ``app``'s node and answer its requests (on the
+        process's thread unless ``executor`` is given)."""
         app.on(SHUTDOWN, self._shutdown)
         attachment = Attachment(
             app,
@@ -75,12 +81,18 @@ class NodeProcess:
             parents,
             self.settings,
             self.certs(app.node_id),
-            self._executor,
+            executor or self._executor,
             downstream,
         )
         self.attachments.append(attachment)
         self._running.append(self._loop.submit(attachment.run(self._stop)))
         return attachment
+
+    def own_thread(self) -> Executor:
+        """A further single thread for requests that must not wait behind the others."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedge-peer")
+        self._executors.append(executor)
+        return executor
 
     def keep_training(self, attachment: Attachment) -> Dormancy:
         """Let an edge train on its own while its parent is unreachable."""
@@ -106,7 +118,8 @@ class NodeProcess:
         wait(self._running, timeout=5.0)
         if self.hub is not None:
             self.hub.stop()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self._executors:
+            executor.shutdown(wait=False, cancel_futures=True)
         self._loop.stop()
 
 
