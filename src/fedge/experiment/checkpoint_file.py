@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedge.core.errors import FedgeError
-from fedge.results.files import atomic_write_bytes
+from fedge.core.files import atomic_write_bytes
 
 FORMAT_VERSION = 1
 _MAGIC = b"FEDGECKP"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedge.core.errors import FedgeError
+from fedge.core.files import atomic_write_bytes
 from fedge.experiment.config import ExperimentConfig, load_config
 from fedge.experiment.serve import Plan
 from fedge.runtime.grpc.tls import make_certs
@@ -213,9 +214,8 @@ def _announcer(path: str | None) -> Callable[[Path], None] | None:
         return None
 
     def announce(run_dir: Path) -> None:
-        tmp = Path(f"{path}.tmp")
-        tmp.write_text(json.dumps({"run_dir": str(run_dir), "run_id": run_dir.name}))
-        os.replace(tmp, path)
+        where = {"run_dir": str(run_dir), "run_id": run_dir.name}
+        atomic_write_bytes(path, json.dumps(where).encode())
 
     return announce
 

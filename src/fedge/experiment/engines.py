@@ -10,6 +10,15 @@ from fedge.experiment.config import ExperimentConfig
 from fedge.runtime import NodeSet
 
 
+def set_threads(cfg: ExperimentConfig) -> None:
+    """PyTorch's CPU threads as configured (0 keeps its default): float sums depend on it,
+    so every process of a run sets the same."""
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+
+
 def node_apps(cfg: ExperimentConfig) -> dict[str, NodeApp]:
     """The node apps exactly as the local engine builds them (what a Ray worker runs)."""
     from fedge.experiment.build import build  # build imports this module

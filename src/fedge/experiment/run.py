@@ -13,14 +13,15 @@ from typing import Any
 import numpy as np
 
 from fedge.core.errors import FedgeError
+from fedge.core.files import atomic_write_bytes
 from fedge.core.update import ModelState
 from fedge.experiment import resume
 from fedge.experiment.build import Experiment, build
 from fedge.experiment.checkpoint import CHECKPOINT_NAME, References
 from fedge.experiment.config import ExperimentConfig
+from fedge.experiment.engines import set_threads
 from fedge.experiment.observer import Checkpointer, RoundObserver
 from fedge.results import PLOTS_DIR, RunStore, plot_run, write_json, write_report, write_rows_csv
-from fedge.results.files import atomic_write_bytes
 
 SUMMARY_KEYS = (
     "accuracy",
@@ -98,13 +99,6 @@ class _Session:
         return resume.checkpointer(self.exp, self.run_dir, self.refs, self.run_id)
 
 
-def _set_threads(config: ExperimentConfig) -> None:
-    if config.threads:
-        import torch
-
-        torch.set_num_threads(config.threads)
-
-
 def run_experiment(
     config: ExperimentConfig,
     out_dir: str | Path | None = None,
@@ -123,7 +117,7 @@ def run_experiment(
     """
     if config.engine == "grpc" and prepare is None:
         return _deploy(config, out_dir, echo)
-    _set_threads(config)
+    set_threads(config)
     exp = build(config)
     if prepare is not None:
         prepare(exp)
@@ -169,7 +163,7 @@ def resume_experiment(
         store = RunStore(config.output.store)
         try:
             resume.check_unfinished(store, point)
-            _set_threads(config)
+            set_threads(config)
             fresh = build(config)
             if prepare is not None:
                 prepare(fresh)

@@ -17,6 +17,7 @@ every edge (or device), so the first round sees the whole federation.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from fedge.core.errors import ConfigError, FedgeError
 from fedge.core.node import NodeApp
 from fedge.experiment.build import Experiment, build
 from fedge.experiment.config import ExperimentConfig
+from fedge.experiment.engines import set_threads
 from fedge.experiment.systems import build_system
 from fedge.runtime.grpc.node import EdgeState, NodeProcess, shutdown_children
 from fedge.runtime.grpc.settings import GrpcSettings
@@ -41,19 +43,9 @@ SUPPORTED_ROLES = {
 
 
 def grpc_settings(cfg: ExperimentConfig) -> GrpcSettings:
-    g = cfg.grpc
-    return GrpcSettings(
-        chunk_bytes=g.chunk_bytes,
-        max_message_bytes=g.max_message_bytes,
-        call_timeout_s=g.call_timeout_s,
-        connect_timeout_s=g.connect_timeout_s,
-        retry_initial_s=g.retry_initial_s,
-        retry_max_s=g.retry_max_s,
-        heartbeat_s=g.heartbeat_s,
-        failover_s=g.failover_s,
-        reattach_s=g.reattach_s,
-        dormant_after_s=g.dormant_after_s,
-    )
+    """The runtime's settings: the ``[grpc]`` keys of the same names."""
+    names = {f.name for f in dataclasses.fields(GrpcSettings)}
+    return GrpcSettings(**cfg.grpc.model_dump(include=names))
 
 
 @dataclass(frozen=True)
@@ -118,13 +110,6 @@ class Plan:
 
     def nodes(self) -> list[str]:
         return ["cloud", *(self.edges if self.hierarchical else []), *self.devices]
-
-
-def _set_threads(cfg: ExperimentConfig) -> None:
-    if cfg.threads:
-        import torch
-
-        torch.set_num_threads(cfg.threads)
 
 
 def _local(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -193,7 +178,7 @@ def serve_edge(
     (multi-server FL) a stream to each neighbour edge in ``peers`` (id -> address)."""
     plan = Plan.of(cfg)
     _check_ids(plan, "edge", [edge])
-    _set_threads(cfg)
+    set_threads(cfg)
     exp = build(_local(cfg))
     app = exp.nodes.apps[edge]
     process = NodeProcess(grpc_settings(cfg), certs, exp.nodes.seed)
@@ -234,7 +219,7 @@ def serve_devices(
     """Serve devices (one stream and identity each) until their parent says shutdown."""
     plan = Plan.of(cfg)
     _check_ids(plan, "device", ids)
-    _set_threads(cfg)
+    set_threads(cfg)
     exp = build(_local(cfg))
     process = NodeProcess(grpc_settings(cfg), certs, exp.nodes.seed)
     try:

@@ -13,10 +13,7 @@ import enum
 import io
 import json
 import math
-import os
 import re
-import sys
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedge.core.errors import FedgeError
+from fedge.core.files import atomic_write_bytes
 
 _INT_RE = re.compile(r"[+-]?\d+")
 
@@ -31,31 +29,6 @@ _INT_RE = re.compile(r"[+-]?\d+")
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (tmp file in the same dir, fsync, os.replace,
-    fsync of the directory so the rename survives a power cut)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-    # os.open (not mkstemp) so the file gets the usual umask-based mode, not 0600
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if sys.platform != "win32":
-        fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def to_jsonable(obj: Any, where: str = "$") -> Any:

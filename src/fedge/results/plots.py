@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fedge.results.files import atomic_write_bytes
+from fedge.core.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

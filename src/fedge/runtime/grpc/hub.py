@@ -139,15 +139,13 @@ class Hub:
             try:
                 answer = await reply
             except ChildGone:
-                log.info("%s: %s detached during round %d; waiting for it", *self._who(message))
+                who = (self.node_id, message.dst, message.round)
+                log.info("%s: %s detached during round %d; waiting for it", *who)
                 continue
             finally:
                 child.pending.pop(call_id, None)
             self.counters["messages"] += 1
             return answer
-
-    def _who(self, message: Message) -> tuple[str, str, int]:
-        return self.node_id, message.dst, message.round
 
     async def _attached_child(self, node_id: str) -> _Child:
         child = self._children.get(node_id)

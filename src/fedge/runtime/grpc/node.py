@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import pickle
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedge.core.errors import FedgeError
+from fedge.core.files import atomic_write_bytes
 from fedge.core.message import Message
 from fedge.core.node import NodeApp, NodeContext
 from fedge.core.transport import Transport
@@ -153,14 +152,8 @@ class EdgeState:
         return True
 
     def save(self, request: Message, reply: Message) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = pickle.dumps(dict(self.app.state), protocol=pickle.HIGHEST_PROTOCOL)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, data)
 
 
 class Dormancy:
