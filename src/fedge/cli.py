@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="parent directory of the run directory (default: runs/)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument(
-        "--engine", choices=("local", "ray", "grpc"), help="shortcut for --set engine=..."
+        "--engine", help="local | ray | grpc, or an import path (shortcut for --set engine=...)"
     )
     run.add_argument("--ray-address", metavar="ADDR", help="shortcut for --set ray.address=...")
     lst = sub.add_parser("list", help="list algorithms, datasets, partitioners, models, ...")
@@ -33,8 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         "what",
         nargs="?",
         default="all",
-        help="one of all, algorithms, datasets, partitioners, models, aggregators, "
-        "server-optimizers, interserver-rules",
+        help="one of all, algorithms, engines, datasets, partitioners, models, aggregators, "
+        "server-optimizers, interserver-rules, selectors, compressors, codecs",
     )
     _add_compare(sub)
     _add_schedule(sub)
@@ -137,16 +137,24 @@ def _add_partition_model(sub: argparse._SubParsersAction[argparse.ArgumentParser
 def _registries() -> dict[str, list[tuple[str, str]]]:
     from fedge.aggregation import AGGREGATORS, INTERSERVER, SERVER_OPTIMIZERS
     from fedge.algorithms import ALGORITHMS
+    from fedge.algorithms.selection import SELECTORS
+    from fedge.core.codec import CODECS
+    from fedge.experiment.engines import ENGINES
     from fedge.learning import DATASETS, MODELS, PARTITIONERS
+    from fedge.transforms import COMPRESSORS
 
     return {
         "algorithms": ALGORITHMS.describe(),
+        "engines": ENGINES.describe(),
         "datasets": DATASETS.describe(),
         "partitioners": PARTITIONERS.describe(),
         "models": MODELS.describe(),
         "aggregators": AGGREGATORS.describe(),
         "server-optimizers": SERVER_OPTIMIZERS.describe(),
         "interserver-rules": INTERSERVER.describe(),
+        "selectors": SELECTORS.describe(),
+        "compressors": COMPRESSORS.describe(),
+        "codecs": CODECS.describe(),
     }
 
 
@@ -219,6 +227,9 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
             [k.removeprefix("bytes_") for k in tiers],
         )
     )
+    if s.get("compression_ratio_up", 1.0) != 1.0:
+        dense, sent = human_bytes(s["bytes_dense_up"]), human_bytes(s["bytes_up"])
+        print(f"uplink: {sent} sent for {dense} dense ({s['compression_ratio_up']:.1f}x smaller)")
     print(f"report: {run_dir / 'report.html'}")
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from fedge.aggregation import SERVER_OPTIMIZERS, make_server_optimizer
 from fedge.core import ConfigError, ModelState
-from fedge.core.update import clone_state
+from fedge.core.update import clone_state, delta
 
 NAMES = ["none", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
 
@@ -27,9 +27,11 @@ def test_registry_holds_every_optimizer() -> None:
 
 
 def test_none_returns_the_aggregate() -> None:
+    """Without a server optimizer the step is global + mean delta: the aggregate again."""
     glob, agg = states(0)
-    out = make_server_optimizer("none").step(glob, agg)
-    assert all(torch.equal(out[k], agg[k]) for k in agg)
+    out = make_server_optimizer("none").step(glob, delta(agg, glob))
+    torch.testing.assert_close(out["w"], agg["w"])
+    assert torch.equal(out["n"], agg["n"])
     assert out["w"] is not agg["w"]
 
 
@@ -37,7 +39,7 @@ def test_fedavgm_without_momentum_is_plain_fedavg() -> None:
     opt = make_server_optimizer("fedavgm", lr=1.0, momentum=0.0)
     glob, agg = states(1)
     for seed in range(3):
-        out = opt.step(glob, agg)
+        out = opt.step(glob, delta(agg, glob))
         torch.testing.assert_close(out["w"], agg["w"])
         glob, agg = out, {"w": out["w"] + torch.full((3, 4), 0.1 * seed), "n": agg["n"]}
 
@@ -45,9 +47,9 @@ def test_fedavgm_without_momentum_is_plain_fedavg() -> None:
 def test_fedavgm_accumulates_momentum() -> None:
     opt = make_server_optimizer("fedavgm", lr=0.5, momentum=0.9)
     w0 = {"w": torch.tensor([0.0])}
-    w1 = opt.step(w0, {"w": torch.tensor([2.0])})  # v = 2, w = 0 + 0.5·2
+    w1 = opt.step(w0, delta({"w": torch.tensor([2.0])}, w0))  # v = 2, w = 0 + 0.5·2
     assert w1["w"].item() == pytest.approx(1.0)
-    w2 = opt.step(w1, {"w": torch.tensor([2.0])})  # v = 0.9·2 + 1, w = 1 + 0.5·2.8
+    w2 = opt.step(w1, delta({"w": torch.tensor([2.0])}, w1))  # v = 0.9·2 + 1, w = 1 + 0.5·2.8
     assert w2["w"].item() == pytest.approx(2.4)
 
 
@@ -66,7 +68,7 @@ def test_adaptive_first_step_by_hand(name: str) -> None:
         "fedadagrad": tau**2 + d**2,
     }[name]
     expected = glob["w"] + lr * m / (v.sqrt() + tau)
-    torch.testing.assert_close(opt.step(glob, agg)["w"], expected)
+    torch.testing.assert_close(opt.step(glob, delta(agg, glob))["w"], expected)
 
 
 @settings(max_examples=10, deadline=None)
@@ -74,7 +76,7 @@ def test_adaptive_first_step_by_hand(name: str) -> None:
 def test_steps_are_pure_typed_and_keep_integer_buffers(seed: int, name: str) -> None:
     glob, agg = states(seed)
     before = (clone_state(glob), clone_state(agg))
-    out = make_server_optimizer(name).step(glob, agg)
+    out = make_server_optimizer(name).step(glob, delta(agg, glob))
     for original, kept in zip((glob, agg), before, strict=True):
         assert all(torch.equal(original[k], kept[k]) for k in kept)
     assert out["w"].dtype == torch.float32
@@ -85,7 +87,7 @@ def test_steps_are_pure_typed_and_keep_integer_buffers(seed: int, name: str) -> 
 @given(seed=st.integers(0, 1000), name=st.sampled_from(NAMES))
 def test_zero_pseudo_gradient_on_the_first_step_keeps_the_model(seed: int, name: str) -> None:
     glob, _ = states(seed)
-    out = make_server_optimizer(name).step(glob, clone_state(glob))
+    out = make_server_optimizer(name).step(glob, delta(clone_state(glob), glob))
     torch.testing.assert_close(out, glob)
 
 
@@ -93,10 +95,11 @@ def test_zero_pseudo_gradient_on_the_first_step_keeps_the_model(seed: int, name:
 def test_state_dict_round_trip_continues_identically(name: str) -> None:
     first, second = make_server_optimizer(name), make_server_optimizer(name)
     glob, agg = states(2)
-    mid = first.step(glob, agg)
+    mid = first.step(glob, delta(agg, glob))
     second.load_state_dict(first.state_dict())
     nxt = {"w": mid["w"] + 0.05, "n": agg["n"]}
-    torch.testing.assert_close(first.step(mid, nxt), second.step(mid, nxt))
+    d = delta(nxt, mid)
+    torch.testing.assert_close(first.step(mid, d), second.step(mid, d))
 
 
 def test_mismatched_states_are_rejected() -> None:

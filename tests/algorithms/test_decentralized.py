@@ -7,15 +7,16 @@ import torch
 from fedge.aggregation import weighted_mean
 from fedge.aggregation.neighbours import cosine_similarity
 from fedge.core import ConfigError
+from fedge.core.codec import encoded
 from fedge.core.message import Message
 from fedge.core.node import derive_seed
-from fedge.core.update import flatten
+from fedge.core.sparse import encode_sparse, sparse_nbytes
+from fedge.core.update import Update, flatten
 from fedge.experiment.build import build
 from fedge.experiment.config import load_config
 from fedge.experiment.run import run_experiment
 from fedge.learning import local_train, state_of
 from fedge.learning.pruning import adaptive_sparsity, prunable_keys
-from fedge.learning.sparse import encode_sparse, sparse_nbytes
 
 PEER = ["system.devices=8", "system.peers.k=3", "training.steps=4"]
 
@@ -60,8 +61,9 @@ def test_bytes_charged_equal_the_encoded_masked_models(tiny_config):
         for p in exp.system.peers(d, 0.0):
             ask = Message(d, p, "get_model", 1)
             sparse = encode_sparse(states[p]["model"], states[p]["mask"])
+            model = encoded(Update({}, origin=p, round=1), "mask", sparse)
             degree = len(exp.system.peers(p, 0.0))
-            reply = ask.reply("model", {"sparse": sparse, "degree": degree})
+            reply = ask.reply("model", {"model": model, "degree": degree})
             expected += ask.nbytes() + reply.nbytes()
             model_bytes += sparse_nbytes(states[p]["model"], states[p]["mask"])
     stats = exp.transport.stats()
@@ -114,10 +116,7 @@ def test_dpcg_keeps_the_k_nearest_models(tiny_config):
 
 def test_dfl_with_equal_weights_on_a_complete_graph_is_plain_averaging(tiny_config):
     _, devices, states = run_peers(tiny_config, "dfl", extra=["system.peers.graph='complete'"])
-    trained = [
-        {k: v["values"].reshape(v["shape"]) for k, v in states[d]["published"].items()}
-        for d in devices
-    ]
+    trained = [states[d]["published"].state for d in devices]
     expected = weighted_mean(trained, [1.0] * len(trained))
     for d in devices:
         assert states[d]["mask"] == {}

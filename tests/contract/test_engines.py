@@ -38,10 +38,26 @@ def _in_process(config: Path, overrides: list[str]) -> dict[str, torch.Tensor]:
     return dict(history.final_state)
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", "hierarchical"])
-def test_every_engine_ends_with_the_same_weights(tmp_path: Path, algorithm: str) -> None:
+QSGD_UP = "compression=[{link='device-cloud', method='qsgd', levels=15}]"
+TOPK_FP16 = (
+    "compression=[{link='device-edge', method='topk', ratio=0.1},"
+    " {link='edge-cloud', method='fp16'}]"
+)
+CASES = {
+    "fedavg": ("fedavg", []),
+    "hierarchical": ("hierarchical", []),
+    "fedavg-qsgd": ("fedavg", [QSGD_UP]),
+    "hierarchical-topk-ef-fp16": ("hierarchical", [TOPK_FP16]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_engine_ends_with_the_same_weights(tmp_path: Path, case: str) -> None:
+    """Compressed links too: random draws, error-feedback residuals and encodings must be
+    the same wherever the nodes run."""
+    algorithm, extra = CASES[case]
     config = deploy_config(tmp_path)
-    base = [f"algorithm={algorithm!r}", "rounds=2", "output.plots=false"]
+    base = [f"algorithm={algorithm!r}", "rounds=2", "output.plots=false", *extra]
     weights = {"in-process": _in_process(config, base)}
     for engine in ("local", "ray", "grpc"):
         cfg = load_config(config, [*base, f"engine={engine!r}", "ray.workers=2"])

@@ -168,6 +168,12 @@ CASES = {
     "msfl": ["algorithm='msfl'", "rounds=4"],
     "dpmn": ["algorithm='dpmn'", "rounds=4", "system.devices=6"],
     "splitfed": ["algorithm='splitfed'", "rounds=3"],
+    "hierarchical_compressed": [
+        "algorithm='hierarchical'",
+        "rounds=4",
+        "compression=[{link='device-edge', method='topk', ratio=0.05},"
+        " {link='edge-cloud', method='qsgd', levels=7}]",
+    ],
 }
 
 
@@ -187,6 +193,9 @@ def test_interrupted_run_resumes_bit_identical(tiny_config, tmp_path, monkeypatc
         assert store.get_run(run_dir.name)["status"] == "failed"
     resumed = resume_experiment(run_dir)
     assert resumed.run_id == run_dir.name
+    if case == "hierarchical_compressed":  # error-feedback residuals travel in checkpoints
+        nodes = final_checkpoint(run_dir).nodes
+        assert any("transforms" in app.state for app in nodes.apps.values())
     if case == "hierarchical_mobility_dropouts":
         assert sum(r["handovers"] for r in full.rows) > 0
         assert sum(r["dropped"] for r in full.rows[-1:]) > 0

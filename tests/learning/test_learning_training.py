@@ -116,7 +116,7 @@ def test_proximal_term_needs_the_global_parameters() -> None:
 def test_train_config_rejects_bad_values(kwargs: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
         TrainConfig(**kwargs)
-    assert info.value.field == field
+    assert info.value.field == f"training.{field}"
 
 
 def test_empty_dataset_trains_nothing() -> None:

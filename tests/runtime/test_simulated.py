@@ -8,7 +8,7 @@ import torch
 
 from fedge.core.message import Message
 from fedge.core.node import NodeApp
-from fedge.core.update import Work
+from fedge.core.update import Update, Work
 from fedge.runtime import LocalTransport, NodeSet, SimulatedTransport
 from fedge.runtime.local import flat_membership
 from fedge.runtime.simulated import SYNC, visible_nodes
@@ -147,13 +147,13 @@ def test_transmission_latency_counts_the_slowest_model_transfer_per_component():
     system = three_nodes()
 
     def train(msg, ctx):
-        return msg.reply("update", {"update": torch.zeros(250_000)})
+        return msg.reply("update", {"update": Update({"w": torch.zeros(250_000)})})
 
     app = NodeApp("dev0", "device", {"train": train, "ping": train})
     t = SimulatedTransport(NodeSet({"dev0": app}, 0), system)
-    request = Message("cloud", "dev0", "train", 1, {"state": torch.zeros(500_000)})
+    request = Message("cloud", "dev0", "train", 1, {"model": Update({"w": torch.zeros(500_000)})})
     t.send([request])
-    reply = Message("dev0", "cloud", "update", 1, {"update": torch.zeros(250_000)})
+    reply = Message("dev0", "cloud", "update", 1, {"update": Update({"w": torch.zeros(250_000)})})
     upload = 8 * reply.nbytes() / rate(100.0, 0.5)
     cloud_up = 0.05 + 8 * reply.nbytes() / 8e6
     cloud_down = 0.05 + 8 * request.nbytes() / 8e6
@@ -197,7 +197,9 @@ def gossip_apps(flops: float = 1e9, slower: dict[str, float] | None = None) -> d
         ctx.add_work(Work(1, (slower or {}).get(ctx.node_id, flops)))
         peers = ctx.downstream.nodes("device")
         out = [
-            Message(ctx.node_id, p, "gossip", msg.round, {"state": torch.zeros(1000)})
+            Message(
+                ctx.node_id, p, "gossip", msg.round, {"model": Update({"w": torch.zeros(1000)})}
+            )
             for p in peers
         ]
         ctx.downstream.send(out)
@@ -235,12 +237,12 @@ def test_sync_trigger_is_free_and_the_peer_traffic_is_charged_direct(monkeypatch
     monkeypatch.setattr(system, "tier", lambda n: seen.append((n,)) or tier(n))
     apps = gossip_apps()
     t = SimulatedTransport(NodeSet({"dev0": apps["dev0"], "dev1": apps["dev1"]}, 0), system, SYNC)
-    trigger = Message(SYNC, "dev0", "round", 1, {"state": torch.zeros(100_000)})
+    trigger = Message(SYNC, "dev0", "round", 1, {"model": Update({"w": torch.zeros(100_000)})})
     [reply] = t.send([trigger])
     assert reply.kind == "done" and reply.src == "dev0"
     assert not [c for c in seen if SYNC in c]
     assert ("dev0", "dev1") in seen and ("dev1", "dev0") in seen
-    gossip = Message("dev0", "dev1", "gossip", 1, {"state": torch.zeros(1000)})
+    gossip = Message("dev0", "dev1", "gossip", 1, {"model": Update({"w": torch.zeros(1000)})})
     ack = Message("dev1", "dev0", "ack", 1)
     stats = t.stats()
     assert stats["bytes_peer_device_device"] == gossip.nbytes() + ack.nbytes()
@@ -263,7 +265,7 @@ def test_sync_round_is_a_barrier_with_deadlines_and_availability():
     replies = t.send([Message(SYNC, d, "round", 1) for d in ("dev0", "dev1", "dev2")])
     assert [r.src for r in replies] == ["dev1", "dev2", "dev0"]
     # the barrier: the slowest device (3 s of training, then one gossip exchange) ends the round
-    gossip = Message("dev0", "dev1", "gossip", 1, {"state": torch.zeros(1000)})
+    gossip = Message("dev0", "dev1", "gossip", 1, {"model": Update({"w": torch.zeros(1000)})})
     exchange_s = d2d_time(gossip.nbytes(), 100.0) + d2d_time(gossip.reply("ack").nbytes(), 100.0)
     assert t.now() == pytest.approx(10.0 + 3.0 + exchange_s, rel=1e-9)
     late = SimulatedTransport(NodeSet(apps, 0), system, SYNC)
@@ -278,7 +280,7 @@ def test_relayed_peer_traffic_is_charged_on_the_edge_tiers():
     system = peer_system(d2d=None)
     t = SimulatedTransport(NodeSet(gossip_apps(flops=0.0), 0), system, SYNC)
     t.send([Message(SYNC, "dev0", "round", 1)])
-    gossip = Message("dev0", "dev1", "gossip", 1, {"state": torch.zeros(1000)})
+    gossip = Message("dev0", "dev1", "gossip", 1, {"model": Update({"w": torch.zeros(1000)})})
     ack = Message("dev1", "dev0", "ack", 1)
     stats = t.stats()
     assert "bytes_peer_device_device" not in stats

@@ -10,13 +10,20 @@ from fedge.core.errors import ConfigError
 
 
 def check_params(
-    owner: str, fn: Callable[..., Any], params: Mapping[str, object], skip: int
+    owner: str,
+    fn: Callable[..., Any],
+    params: Mapping[str, object],
+    skip: int,
+    inputs: tuple[str, ...] = (),
 ) -> None:
     """Raise ConfigError for a parameter ``fn`` does not take or a required one that is missing.
 
-    The first ``skip`` parameters of ``fn`` are positional inputs, not user parameters.
+    The first ``skip`` parameters of ``fn``, and those named in ``inputs`` (e.g. the
+    reference model an aggregator is given), are inputs, not user parameters.
     """
-    sig = list(inspect.signature(fn).parameters.values())[skip:]
+    sig = [
+        p for p in list(inspect.signature(fn).parameters.values())[skip:] if p.name not in inputs
+    ]
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig):
         return
     named = [p for p in sig if p.kind is not inspect.Parameter.VAR_POSITIONAL]

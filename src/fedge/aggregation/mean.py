@@ -6,6 +6,7 @@ clock, no global random state. Updates of kind "state" give a state, of kind "de
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -96,16 +97,33 @@ def mean(updates: Sequence[Update], rng: np.random.Generator) -> ModelState:
     return weighted_mean([u.state for u in updates], [u.weight for u in updates])
 
 
+INPUTS = ("reference",)
+"""Keyword inputs an aggregator may declare and the server pipeline fills in."""
+
+
+def check_aggregator(name: str, params: Mapping[str, object]) -> Aggregator:
+    """The aggregator ``name`` after checking ``params`` against it (ConfigError otherwise)."""
+    fn = AGGREGATORS.get(name, field="federation.aggregator")
+    check_params(f"federation.aggregator_params ({name})", fn, params, skip=2, inputs=INPUTS)
+    return fn
+
+
 def aggregate(
-    name: str, updates: Sequence[Update], rng: np.random.Generator, **params: object
+    name: str,
+    updates: Sequence[Update],
+    rng: np.random.Generator,
+    reference: Mapping[str, torch.Tensor] | None = None,
+    **params: object,
 ) -> ModelState:
     """Look up aggregator ``name`` and apply it; unknown names or parameters raise ConfigError.
 
+    ``reference`` (the model the aggregating node sent out) reaches aggregators that take it.
     Updates are combined in a canonical order (by origin, then the node that received them,
     then round), so the result does not depend on the order in which replies arrived: the
     engines deliver the same updates in different orders, and float sums are not associative.
     """
-    fn = AGGREGATORS.get(name, field="aggregator")
-    check_params(name, fn, params, skip=2)
+    fn = check_aggregator(name, params)
     ordered = sorted(updates, key=lambda u: (u.origin, u.via, u.round))
+    if reference is not None and "reference" in inspect.signature(fn).parameters:
+        return fn(ordered, rng, reference=reference, **params)
     return fn(ordered, rng, **params)

@@ -1,6 +1,8 @@
 """Server optimizers from Reddi et al. 2021, "Adaptive Federated Optimization" (Algorithm 2).
 
-The pseudo-gradient is Δ = aggregate − global and ``step`` returns the new global model.
+``step(global, mean_delta)`` takes the pseudo-gradient Δ = aggregate − global (the mean
+delta of the server pipeline; integer buffers carry their new value) and returns the new
+global model.
 As in the paper: no bias correction, second moment started at τ², one β1 for every method.
 Only floating entries are stepped (in float64, cast back); integer buffers come from the
 aggregate. Inputs are never mutated; the optimizer keeps its own moments.
@@ -19,7 +21,7 @@ from fedge.aggregation._params import check_params
 from fedge.aggregation.mean import AggregationError, check_states
 from fedge.core.errors import ConfigError
 from fedge.core.registry import Registry
-from fedge.core.update import ModelState, clone_state, float_keys
+from fedge.core.update import ModelState, float_keys
 
 Moments = dict[str, torch.Tensor]
 
@@ -27,7 +29,7 @@ Moments = dict[str, torch.Tensor]
 class ServerOptimizer(Protocol):
     """Turns (global model, aggregate) into the next global model; checkpointable."""
 
-    def step(self, global_state: ModelState, aggregate: ModelState) -> ModelState: ...
+    def step(self, global_state: ModelState, mean_delta: ModelState) -> ModelState: ...
 
     def state_dict(self) -> dict[str, object]: ...
 
@@ -59,10 +61,17 @@ def pseudo_gradient(global_state: ModelState, aggregate: ModelState) -> Moments:
     }
 
 
-def _apply(global_state: ModelState, aggregate: ModelState, step: Moments) -> ModelState:
-    """global + step for stepped entries (cast to the global dtype); the rest from aggregate."""
+def _grad(global_state: ModelState, mean_delta: ModelState) -> Moments:
+    """The floating entries of the mean delta in float64, checked against the model."""
+    check_states([global_state, mean_delta])
+    return {k: mean_delta[k].detach().to(torch.float64) for k in float_keys(mean_delta)}
+
+
+def _apply(global_state: ModelState, mean_delta: ModelState, step: Moments) -> ModelState:
+    """global + step for stepped entries (cast to the global dtype); the rest (integer
+    buffers) take the delta's new value."""
     out: ModelState = {}
-    for key, agg in aggregate.items():
+    for key, agg in mean_delta.items():
         if key in step:
             base = global_state[key].detach()
             out[key] = (base.to(torch.float64) + step[key]).to(base.dtype)
@@ -95,11 +104,11 @@ def _copy(moments: Moments) -> Moments:
 
 
 class NoServerOptimizer:
-    """Plain FedAvg: the aggregate becomes the new global model."""
+    """Plain FedAvg: global + mean delta (the server pipeline skips it and keeps the
+    aggregate as it was computed)."""
 
-    def step(self, global_state: ModelState, aggregate: ModelState) -> ModelState:
-        check_states([global_state, aggregate])
-        return clone_state(aggregate)
+    def step(self, global_state: ModelState, mean_delta: ModelState) -> ModelState:
+        return _apply(global_state, mean_delta, _grad(global_state, mean_delta))
 
     def state_dict(self) -> dict[str, object]:
         return {}
@@ -118,10 +127,10 @@ class FedAvgM:
         self.momentum = float(momentum)
         self._v: Moments = {}
 
-    def step(self, global_state: ModelState, aggregate: ModelState) -> ModelState:
-        grad = pseudo_gradient(global_state, aggregate)
+    def step(self, global_state: ModelState, mean_delta: ModelState) -> ModelState:
+        grad = _grad(global_state, mean_delta)
         self._v = {k: self.momentum * _previous(self._v, k, d, 0.0) + d for k, d in grad.items()}
-        return _apply(global_state, aggregate, {k: self.lr * v for k, v in self._v.items()})
+        return _apply(global_state, mean_delta, {k: self.lr * v for k, v in self._v.items()})
 
     def state_dict(self) -> dict[str, object]:
         return {"v": _copy(self._v)}
@@ -155,8 +164,8 @@ class _Adaptive(ABC):
     def _second(self, v: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
         """The second-moment update that tells the adaptive methods apart."""
 
-    def step(self, global_state: ModelState, aggregate: ModelState) -> ModelState:
-        grad = pseudo_gradient(global_state, aggregate)
+    def step(self, global_state: ModelState, mean_delta: ModelState) -> ModelState:
+        grad = _grad(global_state, mean_delta)
         m = {
             k: self.beta1 * _previous(self._m, k, d, 0.0) + (1 - self.beta1) * d
             for k, d in grad.items()
@@ -164,7 +173,7 @@ class _Adaptive(ABC):
         v = {k: self._second(_previous(self._v, k, d, self.tau**2), d) for k, d in grad.items()}
         self._m, self._v = m, v
         steps = {k: self.lr * m[k] / (v[k].sqrt() + self.tau) for k in grad}
-        return _apply(global_state, aggregate, steps)
+        return _apply(global_state, mean_delta, steps)
 
     def state_dict(self) -> dict[str, object]:
         return {"m": _copy(self._m), "v": _copy(self._v)}

@@ -1,9 +1,12 @@
-"""Coordinators written only against Transport; importing registers them all."""
+"""Coordinators written only against Transport, and the hooks that assemble them;
+importing this package registers every algorithm."""
 
 from fedge.algorithms.apps import LocalTrainer, trainer_app
 from fedge.algorithms.base import (
     ALGORITHMS,
     AlgorithmSpec,
+    Assembly,
+    BuildContext,
     Coordinator,
     History,
     Observer,
@@ -11,20 +14,27 @@ from fedge.algorithms.base import (
 )
 from fedge.algorithms.decentralized import Decentralized, PeerLearner, PeerSettings
 from fedge.algorithms.fedavg import FedAvg
+from fedge.algorithms.federation import FederationSettings
 from fedge.algorithms.hierarchical import EdgeServer, HierarchicalFL
 from fedge.algorithms.multiserver import Exchange, MultiServerFL
+from fedge.algorithms.selection import SELECTORS, SelectionHint, Selector, make_selector
 from fedge.algorithms.split import CloudTail, SplitEdge, SplitSettings
+from fedge.algorithms.split_build import tmoa_cut
 from fedge.algorithms.split_learning import SplitLearning
 
 __all__ = [
     "ALGORITHMS",
+    "SELECTORS",
     "AlgorithmSpec",
+    "Assembly",
+    "BuildContext",
     "CloudTail",
     "Coordinator",
     "Decentralized",
     "EdgeServer",
     "Exchange",
     "FedAvg",
+    "FederationSettings",
     "HierarchicalFL",
     "History",
     "LocalTrainer",
@@ -33,8 +43,12 @@ __all__ = [
     "PeerLearner",
     "PeerSettings",
     "RoundRecord",
+    "SelectionHint",
+    "Selector",
     "SplitEdge",
     "SplitLearning",
     "SplitSettings",
+    "make_selector",
+    "tmoa_cut",
     "trainer_app",
 ]

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from fedge.core.message import Message
-from fedge.core.node import NodeApp, NodeContext
+from fedge.core.node import Handler, NodeApp, NodeContext
 from fedge.core.update import Update, Work
-from fedge.learning import ArrayDataset, TrainConfig, load_state, local_train, state_of
+from fedge.learning import (
+    ArrayDataset,
+    TrainConfig,
+    evaluate,
+    load_state,
+    local_train,
+    state_of,
+)
+from fedge.learning.profiler import TRAIN_FACTOR
 
 
 @dataclass
@@ -28,7 +36,7 @@ class LocalTrainer:
     flops_per_sample: float
 
     def train(self, message: Message, ctx: NodeContext) -> Message:
-        start = message.payload["state"]
+        start = message.payload["model"].state
         load_state(self.model, start)
         overrides = message.payload.get("train", {})
         cfg = _override(self.config, overrides)
@@ -47,20 +55,35 @@ class LocalTrainer:
         )
         return message.reply("update", {"update": update})
 
+    def loss(self, message: Message, ctx: NodeContext) -> Message:
+        """This device's mean loss on all its data under the received model (what
+        power-of-choice selection ranks devices by); changes nothing on the device.
+
+        Interpretation: an evaluation is a forward pass per example, so its FLOPs are the
+        training FLOPs per example divided by the profiler's ``TRAIN_FACTOR`` (3).
+        """
+        load_state(self.model, message.payload["model"].state)
+        n = len(self.data)
+        loss = evaluate(self.model, self.data).loss if n else 0.0
+        ctx.add_work(Work(n, n * self.flops_per_sample / TRAIN_FACTOR))
+        return message.reply("loss", {"loss": loss, "examples": float(n)})
+
 
 def _override(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """Apply per-message training settings; ``local_rounds`` multiplies epochs (or steps)."""
     changes = dict(overrides)
     rounds = int(changes.pop("local_rounds", 1))
-    cfg = replace(cfg, **changes) if changes else cfg
+    cfg = cfg.model_copy(update=changes) if changes else cfg
     if rounds == 1:
         return cfg
     if cfg.steps > 0:
-        return replace(cfg, steps=cfg.steps * rounds)
-    return replace(cfg, epochs=cfg.epochs * rounds)
+        return cfg.model_copy(update={"steps": cfg.steps * rounds})
+    return cfg.model_copy(update={"epochs": cfg.epochs * rounds})
 
 
 def trainer_app(node_id: str, trainer: LocalTrainer, tier: str = "device") -> NodeApp:
-    """A device app answering ``train`` with an ``update``; ``train`` is portable (a pure
-    function of the message and the device's data), so the Ray engine may run it remotely."""
-    return NodeApp(node_id, tier, {"train": trainer.train}, portable=frozenset({"train"}))
+    """A device app answering ``train`` with an ``update`` and ``loss`` with its local loss;
+    both are portable (pure functions of the message and the device's data), so the Ray
+    engine may run them remotely."""
+    handlers: dict[str, Handler] = {"train": trainer.train, "loss": trainer.loss}
+    return NodeApp(node_id, tier, handlers, portable=frozenset(handlers))

@@ -8,11 +8,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from torch import nn
 
 from fedge.core.errors import ConfigError
+from fedge.core.node import NodeApp
 from fedge.core.registry import Registry
-from fedge.core.transport import Transport
+from fedge.core.settings import Section
+from fedge.core.transport import SYNC, Transport
 from fedge.core.update import ModelState, Update
+from fedge.learning import ArrayDataset, ModelProfile, TrainConfig, evaluate, load_state
+from fedge.system.model import SystemModel
 
 
 @dataclass(frozen=True)
@@ -91,20 +96,104 @@ class RoundLoop(ABC):
         return history
 
 
+EVAL_BATCH = 256  # faster than larger batches on CPU for the reference CNNs
+Evaluator = Callable[[ModelState], Mapping[str, float]]
+
+
+@dataclass
+class BuildContext:
+    """What ``build`` hands an algorithm's assembly hook: the built world, nothing named.
+
+    ``train`` is the training set after the edges' validation splits were held out;
+    ``parts[i]`` indexes device i's samples in it (``local_tests[i]`` its own test split,
+    empty unless the algorithm is personalized); ``validation[e]`` is edge e's split.
+    """
+
+    config: Any
+    """The whole experiment config (sections by attribute), for settings shared by
+    several algorithms (e.g. ``federation.deadline_s`` for split training)."""
+    settings: Any
+    """This algorithm's own settings section, with the variant's defaults applied."""
+    training: TrainConfig
+    system: SystemModel
+    train: ArrayDataset
+    test: ArrayDataset
+    parts: list[np.ndarray]
+    local_tests: list[np.ndarray]
+    validation: list[ArrayDataset]
+    model: nn.Module
+    profile: ModelProfile
+    seed: int
+
+    def evaluator(self, data: ArrayDataset | None = None) -> Evaluator:
+        """Evaluates a state with the shared model on ``data`` (default: the test set)."""
+        target = self.test if data is None else data
+        model = self.model
+
+        def run(state: ModelState) -> dict[str, float]:
+            load_state(model, state)
+            return evaluate(model, target, batch_size=EVAL_BATCH).as_dict()
+
+        return run
+
+    def device_data(self) -> list[ArrayDataset]:
+        """Each device's training samples, in the order of ``system.ids("device")``."""
+        return [self.train.subset(idx) for idx in self.parts]
+
+
+@dataclass(frozen=True)
+class Assembly:
+    """What an algorithm builds: the apps of its nodes, its coordinator, and the node the
+    coordinator drives from (``cloud``, or ``SYNC_NODE`` for decentralized protocols)."""
+
+    apps: dict[str, NodeApp]
+    coordinator: Coordinator
+    driver: str = "cloud"
+
+
+Check = Callable[[Any], None]
+"""(whole config) -> None, raising ConfigError."""
+SYNC_NODE = SYNC
+
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
-    """A registered algorithm: how to make its coordinator and which apps its nodes run."""
+    """A registered algorithm: its settings section, the hook that assembles it, and what
+    the rest of the framework must know about it (links, data splits, deployment roles)."""
 
     name: str
     description: str
-    make: Callable[..., Coordinator]
+    assemble: Callable[[BuildContext], Assembly]
+    settings: type[Section]
+    """The pydantic section that is both its TOML schema and its constructor input."""
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    """Values of its section that this variant fixes unless the config sets them."""
     roles: tuple[str, ...] = ()
     """Node roles besides training devices: "edge" (edge servers), "exchange" (edges that
-    exchange models with their neighbours and score them on validation splits)."""
+    exchange models with their neighbours), "peer" (decentralized devices), "split"."""
+    links: tuple[str, ...] = ()
+    """Links (sender tier - receiver tier) on which its models travel as updates: where a
+    client-side transform (``[[compression]]``) can apply."""
+    validation: bool = False
+    """Edges hold out a validation split (``data.validation_size``, default 200)."""
+    personalized: bool = False
+    """Devices keep a share of their samples as their own test split."""
+    check: Check | None = None
+    """Checks across sections (run before any work), e.g. FedProx needs proximal_mu > 0."""
+
+    def section(self, config: Any) -> Section:
+        """The algorithm's section from ``config`` with the variant's defaults applied
+        (a value the config sets explicitly wins)."""
+        current: Section = getattr(config, self.settings.section)
+        fixed = {k: v for k, v in self.defaults.items() if k not in current.model_fields_set}
+        if not fixed:
+            return current
+        return self.settings.model_validate({**current.model_dump(by_alias=True), **fixed})
 
 
-ALGORITHMS: Registry[AlgorithmSpec] = Registry("algorithm")
+ALGORITHMS: Registry[AlgorithmSpec] = Registry(
+    "algorithm", lambda obj: isinstance(obj, AlgorithmSpec), "an AlgorithmSpec"
+)
 
 
 def register_algorithm(spec: AlgorithmSpec) -> AlgorithmSpec:

@@ -36,10 +36,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from fedge.aggregation.mean import weighted_mean
@@ -48,13 +49,24 @@ from fedge.aggregation.neighbours import (
     euclidean_neighbours,
     random_neighbours,
 )
-from fedge.algorithms.base import AlgorithmSpec, RoundLoop, RoundRecord, register_algorithm
+from fedge.algorithms.base import (
+    SYNC_NODE,
+    AlgorithmSpec,
+    Assembly,
+    BuildContext,
+    RoundLoop,
+    RoundRecord,
+    register_algorithm,
+)
 from fedge.algorithms.hierarchical import edge_eval_summary
+from fedge.core.codec import encoded
 from fedge.core.errors import ConfigError
 from fedge.core.message import Message
 from fedge.core.node import NodeApp, NodeContext
+from fedge.core.settings import Section
+from fedge.core.sparse import decode_mask, encode_sparse
 from fedge.core.transport import Transport
-from fedge.core.update import ModelState, Work, clone_state, delta
+from fedge.core.update import ModelState, Update, Work, clone_state, delta
 from fedge.learning import ArrayDataset, TrainConfig, load_state, local_train, state_of
 from fedge.learning.pruning import (
     Mask,
@@ -66,7 +78,6 @@ from fedge.learning.pruning import (
     mask_density,
     mask_overlap,
 )
-from fedge.learning.sparse import decode_sparse, decode_with_mask, encode_sparse
 from fedge.learning.training import StepHook
 
 SELECTIONS = ("cosine", "euclidean", "random", "all")
@@ -96,43 +107,19 @@ METHODS: dict[str, PeerMethod] = {
 }
 
 
-@dataclass(frozen=True)
-class PeerSettings:
-    """The knobs of SPEC §3E; defaults as there (δ = 0.2) or documented above."""
+class PeerSettings(Section):
+    """``[decentralized]``: the knobs of SPEC §3E; defaults as there (δ = 0.2) or below."""
 
-    sparsity: float = 0.5
-    """Target fraction of pruned weights per prunable tensor, reached in the last round."""
-    prune_warmup: int = 0
-    """Dense rounds before the sparsity ramp starts."""
-    lam: float = 1.0
-    """λ, the weight of the neighbour regulariser."""
-    delta: float = 0.2
-    """δ, the cosine-similarity threshold of DPMN."""
-    neighbours: int = 3
-    """Neighbours kept by DPCG and DPMN-R (a device keeps fewer when it has fewer peers)."""
-    max_neighbours: int = 0
-    """At most this many DPMN neighbours (0: every peer that passes δ)."""
-    reselect_every: int = 5
-    """Rounds between neighbour selections (the first round always selects)."""
-    mixing: str = "equal"
-    """DFL weights: ``equal`` or ``metropolis``."""
+    section: ClassVar[str] = "decentralized"
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ConfigError("decentralized.sparsity", self.sparsity, "a number in [0, 1)")
-        if not -1.0 <= self.delta <= 1.0:
-            raise ConfigError("decentralized.delta", self.delta, "a number in [-1, 1]")
-        if self.lam < 0:
-            raise ConfigError("decentralized.lambda", self.lam, "a number >= 0")
-        for name in ("prune_warmup", "neighbours", "max_neighbours"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"decentralized.{name}", getattr(self, name), "an integer >= 0")
-        if self.reselect_every < 1:
-            raise ConfigError(
-                "decentralized.reselect_every", self.reselect_every, "an integer >= 1"
-            )
-        if self.mixing not in MIXINGS:
-            raise ConfigError("decentralized.mixing", self.mixing, " | ".join(MIXINGS))
+    sparsity: float = Field(0.5, ge=0, lt=1, description="target pruned share per tensor")
+    prune_warmup: int = Field(0, ge=0, description="dense rounds before pruning starts")
+    lam: float = Field(1.0, ge=0, alias="lambda", description="weight of the regulariser")
+    delta: float = Field(0.2, ge=-1, le=1, description="DPMN cosine-similarity threshold")
+    neighbours: int = Field(3, ge=0, description="neighbours kept by dpcg and dpmn_r")
+    max_neighbours: int = Field(0, ge=0, description="cap on DPMN neighbours; 0: none")
+    reselect_every: int = Field(5, ge=1, description="rounds between neighbour selections")
+    mixing: Literal["equal", "metropolis"] = "equal"
 
 
 @dataclass
@@ -162,7 +149,7 @@ class PeerLearner:
     def train(self, message: Message, ctx: NodeContext) -> Message:
         st = ctx.state
         if "model" not in st:
-            st["model"] = clone_state(message.payload["state"])
+            st["model"] = clone_state(message.payload["model"].state)
             st["mask"] = {}
         before: ModelState = st["model"]
         load_state(self.model, before)
@@ -190,9 +177,10 @@ class PeerLearner:
         reg_flops = 4.0 * n_params * len(neighbours) * result.steps if pull else 0.0
         ctx.add_work(Work(result.samples, result.samples * self.flops_per_sample + reg_flops))
         st["model"], st["mask"], st["update"] = state, mask, update
-        st["published"] = encode_sparse(state, mask)
+        mine = Update({}, origin=ctx.node_id, round=message.round)
+        st["published"] = encoded(mine, "mask", encode_sparse(state, mask))
         if self.method.selection == "cosine":  # only DPMN's peers ask for updates
-            st["published_update"] = encode_sparse(update, mask)
+            st["published_update"] = encoded(mine, "mask", encode_sparse(update, mask), "delta")
         metrics = {
             "train_loss": result.loss,
             "regulariser": pull.value if pull is not None else 0.0,
@@ -203,10 +191,10 @@ class PeerLearner:
     # -- what peers may ask for ----------------------------------------------------------
     def get_model(self, message: Message, ctx: NodeContext) -> Message:
         degree = len(ctx.downstream.nodes("device")) if ctx.downstream is not None else 0
-        return message.reply("model", {"sparse": ctx.state["published"], "degree": degree})
+        return message.reply("model", {"model": ctx.state["published"], "degree": degree})
 
     def get_update(self, message: Message, ctx: NodeContext) -> Message:
-        return message.reply("update", {"sparse": ctx.state["published_update"]})
+        return message.reply("update", {"update": ctx.state["published_update"]})
 
     # -- phase 2 -----------------------------------------------------------------------
     def exchange(self, message: Message, ctx: NodeContext) -> Message:
@@ -253,7 +241,7 @@ class PeerLearner:
             states = {p: x for p, (x, _, _) in models.items()}
             return euclidean_neighbours(own, states, self.settings.neighbours), models
         replies = self._fetch(down, "get_update", peers, r)
-        updates = {p: decode_sparse(m.payload["sparse"], like=own) for p, m in replies.items()}
+        updates = {p: m.payload["update"].state for p, m in replies.items()}
         chosen = cosine_neighbours(ctx.state["update"], updates, self.settings.delta)
         cap = self.settings.max_neighbours
         return (chosen[:cap] if cap else chosen), {}
@@ -271,8 +259,9 @@ class PeerLearner:
         """The peers' published models, decoded once: (state, mask, the peer's degree)."""
         out: dict[str, PeerModel] = {}
         for p, m in self._fetch(down, "get_model", peers, r).items():
-            state, mask = decode_with_mask(m.payload["sparse"], like=own)
-            out[p] = (state, mask, int(m.payload["degree"]))
+            model: Update = m.payload["model"]
+            assert model.encoding is not None, "peers publish their models in the mask codec"
+            out[p] = (model.state, decode_mask(model.encoding.data), int(m.payload["degree"]))
         return out
 
     def _mix(self, own: ModelState, degree: int, got: Mapping[str, PeerModel]) -> ModelState:
@@ -315,7 +304,7 @@ class Decentralized(RoundLoop):
         due = r % self.evaluate_every == 0 or r == rounds
         payload: dict[str, Any] = {"rounds": rounds}
         if r == 1:
-            payload["state"] = initial
+            payload["model"] = Update(initial, origin=transport.node_id, round=r)
         here = transport.node_id
         devices = transport.nodes("device")
         asks = [Message(here, d, "peer_train", r, payload) for d in devices]
@@ -351,7 +340,51 @@ _DESCRIPTIONS = {
     "dpcg": "DPCG: pruned personalized models, k neighbours nearest in Euclidean distance",
     "dpmn_r": "DPMN-R: DPMN with k neighbours drawn at random",
 }
+
+
+def decentralized(method: str) -> Callable[[BuildContext], Assembly]:
+    """The hook of one decentralized method: devices with their own train and test splits,
+    driven from the round barrier."""
+
+    def assemble(ctx: BuildContext) -> Assembly:
+        model = ctx.model
+
+        def evaluate_on(state: ModelState, data: ArrayDataset) -> dict[str, float]:
+            return dict(ctx.evaluator(data)(state))
+
+        tests = [ctx.train.subset(idx) for idx in ctx.local_tests]
+        devices = ctx.system.ids("device")
+        apps = {
+            dev: PeerLearner(
+                METHODS[method],
+                ctx.settings,
+                model,
+                own,
+                own_test,
+                ctx.training,
+                ctx.profile.flops_train,
+                evaluate_on,
+                ctx.test,
+            ).app(dev)
+            for dev, own, own_test in zip(devices, ctx.device_data(), tests, strict=True)
+        }
+        s = ctx.config.federation
+        coordinator = Decentralized(method, s.evaluate_every, s.deadline_s)
+        return Assembly({**apps, "cloud": NodeApp("cloud", "cloud")}, coordinator, SYNC_NODE)
+
+    return assemble
+
+
 for _name, _text in _DESCRIPTIONS.items():
+    _links = () if METHODS[_name].prune else ("device-device",)  # pruned models go as masks
     register_algorithm(
-        AlgorithmSpec(_name, _text, Decentralized, defaults={"method": _name}, roles=("peer",))
+        AlgorithmSpec(
+            _name,
+            _text,
+            decentralized(_name),
+            PeerSettings,
+            roles=("peer",),
+            links=_links,
+            personalized=True,
+        )
     )

@@ -1,9 +1,10 @@
 """FedAvg in the cloud-only setting, and its family: FedProx, FedAvgM, FedAdam, FedYogi.
 
 Every device talks to the cloud (on the simulated engine over its wireless link to the
-nearest edge, then the WAN). Each round the cloud samples ``clients_per_round`` of the
-reachable devices with its seeded rng, sends them the global state, aggregates the
-updates that arrive before the deadline and applies the server optimizer.
+nearest edge, then the WAN). Each round the cloud selects ``clients_per_round`` of the
+reachable devices with its seeded rng (``selection``: uniformly by default, see
+``fedge.algorithms.selection``), sends them the global state, aggregates the updates that
+arrive before the deadline and applies the server optimizer.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from fedge.aggregation import aggregate, make_server_optimizer
+from fedge.aggregation.pipeline import ServerPipeline
 from fedge.algorithms.base import (
-    AlgorithmSpec,
     RoundLoop,
     RoundRecord,
-    register_algorithm,
     weighted_metric,
 )
+from fedge.algorithms.selection import SelectionContext, SelectionHint, make_selector
 from fedge.core.errors import ConfigError
 from fedge.core.message import Message
 from fedge.core.transport import Transport
@@ -41,18 +41,37 @@ class FedAvg(RoundLoop):
     on_handover: str | None = None
     """What a device that left the asking edge does with its update: relay, redirect, drop."""
     train_overrides: Mapping[str, Any] = field(default_factory=dict)
+    selection: str = "random"
+    """The client selector (``SELECTORS``): random, deadline_aware, power_of_choice."""
+    selection_params: Mapping[str, Any] = field(default_factory=dict)
+    selection_hint: SelectionHint | None = None
+    """The devices' example counts and local training, for selectors that need them
+    (deadline_aware; power_of_choice by data size); set by whoever builds the federation."""
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
             raise ConfigError(
                 "federation.clients_per_round", self.clients_per_round, "an integer >= 1"
             )
-        self._server_opt = make_server_optimizer(self.server_optimizer, **self.server_params)
+        self.pipeline = ServerPipeline(
+            self.aggregator,
+            dict(self.aggregator_params),
+            self.server_optimizer,
+            dict(self.server_params),
+        )
+        self.selector = make_selector(
+            self.selection, dict(self.selection_params), self.clients_per_round, self.deadline_s
+        )
 
-    def select(self, devices: list[str], rng: np.random.Generator) -> list[str]:
-        """Uniform sampling without replacement, in the order drawn."""
+    def select(
+        self, transport: Transport, rng: np.random.Generator, r: int, payload: Mapping[str, Any]
+    ) -> list[str]:
+        """Up to ``clients_per_round`` of the reachable devices, chosen by the selector for the
+        train request ``payload`` of round ``r``, in the order they are asked."""
+        devices = transport.nodes("device")
         k = min(self.clients_per_round, len(devices))
-        return [devices[i] for i in rng.choice(len(devices), size=k, replace=False)]
+        ctx = SelectionContext(transport, r, payload, self.deadline_s, self.selection_hint)
+        return self.selector.select(devices, k, rng, ctx)
 
     def round(
         self,
@@ -63,18 +82,17 @@ class FedAvg(RoundLoop):
         train: Mapping[str, Any] | None = None,
     ) -> tuple[ModelState, dict[str, float], list[Update]]:
         """One round; ``train`` overrides the devices' local training settings."""
-        chosen = self.select(transport.nodes("device"), rng)
-        payload: dict[str, Any] = {"state": state}
+        model = Update(state, origin=transport.node_id, round=r)
+        payload: dict[str, Any] = {"model": model}
         if self.on_handover is not None:
             payload["on_handover"] = self.on_handover
         overrides = {**self.train_overrides, **(train or {})}
         if overrides:
             payload["train"] = overrides
+        chosen = self.select(transport, rng, r, payload)
         msgs = [Message(transport.node_id, d, "train", r, payload) for d in chosen]
         updates = [m.payload["update"] for m in transport.send(msgs, self.deadline_s)]
-        if updates:
-            agg = aggregate(self.aggregator, updates, rng, **self.aggregator_params)
-            state = self._server_opt.step(state, agg)
+        state = self.pipeline.run(state, updates, rng)
         metrics = {
             "selected": float(len(chosen)),
             "participants": float(len(updates)),
@@ -87,14 +105,3 @@ class FedAvg(RoundLoop):
     ) -> RoundRecord:
         state, metrics = self.round(transport, state, rng, r)[:2]
         return RoundRecord(r, state, metrics)
-
-
-def _family(name: str, description: str, **defaults: Any) -> AlgorithmSpec:
-    return register_algorithm(AlgorithmSpec(name, description, FedAvg, defaults))
-
-
-FEDAVG = _family("fedavg", "FedAvg (McMahan et al. 2017), devices talk to the cloud")
-FEDPROX = _family("fedprox", "FedProx: FedAvg with a proximal term mu (training.proximal_mu)")
-FEDAVGM = _family("fedavgm", "FedAvg with server momentum", server_optimizer="fedavgm")
-FEDADAM = _family("fedadam", "FedAvg with the Adam server optimizer", server_optimizer="fedadam")
-FEDYOGI = _family("fedyogi", "FedAvg with the Yogi server optimizer", server_optimizer="fedyogi")

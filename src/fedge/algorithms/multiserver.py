@@ -16,18 +16,18 @@ validation split of an edge is described in ``fedge.experiment.build``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from fedge.aggregation import Candidate, Score, interserver
-from fedge.algorithms.base import AlgorithmSpec, RoundRecord, register_algorithm
+from fedge.algorithms.base import RoundRecord
 from fedge.algorithms.hierarchical import Evaluator, HierarchicalFL, edge_eval_summary
 from fedge.core.message import Message
 from fedge.core.node import NodeContext
 from fedge.core.transport import Transport
-from fedge.core.update import ModelState, Work
+from fedge.core.update import ModelState, Update, Work, as_state
 from fedge.transforms.attacks import poison_state
 
 
@@ -50,7 +50,9 @@ class Exchange:
         state = ctx.state["published"]
         if self.poison is not None:
             state = poison_state(state, self.poison[0], self.poison[1], ctx.rng)
-        return message.reply("model", {"state": state, "weight": ctx.state.get("weight", 0.0)})
+        weight = float(ctx.state.get("weight", 0.0))
+        model = Update(state, weight, origin=ctx.node_id, round=message.round)
+        return message.reply("model", {"model": model})
 
     def exchange(self, message: Message, ctx: NodeContext) -> Message:
         downstream = ctx.downstream
@@ -66,10 +68,15 @@ class Exchange:
 
         own = _candidate(validate, ctx.state["model"], ctx.state.get("weight", 0.0), ctx.node_id)
         others = [
-            _candidate(validate, r.payload["state"], r.payload["weight"], r.src) for r in replies
+            _candidate(validate, as_state(m, own.state), m.weight, r.src)
+            for r in replies
+            for m in [r.payload["model"]]
         ]
         arrived = ctx.state.pop("inbox", [])
-        others += [_candidate(validate, u.state, u.weight, f"{u.origin}@{u.via}") for u in arrived]
+        others += [
+            _candidate(validate, as_state(u, own.state), u.weight, f"{u.origin}@{u.via}")
+            for u in arrived
+        ]
         result = interserver(self.rule, own, others, validate, **self.params)
         ctx.add_work(Work(0, passes[0] * self.validation_flops))
         ctx.state["model"] = result.state
@@ -98,8 +105,6 @@ class MultiServerFL(HierarchicalFL):
 
     exchange: bool = True
     evaluate_every: int = 1
-    interserver: str = "spaa"
-    interserver_params: Mapping[str, Any] = field(default_factory=dict)
 
     def step(
         self,
@@ -113,7 +118,7 @@ class MultiServerFL(HierarchicalFL):
         due = r % self.evaluate_every == 0 or r == rounds
         payload: dict[str, Any] = {"return_model": False, "evaluate": due and not self.exchange}
         if r == 1:
-            payload["state"] = initial
+            payload["model"] = Update(initial, origin=transport.node_id, round=r)
         trained = transport.send(self.request(transport, r, payload), self.deadline_s)
         replies = trained
         metrics: dict[str, float] = {}
@@ -131,23 +136,5 @@ class MultiServerFL(HierarchicalFL):
         metrics["edges"] = float(len(trained))
         return RoundRecord(r, initial, metrics, evaluated=due)
 
-
-register_algorithm(
-    AlgorithmSpec(
-        "msfl",
-        "Multi-server FL among RSUs: each mixes its neighbours' models with WA/BA/SA/DWAA/SPAA",
-        MultiServerFL,
-        roles=("edge", "exchange"),
-    )
-)
-register_algorithm(
-    AlgorithmSpec(
-        "single_server",
-        "Isolated FL at each edge: no exchange with peers or the cloud",
-        MultiServerFL,
-        defaults={"exchange": False},
-        roles=("edge",),
-    )
-)
 
 __all__ = ["Exchange", "MultiServerFL", "Score"]

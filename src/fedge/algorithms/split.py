@@ -32,19 +32,20 @@ sampled at the exchange times of the WAN clock.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from fedge.algorithms.dormancy import DormancySwitch
-from fedge.core.errors import ConfigError
 from fedge.core.message import Message
 from fedge.core.node import NodeApp, NodeContext
+from fedge.core.settings import Section
 from fedge.core.transport import Transport
-from fedge.core.update import Work
+from fedge.core.update import Update, Work
 from fedge.learning import ArrayDataset, TrainConfig
 from fedge.learning.split import SplitModel
 from fedge.learning.training import make_optimizer, minibatches
@@ -52,29 +53,24 @@ from fedge.learning.training import make_optimizer, minibatches
 CLOUD = "cloud"
 
 
-@dataclass(frozen=True)
-class SplitSettings:
-    """The ``[split]`` knobs; see the module docstring."""
+class SplitSettings(Section):
+    """``[split]``: split / collaborative training; see the module docstring."""
 
-    cut: int = 2
-    a: float = 0.3
-    b: float = 0.7
-    t0_ms: float = 0.0
-    """T0 in milliseconds; 0 disables cloud dormancy."""
-    hysteresis: float = 0.2
-    probe_every: int = 10
-    master: str = "all"
+    section: ClassVar[str] = "split"
 
-    def __post_init__(self) -> None:
-        for name in ("a", "b", "t0_ms"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"split.{name}", getattr(self, name), "a number >= 0")
-        if self.b == 0:
-            raise ConfigError("split.b", self.b, "a number > 0 (the cloud loss weight)")
-        if not 0.0 <= self.hysteresis < 1.0:
-            raise ConfigError("split.hysteresis", self.hysteresis, "a number in [0, 1)")
-        if self.probe_every < 1:
-            raise ConfigError("split.probe_every", self.probe_every, "an integer >= 1")
+    cut: int | Literal["tmoa"] = Field(
+        2, description="blocks on the edge (0: cloud-only); 'tmoa': chosen by TMOA"
+    )
+    a: float = Field(0.3, ge=0, description="weight of the edge (early-exit) loss F_e")
+    b: float = Field(0.7, gt=0, description="weight of the cloud loss F_c")
+    t0_ms: float = Field(0.0, ge=0, description="dormancy threshold T0 on T_rd; 0: never")
+    hysteresis: float = Field(0.2, ge=0, lt=1, description="dormancy band h around T0")
+    probe_every: int = Field(10, ge=1, description="dormant batches between cloud probes")
+    master: str = Field("all", description="edge that may go dormant, or 'all'")
+    exit_pool: int = Field(4, ge=1, description="early-exit head pools C×H×W maps to this size")
+    exit_threshold: float = Field(
+        0.5, ge=0, description="entropy (nats) below which the edge answers; summary figures"
+    )
 
 
 @dataclass
@@ -168,7 +164,7 @@ class SplitEdge:
         down = ctx.downstream
         assert down is not None, "a split edge needs a transport to reach the cloud"
         data = self.data.get(ctx.node_id)
-        self.parts.load_edge_state(message.payload["state"])
+        self.parts.load_edge_state(message.payload["model"].state)
         if data is None or len(data) == 0:
             return message.reply("split_update", {"tasks": 0.0, "metrics": {}})
         for m in self.parts.edge_modules():
@@ -183,7 +179,9 @@ class SplitEdge:
             batches.append(self._batch(data.x[idx], data.y[idx], switch, down, message, batches))
             opt.step()
         ctx.add_work(self._work(batches))
-        return message.reply("split_update", self._result(batches, switch, before))
+        out = self._result(batches, switch, before)
+        out["update"] = replace(out["update"], origin=ctx.node_id, round=message.round)
+        return message.reply("split_update", out)
 
     def _batch(
         self,
@@ -224,7 +222,7 @@ class SplitEdge:
         cloud_losses = [b.loss for b in batches if b.cloud]
         local_losses = [b.loss for b in batches if not b.cloud]
         return {
-            "state": self.parts.edge_state(),
+            "update": Update(self.parts.edge_state()),
             "tasks": float(sum(b.n for b in batches)),
             "metrics": {
                 "train_loss": _mean(cloud_losses),

@@ -27,12 +27,12 @@ import numpy as np
 from torch import nn
 
 from fedge.aggregation.mean import weighted_mean
-from fedge.algorithms.base import AlgorithmSpec, RoundLoop, RoundRecord, register_algorithm
+from fedge.algorithms.base import RoundLoop, RoundRecord
 from fedge.algorithms.dormancy import throughput_weights
 from fedge.core.errors import ConfigError
 from fedge.core.message import Message
 from fedge.core.transport import Transport
-from fedge.core.update import ModelState
+from fedge.core.update import ModelState, Update, as_state
 from fedge.learning import load_state, state_of
 from fedge.learning.split import SplitModel
 
@@ -92,7 +92,8 @@ class SplitLearning(RoundLoop):
 
     def _ask(self, transport: Transport, edge: str, r: int) -> Message:
         assert self._edge_state is not None
-        return Message(transport.node_id, edge, "split_train", r, {"state": self._edge_state})
+        model = Update(self._edge_state, origin=transport.node_id, round=r)
+        return Message(transport.node_id, edge, "split_train", r, {"model": model})
 
     def _sequential(
         self, transport: Transport, edges: list[str], r: int
@@ -101,8 +102,9 @@ class SplitLearning(RoundLoop):
         out = []
         for e in edges:
             replies = transport.send([self._ask(transport, e, r)], self.deadline_s)
-            if replies and "state" in replies[0].payload:
-                self._edge_state = replies[0].payload["state"]
+            if replies and "update" in replies[0].payload:
+                assert self._edge_state is not None
+                self._edge_state = as_state(replies[0].payload["update"], self._edge_state)
                 out.append((replies[0], float(replies[0].payload["tasks"])))
         return out
 
@@ -116,13 +118,16 @@ class SplitLearning(RoundLoop):
         elapsed: list[float] = []
         while (reply := transport.next_reply()) is not None:
             late = self.deadline_s is not None and transport.now() - start_s > self.deadline_s
-            if "state" in reply.payload and not late:
+            if "update" in reply.payload and not late:
                 got.append(reply)
                 elapsed.append(transport.now() - start_s)
         if not got:
             return []
         u = throughput_weights([float(m.payload["tasks"]) for m in got], elapsed)
-        self._edge_state = weighted_mean([m.payload["state"] for m in got], u)
+        base = self._edge_state
+        assert base is not None
+        states = [as_state(m.payload["update"], base) for m in got]
+        self._edge_state = weighted_mean(states, u)
         return list(zip(got, u, strict=True))
 
 
@@ -136,20 +141,3 @@ def _counters(replies: list[Message]) -> dict[str, Any]:
     losses = [v for v in losses if v == v]
     metrics["train_loss"] = float(np.mean(losses)) if losses else float("nan")
     return metrics
-
-
-_VARIANTS = {
-    "split": ("Vanilla split learning: edges take turns, the cloud runs the tail", False, False),
-    "splitfed": ("SplitFed: edges in parallel, edge parts averaged with U_i weights", True, False),
-    "ushaped": ("U-shaped SplitFed: labels and the last block stay on the edge", True, True),
-}
-for _name, (_text, _parallel, _ushaped) in _VARIANTS.items():
-    register_algorithm(
-        AlgorithmSpec(
-            _name,
-            _text,
-            SplitLearning,
-            defaults={"parallel": _parallel, "ushaped": _ushaped},
-            roles=("split",),
-        )
-    )

@@ -4,6 +4,10 @@ The wire form is ``b"FEDG" | version:u8 | header_len:u32 | header JSON | tensor 
 The header holds the envelope and the payload tree with every tensor replaced by a
 reference (dtype, shape, index); the tensors' raw bytes follow in index order. ``nbytes()``
 is exactly ``len(encode())`` without building the tensor part.
+
+An ``Update`` travels in its encoding (``fedge.core.codec``): the codec's wire tree replaces
+the dense state, and the receiver decodes it back; an update without an encoding travels
+dense.
 """
 
 from __future__ import annotations
@@ -11,14 +15,17 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from fedge.core import codecs as _codecs  # noqa: F401  (registers the codecs)
+from fedge.core import sparse as _sparse  # noqa: F401  (registers the "mask" codec)
+from fedge.core.codec import CODECS
 from fedge.core.errors import FedgeError
-from fedge.core.update import Update, Work
+from fedge.core.update import Encoding, Update, Work
 
 MAGIC = b"FEDG"
 VERSION = 1
@@ -68,6 +75,21 @@ class Message:
     def nbytes(self) -> int:
         header, tensors = self._header()
         return _PREFIX.size + len(header) + sum(t.numel() * t.element_size() for t in tensors)
+
+    def dense_nbytes(self) -> int:
+        """What ``nbytes()`` would be if every update in the payload travelled dense (the
+        size before compression)."""
+        if not any(isinstance(v, Update) and v.encoding for v in self.payload.values()):
+            return self.nbytes()
+        payload = {
+            k: replace(v, encoding=None) if isinstance(v, Update) else v
+            for k, v in self.payload.items()
+        }
+        return Message(self.src, self.dst, self.kind, self.round, payload).nbytes()
+
+    def carries_model(self) -> bool:
+        """True when the payload holds a model or model update (a model transfer)."""
+        return any(isinstance(v, Update) for v in self.payload.values())
 
     def encode(self) -> bytes:
         header, tensors = self._header()
@@ -119,8 +141,7 @@ def _encode_tree(obj: Any, tensors: list[torch.Tensor]) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, Update):
-        fields = {
-            "state": obj.state,
+        fields: dict[str, Any] = {
             "weight": obj.weight,
             "kind": obj.kind,
             "metrics": dict(obj.metrics),
@@ -130,6 +151,11 @@ def _encode_tree(obj: Any, tensors: list[torch.Tensor]) -> Any:
             "via": obj.via,
             "round": obj.round,
         }
+        if obj.encoding is None:
+            fields["state"] = obj.state
+        else:
+            fields["codec"] = obj.encoding.codec
+            fields["data"] = obj.encoding.data
         return {"__update__": _encode_tree(fields, tensors)}
     if isinstance(obj, Mapping):
         return {"__map__": [[str(k), _encode_tree(v, tensors)] for k, v in obj.items()]}
@@ -191,8 +217,10 @@ def _decode_tree(tree: Any, tensors: list[torch.Tensor]) -> Any:
         return {str(k): _decode_tree(v, tensors) for k, v in tree["__map__"]}
     if "__update__" in tree:
         f = _decode_tree(tree["__update__"], tensors)
+        encoding = Encoding(str(f["codec"]), f["data"]) if "codec" in f else None
         return Update(
-            state=f["state"],
+            state=f["state"] if encoding is None else _decode_state(encoding),
+            encoding=encoding,
             weight=float(f["weight"]),
             kind=f["kind"],
             metrics=f["metrics"],
@@ -202,3 +230,13 @@ def _decode_tree(tree: Any, tensors: list[torch.Tensor]) -> Any:
             round=int(f["round"]),
         )
     raise MessageError(f"unknown payload node {sorted(tree)!r}")
+
+
+def _decode_state(encoding: Encoding) -> dict[str, torch.Tensor]:
+    if encoding.codec not in CODECS:
+        known = ", ".join(CODECS.names())
+        raise MessageError(f"update in unknown codec {encoding.codec!r} (known: {known})")
+    try:
+        return CODECS.get(encoding.codec).decode(encoding.data)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise MessageError(f"malformed {encoding.codec!r} update: {exc}") from exc

@@ -20,6 +20,8 @@ from fedge.core.transport import Transport
 from fedge.core.update import Work
 
 Handler = Callable[[Message, "NodeContext"], Message]
+Middleware = Callable[[Message, Message, "NodeContext"], Message]
+"""(request, reply, context) -> the reply as it leaves the node (e.g. compressed updates)."""
 
 
 def derive_seed(*parts: object) -> int:
@@ -38,6 +40,8 @@ class NodeContext:
     rng: np.random.Generator
     downstream: Transport | None = None
     work: Work = field(default_factory=Work)
+    seed: int = 0
+    """The node set's seed: middleware derives its own random streams from it."""
 
     def add_work(self, work: Work) -> None:
         self.work = self.work + work
@@ -56,6 +60,10 @@ class NodeApp:
     ``portable`` names the kinds whose reply and work depend only on the message and the app
     as built from the config (no downstream transport, no state kept between deliveries):
     an engine may run those on another process or machine (e.g. a Ray worker).
+
+    ``middleware`` runs, in order, on every reply before it leaves the node (``finish``);
+    it may keep state in the node's ``state``, so an engine that runs a portable handler
+    elsewhere calls ``respond`` there and ``finish`` where the node's state lives.
     """
 
     def __init__(
@@ -70,12 +78,27 @@ class NodeApp:
         self.handlers: dict[str, Handler] = dict(handlers or {})
         self.state: dict[str, Any] = {}
         self.portable = portable
+        self.middleware: list[Middleware] = []
 
     def on(self, kind: str, handler: Handler) -> NodeApp:
         self.handlers[kind] = handler
         return self
 
+    def use(self, middleware: Middleware) -> NodeApp:
+        self.middleware.append(middleware)
+        return self
+
     def handle(self, message: Message, ctx: NodeContext) -> Message:
+        """The handler's reply, passed through the middleware."""
+        return self.finish(message, self.respond(message, ctx), ctx)
+
+    def finish(self, message: Message, reply: Message, ctx: NodeContext) -> Message:
+        for middleware in self.middleware:
+            reply = middleware(message, reply, ctx)
+        return reply
+
+    def respond(self, message: Message, ctx: NodeContext) -> Message:
+        """The handler's reply alone (no middleware)."""
         handler = self.handlers.get(message.kind)
         if handler is None:
             known = ", ".join(sorted(self.handlers)) or "none"
@@ -89,4 +112,4 @@ class NodeApp:
         rng = np.random.default_rng(
             derive_seed(rng_seed, self.node_id, message.round, message.kind)
         )
-        return NodeContext(self.node_id, self.tier, self.state, rng, downstream)
+        return NodeContext(self.node_id, self.tier, self.state, rng, downstream, seed=rng_seed)

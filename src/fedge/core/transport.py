@@ -14,6 +14,9 @@ from typing import Protocol, runtime_checkable
 from fedge.core.message import Message
 
 TIERS = ("cloud", "edge", "device")
+SYNC = "sync"
+"""The virtual node that drives decentralized protocols: the synchronous round barrier
+(the simulated transport charges nothing for its messages)."""
 
 
 @runtime_checkable
@@ -48,4 +51,15 @@ class Transport(Protocol):
 
     def stats(self) -> Mapping[str, float]:
         """Cumulative accounting: bytes per tier and direction, energy, time."""
+        ...
+
+    def estimate_round_trip_s(
+        self, dst: str, nbytes_down: int, flops: float, nbytes_up: int, round: int
+    ) -> float | None:
+        """Modelled seconds, from now, for ``nbytes_down`` to reach ``dst``, ``flops`` of work
+        there in round ``round`` and ``nbytes_up`` to come back; charges nothing.
+
+        For planning (deadline-aware selection): the simulated engine answers from its system
+        model, the in-process one 0.0 (nothing is modelled), a wall-clock engine None (no model).
+        """
         ...

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
 ModelState = dict[str, torch.Tensor]
 UpdateKind = Literal["state", "delta"]
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How an update travels: a codec's name and its wire tree (tensors and plain values).
+
+    The update's ``state`` is always ``decode(data)`` exactly, so a node that receives the
+    object in-process and one that decodes it from bytes see the same numbers.
+    """
+
+    codec: str
+    data: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -43,9 +55,12 @@ class Update:
     origin: str = ""
     via: str = ""
     round: int = 0
+    encoding: Encoding | None = None
+    """The wire form; None is the dense form (every tensor as it is)."""
 
     def with_state(self, state: ModelState, kind: UpdateKind | None = None) -> Update:
-        return replace(self, state=state, kind=kind or self.kind)
+        """The same update with another state (and kind); its encoding no longer applies."""
+        return replace(self, state=state, kind=kind or self.kind, encoding=None)
 
     def nbytes(self) -> int:
         return state_nbytes(self.state)
@@ -95,3 +110,12 @@ def unflatten(
         out[k] = vector[offset : offset + n].reshape(like[k].shape).to(like[k].dtype)
         offset += n
     return out
+
+
+def as_state(update: Update, base: Mapping[str, torch.Tensor]) -> ModelState:
+    """A received update as a model: its state, or ``base`` + its delta.
+
+    A delta was computed from the model its sender received; a receiver that holds another
+    model (an edge taking a vehicle handed over from a neighbour) applies it to its own.
+    """
+    return update.state if update.kind == "state" else apply_delta(base, update.state)

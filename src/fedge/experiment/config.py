@@ -1,7 +1,11 @@
 """Experiment configuration: TOML -> frozen, validated config, with ``--set`` overrides.
 
 Every section forbids unknown keys; every error names the dotted field, the bad value
-and what is allowed, and is raised before any work starts.
+and what is allowed, and is raised before any work starts. The sections of the library's
+parts are declared once, next to the code they configure (``[training]`` in
+``fedge.learning``, ``[federation]``, ``[decentralized]``, ``[split]`` in
+``fedge.algorithms``, ``[grpc]`` in ``fedge.runtime``); the sections here are the
+experiment's own (data, model, system, engines, output).
 """
 
 from __future__ import annotations
@@ -14,12 +18,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedge.algorithms.decentralized import PeerSettings
+from fedge.algorithms.federation import FederationSettings
+from fedge.algorithms.split import SplitSettings
 from fedge.core.errors import ConfigError, FedgeError
+from fedge.core.settings import config_error
+from fedge.learning.training import TrainConfig
+from fedge.runtime.grpc_settings import GrpcSettings
 
 Positive = Field(gt=0)
 
 
 class Section(BaseModel):
+    """A section of the experiment's own (nested paths are named by the whole config)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -46,69 +58,6 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     name: str = "fedavg_cnn"
-
-
-class TrainingConfig(Section):
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    epochs: int = Field(1, ge=1)
-    steps: int = Field(0, ge=0)
-    batch_size: int = Field(32, ge=1)
-    proximal_mu: float = Field(0.0, ge=0)
-
-
-class FederationConfig(Section):
-    clients_per_round: int = Field(10, ge=1)
-    clients_per_edge: int = Field(0, ge=0, description="devices an edge samples; 0: all")
-    kappa1: int = Field(1, ge=1, description="local rounds between edge aggregations")
-    kappa2: int = Field(1, ge=1, description="edge rounds between cloud aggregations")
-    aggregator: str = "mean"
-    aggregator_params: dict[str, float | int | str] = Field(default_factory=dict)
-    server_optimizer: str | None = None
-    server_params: dict[str, float] = Field(default_factory=dict)
-    deadline_s: float | None = Field(None, gt=0)
-    evaluate_every: int = Field(1, ge=1)
-    interserver: str = "spaa"
-    handover: bool = Field(True, description="edges keep updates of vehicles that moved in")
-    malicious_edges: list[str] = Field(default_factory=list)
-    malicious_mode: Literal["random", "scaled"] = "random"
-    malicious_scale: float = 10.0
-    interserver_params: dict[str, float | int | str] = Field(default_factory=dict)
-
-
-class DecentralizedConfig(Section):
-    """Settings of the decentralized algorithms (dfl, dpmn, dpmp, dpcg, dpmn_r)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    sparsity: float = Field(0.5, ge=0, lt=1, description="target pruned share per tensor")
-    prune_warmup: int = Field(0, ge=0, description="dense rounds before pruning starts")
-    lam: float = Field(1.0, ge=0, alias="lambda", description="weight of the regulariser")
-    delta: float = Field(0.2, ge=-1, le=1, description="DPMN cosine-similarity threshold")
-    neighbours: int = Field(3, ge=0, description="neighbours kept by dpcg and dpmn_r")
-    max_neighbours: int = Field(0, ge=0, description="cap on DPMN neighbours; 0: none")
-    reselect_every: int = Field(5, ge=1, description="rounds between neighbour selections")
-    mixing: Literal["equal", "metropolis"] = "equal"
-
-
-class SplitConfig(Section):
-    """Split / collaborative training (split, splitfed, ushaped); see fedge.algorithms.split."""
-
-    cut: int | Literal["tmoa"] = Field(
-        2, description="blocks on the edge (0: cloud-only); 'tmoa': chosen by TMOA"
-    )
-    a: float = Field(0.3, ge=0, description="weight of the edge (early-exit) loss F_e")
-    b: float = Field(0.7, gt=0, description="weight of the cloud loss F_c")
-    t0_ms: float = Field(0.0, ge=0, description="dormancy threshold T0 on T_rd; 0: never")
-    hysteresis: float = Field(0.2, ge=0, lt=1, description="dormancy band h around T0")
-    probe_every: int = Field(10, ge=1, description="dormant batches between cloud probes")
-    master: str = Field("all", description="edge that may go dormant, or 'all'")
-    exit_pool: int = Field(4, ge=1, description="early-exit head pools C×H×W maps to this size")
-    exit_threshold: float = Field(
-        0.5, ge=0, description="entropy (nats) below which the edge answers; summary figures"
-    )
 
 
 class WanConfig(Section):
@@ -199,31 +148,17 @@ class RayConfig(Section):
     )
 
 
-class GrpcConfig(Section):
-    """The gRPC deployment: addresses, TLS, message limits, deadlines and retries."""
+class CompressionConfig(BaseModel):
+    """One ``[[compression]]`` table: a compressor on a link; its other keys are the
+    compressor's parameters (checked against it before any work)."""
 
-    host: str = "127.0.0.1"
-    base_port: int = Field(
-        0, ge=0, le=65535, description="first port for deploy-local; 0 picks free ports"
-    )
-    certs: str | None = Field(None, description="directory written by `fedge certs` (TLS)")
-    chunk_bytes: int = Field(1 << 20, ge=1024, description="largest chunk of a model on the wire")
-    max_message_bytes: int = Field(256 << 20, ge=1024, description="largest message accepted")
-    call_timeout_s: float = Field(600.0, gt=0, description="longest wait for any reply")
-    connect_timeout_s: float = Field(60.0, gt=0, description="wait for nodes to attach")
-    retry_initial_s: float = Field(0.2, gt=0, description="first reconnection backoff")
-    retry_max_s: float = Field(5.0, gt=0, description="longest reconnection backoff")
-    heartbeat_s: float = Field(2.0, gt=0, description="keepalive ping interval")
-    failover_s: float = Field(
-        5.0, gt=0, description="a device cut off from its edge this long moves to a neighbour"
-    )
-    reattach_s: float = Field(
-        20.0, ge=0, description="how long a call waits for its node to come back"
-    )
-    dormant_after_s: float = Field(
-        10.0, ge=0, description="an edge cut off from the cloud this long trains alone (0: never)"
-    )
-    checkpoint_dir: str | None = Field(None, description="where nodes write their checkpoints")
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    link: Literal["device-edge", "device-cloud", "edge-cloud", "edge-edge", "device-device"]
+    method: str
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
 class OutputConfig(Section):
@@ -238,20 +173,23 @@ class ExperimentConfig(Section):
     seed: int = Field(0, ge=0)
     rounds: int = Field(10, ge=1)
     algorithm: str = "fedavg"
-    engine: Literal["local", "ray", "grpc"] = "local"
+    engine: str = Field("local", description="local | ray | grpc, or an import path")
     target_accuracy: float | None = Field(None, gt=0, le=1)
     stop_at_target: bool = Field(True, description="stop once target_accuracy is reached")
     threads: int = Field(0, ge=0, description="PyTorch CPU threads; 0 keeps PyTorch's default")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
-    training: TrainingConfig = TrainingConfig()
-    federation: FederationConfig = FederationConfig()
-    decentralized: DecentralizedConfig = DecentralizedConfig()
-    split: SplitConfig = SplitConfig()
+    training: TrainConfig = TrainConfig()
+    federation: FederationSettings = FederationSettings()
+    decentralized: PeerSettings = PeerSettings()
+    split: SplitSettings = SplitSettings()
     system: SystemConfig = SystemConfig()
     ray: RayConfig = RayConfig()
-    grpc: GrpcConfig = GrpcConfig()
+    grpc: GrpcSettings = GrpcSettings()
     output: OutputConfig = OutputConfig()
+    compression: list[CompressionConfig] = Field(
+        default_factory=list, description="compressors per link, applied in order"
+    )
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
@@ -307,26 +245,5 @@ def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
 
 
-def _allowed_keys(loc: Sequence[str | int]) -> list[str]:
-    model: type[BaseModel] = ExperimentConfig
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        ann = field.annotation if field else None
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        model = ann
-    return sorted(f.alias or name for name, f in model.model_fields.items())
-
-
 def _first_error(exc: ValidationError) -> ConfigError:
-    err = exc.errors()[0]
-    loc = [p for p in err["loc"]]
-    field = ".".join(str(p) for p in loc) or "config"
-    if err["type"] == "extra_forbidden":
-        return ConfigError(
-            field, err["input"], "unknown key; known keys here: " + ", ".join(_allowed_keys(loc))
-        )
-    if err["type"] == "missing":
-        return ConfigError(field, None, "a value: this key is required")
-    allowed = err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
-    return ConfigError(field, err.get("input"), allowed)
+    return config_error(exc, ExperimentConfig)

@@ -25,7 +25,9 @@ from typing import Any
 from fedge.core.errors import FedgeError
 from fedge.core.files import atomic_write_bytes
 from fedge.experiment.config import ExperimentConfig, load_config
+from fedge.experiment.run import RunResult
 from fedge.experiment.serve import Plan
+from fedge.results import read_rows_csv
 from fedge.runtime.grpc.tls import make_certs
 
 CLOUD_FILE = "cloud.json"
@@ -189,6 +191,14 @@ def deploy_local(
         raise FedgeError(f"the cloud exited with status {code}; see {directory}/logs/cloud.log")
     run_dir = deployment.run_dir()
     return run_dir, json.loads((run_dir / "summary.json").read_text())
+
+
+def run_deployment(
+    config: ExperimentConfig, out_dir: str | Path | None, echo: Callable[[str], None] | None
+) -> RunResult:
+    """The ``grpc`` engine's launcher: the run as processes on loopback (``deploy_local``)."""
+    run_dir, summary = deploy_local(config, out_dir, echo=echo)
+    return RunResult(run_dir.name, run_dir, summary, read_rows_csv(run_dir / "metrics.csv"))
 
 
 def node_ids_for_certs(config_path: str | None, nodes: str) -> list[str]:

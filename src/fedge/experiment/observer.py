@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fedge.algorithms.base import RoundRecord
+from fedge.algorithms.base import EVAL_BATCH, RoundRecord
 from fedge.core.update import ModelState
-from fedge.experiment.build import EVAL_BATCH, Experiment
+from fedge.experiment.build import Experiment
 from fedge.learning import EvalResult, evaluate, load_state
 from fedge.results import RunStore
 

@@ -29,10 +29,10 @@ from fedge.experiment.checkpoint import (
     save_checkpoint,
 )
 from fedge.experiment.config import ExperimentConfig, parse_config
+from fedge.experiment.engines import ENGINES
 from fedge.results import RunNotFoundError, RunStore, read_json
 from fedge.results.files import to_jsonable
 
-RESUMABLE_ENGINES = ("local", "grpc")
 """A gRPC run resumes in its cloud process (``fedge serve cloud --resume``)."""
 LOCK_NAME = "run.lock"
 _ALLOWED = (
@@ -118,10 +118,11 @@ def resume_point(run_dir: str | Path) -> ResumePoint:
     if not d.is_dir():
         raise FedgeError(f"--resume {d}: no such directory; allowed: {_ALLOWED}")
     config = parse_config(read_json(d / "config.json", f"the run's config; allowed: {_ALLOWED}"))
-    if config.engine not in RESUMABLE_ENGINES:
+    resumable = [name for name in ENGINES.names() if ENGINES.get(name).resumable]
+    if config.engine not in resumable:
         raise FedgeError(
             f"{d}: a run of engine {config.engine!r} cannot be resumed; allowed: engine "
-            + " | ".join(repr(e) for e in RESUMABLE_ENGINES)
+            + " | ".join(repr(e) for e in resumable)
         )
     if not (d / CHECKPOINT_NAME).is_file():
         raise CheckpointError(

@@ -19,7 +19,7 @@ from fedge.experiment import resume
 from fedge.experiment.build import Experiment, build
 from fedge.experiment.checkpoint import CHECKPOINT_NAME, References
 from fedge.experiment.config import ExperimentConfig
-from fedge.experiment.engines import set_threads
+from fedge.experiment.engines import ENGINES, set_threads
 from fedge.experiment.observer import Checkpointer, RoundObserver
 from fedge.results import PLOTS_DIR, RunStore, plot_run, write_json, write_report, write_rows_csv
 
@@ -115,13 +115,16 @@ def run_experiment(
     own transport; a class with ``checkpoint_by_reference = True`` is then named in the
     checkpoints, not stored); ``started`` gets the run directory once it exists.
     """
-    if config.engine == "grpc" and prepare is None:
-        return _deploy(config, out_dir, echo)
+    engine = ENGINES.get(config.engine, "engine")
+    launch = engine.launcher()
+    if launch is not None and prepare is None:
+        result: RunResult = launch(config, out_dir, echo)
+        return result
     set_threads(config)
     exp = build(config)
     if prepare is not None:
         prepare(exp)
-    refs = resume.references(exp) if config.engine in resume.RESUMABLE_ENGINES else None
+    refs = resume.references(exp) if engine.resumable else None
     store = RunStore(config.output.store)
     root = Path(out_dir if out_dir is not None else config.output.dir)
     resolved, packages = config.model_dump(), versions()
@@ -153,11 +156,11 @@ def resume_experiment(
     ``prepare`` and ``started`` as in run_experiment (``prepare`` sees the fresh build)."""
     point = resume.resume_point(run_dir)
     config = point.config
-    if config.engine == "grpc" and prepare is None:
+    if ENGINES.get(config.engine, "engine").launch is not None and prepare is None:
         raise FedgeError(
-            f"{point.run_dir} is a gRPC run: resume it in its cloud process with "
-            f"`fedge serve cloud --config CONFIG --resume {point.run_dir}` (edges and devices "
-            "attach again as they come back)"
+            f"{point.run_dir} is a run of engine {config.engine!r}, a set of processes: resume "
+            f"it in its cloud process with `fedge serve cloud --config CONFIG --resume "
+            f"{point.run_dir}` (edges and devices attach again as they come back)"
         )
     with resume.RunLock(point.run_dir):
         store = RunStore(config.output.store)
@@ -181,17 +184,6 @@ def resume_experiment(
             started(point.run_dir)
         session = _Session(exp, store, point.run_id, point.run_dir, refs)
         return _execute(session, ckpt.state, first, ckpt.extra, progress, echo)
-
-
-def _deploy(
-    config: ExperimentConfig, out_dir: str | Path | None, echo: Callable[[str], None] | None
-) -> RunResult:
-    """``engine = "grpc"``: the run as processes on loopback (``fedge deploy-local``)."""
-    from fedge.experiment.deploy import deploy_local
-    from fedge.results import read_rows_csv
-
-    run_dir, summary = deploy_local(config, out_dir, echo=echo)
-    return RunResult(run_dir.name, run_dir, summary, read_rows_csv(run_dir / "metrics.csv"))
 
 
 def _execute(
@@ -276,6 +268,8 @@ def _summarise(observer: RoundObserver) -> dict[str, Any]:
     for key, value in last.items():
         if key.startswith(SUMMED_PREFIXES):
             summary[key] = value
+    if summary.get("bytes_up") and "bytes_dense_up" in summary:
+        summary["compression_ratio_up"] = summary["bytes_dense_up"] / summary["bytes_up"]
     target = observer.exp.config.target_accuracy
     if target is not None:
         hit = next((row for row in evaluated if row["accuracy"] >= target), None)

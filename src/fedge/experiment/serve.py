@@ -17,7 +17,6 @@ every edge (or device), so the first round sees the whole federation.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.engines import set_threads
 from fedge.experiment.systems import build_system
 from fedge.runtime.grpc.node import EdgeState, NodeProcess, shutdown_children
-from fedge.runtime.grpc.settings import GrpcSettings
 
 log = logging.getLogger("fedge.grpc")
 ROLES = ("cloud", "edge", "device")
@@ -40,12 +38,6 @@ SUPPORTED_ROLES = {
     ("edge",): "devices -> edges -> cloud",
     ("edge", "exchange"): "devices -> edges -> cloud, and each edge to its neighbour edges",
 }
-
-
-def grpc_settings(cfg: ExperimentConfig) -> GrpcSettings:
-    """The runtime's settings: the ``[grpc]`` keys of the same names."""
-    names = {f.name for f in dataclasses.fields(GrpcSettings)}
-    return GrpcSettings(**cfg.grpc.model_dump(include=names))
 
 
 @dataclass(frozen=True)
@@ -139,7 +131,7 @@ def serve_cloud(
 
     cfg = cfg.model_copy(update={"engine": "grpc"})  # recorded with the run
     plan = Plan.of(cfg)
-    settings = grpc_settings(cfg)
+    settings = cfg.grpc
     process = NodeProcess(settings, certs, seed=0)
     transport = process.serve("cloud", listen, plan.authorize("cloud"), plan.nodes())
 
@@ -181,7 +173,7 @@ def serve_edge(
     set_threads(cfg)
     exp = build(_local(cfg))
     app = exp.nodes.apps[edge]
-    process = NodeProcess(grpc_settings(cfg), certs, exp.nodes.seed)
+    process = NodeProcess(cfg.grpc, certs, exp.nodes.seed)
     try:
         order = [*plan.devices, *plan.edges]
         downstream = process.serve(edge, listen, plan.authorize(edge), order)
@@ -221,7 +213,7 @@ def serve_devices(
     _check_ids(plan, "device", ids)
     set_threads(cfg)
     exp = build(_local(cfg))
-    process = NodeProcess(grpc_settings(cfg), certs, exp.nodes.seed)
+    process = NodeProcess(cfg.grpc, certs, exp.nodes.seed)
     try:
         for device in ids:
             process.attach(exp.nodes.apps[device], parents)

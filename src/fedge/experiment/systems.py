@@ -110,10 +110,32 @@ def d2d_profile(cfg: SystemConfig) -> WirelessProfile | None:
     )
 
 
+FILE_DEFINES = (
+    "edges",
+    "devices",
+    "spacing_m",
+    "coverage_m",
+    "area_m",
+    "wan",
+    "backhaul",
+    "wireless",
+    "device",
+)
+"""``[system]`` keys that a topology file defines (nodes, profiles, links)."""
+
+
 def _topology(cfg: SystemConfig, rng: np.random.Generator) -> Topology:
     if cfg.topology == "file":
         if not cfg.topology_file:
             raise ConfigError("system.topology_file", None, "a path when system.topology = 'file'")
+        ignored = [k for k in FILE_DEFINES if k in cfg.model_fields_set]
+        if ignored:
+            raise ConfigError(
+                f"system.{ignored[0]}",
+                "set",
+                "nothing with system.topology = 'file': the topology file defines the nodes, "
+                "their profiles and the links (" + ", ".join(FILE_DEFINES) + ")",
+            )
         return load_topology(Path(cfg.topology_file))
     if cfg.topology == "highway":
         return highway(

@@ -8,7 +8,6 @@ the cut points for split learning and the profiler can report per block.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import operator
 from collections import OrderedDict
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from fedge.core.errors import ConfigError, FedgeError
-from fedge.core.registry import Registry
+from fedge.core.registry import Registry, resolve_import_path
 from fedge.learning._params import accepted_kwargs, check_params
 from fedge.learning.resnet import SequentialNet, cifar_resnet, resnet34_net
 
@@ -178,17 +177,7 @@ def build_model(
 
 
 def _resolve(path: str) -> Any:
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ConfigError("model", path, "an import path of the form 'package.module:Attr'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError("model", path, f"an importable module ({exc})") from exc
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError("model", path, f"an attribute that exists in {module_name}")
-        obj = getattr(obj, part)
+    obj = resolve_import_path(path, "model")
     if not callable(obj):
         raise ConfigError("model", path, "an nn.Module class or a factory returning one")
     return obj

@@ -11,14 +11,16 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from fedge.core.errors import ConfigError
+from fedge.core.settings import Section
 from fedge.core.update import ModelState, Work
 from fedge.learning.data import ArrayDataset
 from fedge.learning.metrics import classification_metrics
@@ -26,38 +28,21 @@ from fedge.learning.metrics import classification_metrics
 OPTIMIZERS = ("sgd", "adam")
 
 
-def _at_least(field_name: str, value: float, low: float, strict: bool = False) -> None:
-    if value < low or (strict and value == low):
-        raise ConfigError(field_name, value, f"a number {'>' if strict else '>='} {low}")
+class TrainConfig(Section):
+    """Local training (``[training]``); ``steps > 0`` runs exactly that many minibatches
+    (epochs unused). ``proximal_mu > 0`` adds FedProx's mu/2·||w − w_global||² to the
+    objective."""
 
+    section: ClassVar[str] = "training"
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Local training settings; ``steps > 0`` runs exactly that many minibatches (epochs unused).
-
-    ``proximal_mu > 0`` adds FedProx's mu/2·||w − w_global||² to the objective.
-    """
-
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    epochs: int = 1
-    steps: int = 0
-    batch_size: int = 32
-    proximal_mu: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError("optimizer", self.optimizer, "one of " + ", ".join(OPTIMIZERS))
-        _at_least("lr", self.lr, 0.0, strict=True)
-        _at_least("momentum", self.momentum, 0.0)
-        _at_least("weight_decay", self.weight_decay, 0.0)
-        _at_least("steps", self.steps, 0)
-        _at_least("batch_size", self.batch_size, 1)
-        _at_least("proximal_mu", self.proximal_mu, 0.0)
-        if self.steps == 0:
-            _at_least("epochs", self.epochs, 1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(1, ge=1)
+    steps: int = Field(0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    proximal_mu: float = Field(0.0, ge=0)
 
 
 @dataclass(frozen=True)

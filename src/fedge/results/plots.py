@@ -125,7 +125,7 @@ def _byte_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     keys: dict[str, None] = {}
     for row in rows:
         for key in row:
-            if key.startswith("bytes_") and key.count("_") >= 2:
+            if key.startswith("bytes_") and key.count("_") >= 2 and "_dense_" not in key:
                 keys.setdefault(key, None)
     return list(keys)
 

@@ -83,7 +83,7 @@ class _Worker:
     def deliver(self, dst: str, template: Message | bytes) -> tuple[Message | bytes, Work]:
         """Deliver ``template`` addressed to ``dst``; the reply in the template's form."""
         message = replace(_unwrap(template), dst=dst)
-        reply, work = self._nodes.deliver(message, None)
+        reply, work = self._nodes.respond(message)
         return (reply.encode() if isinstance(template, bytes) else reply), work
 
     def ready(self) -> bool:
@@ -163,7 +163,8 @@ class RayNodeSet(NodeSet):
             if actor < len(self._load):
                 self._load[actor] -= 1
         self.remote_deliveries += 1
-        return _unwrap(form), work
+        app = self.apps[message.dst]
+        return app.finish(message, _unwrap(form), app.context(self.seed, message, None)), work
 
     def close(self) -> None:
         """Kill the pool's actors; shut Ray down if this node set started it."""

@@ -18,8 +18,10 @@ decides what to do with it, i never gets it); ``drop`` loses it.
 
 Transmission latency follows §5 of the MS-FL paper: for every round index, the slowest model
 transfer of each component (device->edge upload, edge<->edge exchange, edge->cloud, cloud->edge) is
-added up. A model transfer is a message whose payload carries one of ``MODEL_KEYS``;
-triggers and metrics are charged in time and bytes but are not transmission latency. Direct
+added up. A model transfer is a message whose payload carries an ``Update`` (any codec);
+triggers and metrics are charged in time and bytes but are not transmission latency.
+Bytes are the encoded message's; ``bytes_dense_*`` counts what the same messages would
+have cost with every update dense, so a summary shows the saving of compression per tier. Direct
 device-to-device model transfers count as ``latency_d2d_s``; relayed ones count under the
 upload / exchange components of the hops they take.
 
@@ -40,6 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fedge.core.message import Message
+from fedge.core.transport import SYNC
 from fedge.runtime.local import NodeSet
 from fedge.system.clock import SimClock
 from fedge.system.energy import EnergyLedger
@@ -58,10 +61,12 @@ class Ledger:
     def charge_transfer(
         self, cost: TransferCost, system: SystemModel, message: Message | None = None
     ) -> None:
-        carries_model = message is not None and _carries_model(message)
+        carries_model = message is not None and message.carries_model()
+        dense = message.dense_nbytes() if carries_model and message is not None else None
         for hop in cost.hops:
             tier = hop.tier.replace("-", "_")
             self.counters[f"bytes_{hop.direction}_{tier}"] += hop.nbytes
+            self.counters[f"bytes_dense_{hop.direction}_{tier}"] += dense or hop.nbytes
             self.counters[f"airtime_s_{tier}"] += hop.time_s
             if hop.tx_energy_j:
                 self.energy.charge(hop.src, system.tier(hop.src), "radio", hop.tx_energy_j)
@@ -86,6 +91,7 @@ class Ledger:
         out["bytes_up"] = sum(v for k, v in out.items() if k.startswith("bytes_up_"))
         out["bytes_down"] = sum(v for k, v in out.items() if k.startswith("bytes_down_"))
         out["bytes_peer"] = sum(v for k, v in out.items() if k.startswith("bytes_peer_"))
+        out["bytes_dense_up"] = sum(v for k, v in out.items() if k.startswith("bytes_dense_up_"))
         out["energy_j"] = self.energy.total_j()
         for tier, joules in sorted(self.energy.by_tier().items()):
             out[f"energy_j_{tier}"] = joules
@@ -100,16 +106,7 @@ _COMPONENTS = {
     ("edge-cloud", "down"): "cloud_down",
     ("device-device", "peer"): "d2d",
 }
-SYNC = "sync"
 HANDOVER_POLICIES = ("relay", "redirect", "drop")
-
-
-MODEL_KEYS = ("state", "update", "sparse")
-"""Payload keys that carry a model (``sparse``: a pruned model in the sparse encoding)."""
-
-
-def _carries_model(message: Message) -> bool:
-    return any(k in message.payload for k in MODEL_KEYS)
 
 
 @dataclass(frozen=True)
@@ -249,6 +246,20 @@ class SimulatedTransport:
 
     def stats(self) -> Mapping[str, float]:
         return {**self._ledger.snapshot(), "sim_time_s": self.now()}
+
+    def estimate_round_trip_s(
+        self, dst: str, nbytes_down: int, flops: float, nbytes_up: int, round: int
+    ) -> float | None:
+        """What a delivery to ``dst`` starting now would take, priced as ``_deliver`` prices
+        it (request route now, compute with the round's slowdown, reply route when the work
+        is done), without charging the ledger or moving the clock. Ignores availability and
+        handover policies (a moved device's reply is priced on its route back, as relayed)."""
+        system, here, start_s = self._system, self._node_id, self.now()
+        free = SYNC in (here, dst)
+        down_s = 0.0 if free else system.transfer(here, dst, nbytes_down, start_s).time_s
+        done_s = start_s + down_s + system.compute(dst, flops, round).time_s
+        up_s = 0.0 if free else system.transfer(dst, here, nbytes_up, done_s).time_s
+        return done_s + up_s - start_s
 
 
 def visible_nodes(system: SystemModel, at: str, tier: str, t_s: float) -> list[str]:

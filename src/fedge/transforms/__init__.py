@@ -1,1 +1,6 @@
 """Update -> Update transforms (compression, clipping, privacy noise, masking)."""
+
+from fedge.transforms.compression import COMPRESSORS
+from fedge.transforms.pipeline import LINKS, TRANSFORMS, ClientPipeline, Transform, make_transform
+
+__all__ = ["COMPRESSORS", "LINKS", "TRANSFORMS", "ClientPipeline", "Transform", "make_transform"]

@@ -24,6 +24,7 @@ from fedge.core.files import atomic_write_bytes
 from fedge.core.message import Message
 from fedge.core.node import NodeApp, NodeContext
 from fedge.core.transport import Transport
+from fedge.core.update import Update
 from fedge.runtime.grpc.attach import Attachment
 from fedge.runtime.grpc.hub import Authorize, Hub
 from fedge.runtime.grpc.settings import GrpcSettings, LoopThread, pause
@@ -178,7 +179,7 @@ class Dormancy:
             self._last = request
 
     def before(self, request: Message) -> Message:
-        if not self.rounds_alone or "state" not in request.payload:
+        if not self.rounds_alone or not _carries_model(request):
             return request
         log.info(
             "%s: back in touch after %d rounds alone; resynchronising",
@@ -186,8 +187,7 @@ class Dormancy:
             self.rounds_alone,
         )
         self.rounds_alone = 0
-        payload = {k: v for k, v in request.payload.items() if k != "state"}
-        return Message(request.src, request.dst, request.kind, request.round, payload)
+        return Message(request.src, request.dst, request.kind, request.round, _no_model(request))
 
     async def watch(self, stop: asyncio.Event, executor: Executor) -> None:
         loop = asyncio.get_running_loop()
@@ -202,8 +202,21 @@ class Dormancy:
         """One round without the parent, from the edge's own model."""
         self.rounds_alone += 1
         rounds = int(last.payload["edge_rounds"])
-        payload = {k: v for k, v in last.payload.items() if k != "state"}
+        payload = _no_model(last)
         payload["first_round"] = int(last.payload["first_round"]) + self.rounds_alone * rounds
         payload["alone"] = True
         log.info("%s: parent unreachable, round %d alone", last.dst, self.rounds_alone)
         self.attachment.handle(Message(last.src, last.dst, last.kind, last.round, payload))
+
+
+def _carries_model(message: Message) -> bool:
+    return any(isinstance(v, Update) and v.kind == "state" for v in message.payload.values())
+
+
+def _no_model(message: Message) -> dict[str, Any]:
+    """The payload without the models it carries (the edge goes on from its own)."""
+    return {
+        k: v
+        for k, v in message.payload.items()
+        if not (isinstance(v, Update) and v.kind == "state")
+    }

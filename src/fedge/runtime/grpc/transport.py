@@ -108,3 +108,9 @@ class GrpcTransport:
             "dropped": float(self._failed),
             "sim_time_s": self.now(),
         }
+
+    def estimate_round_trip_s(
+        self, dst: str, nbytes_down: int, flops: float, nbytes_up: int, round: int
+    ) -> float | None:
+        """None: time here is the wall clock, and there is no model to predict it from."""
+        return None

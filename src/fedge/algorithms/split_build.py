@@ -1,4 +1,5 @@
-"""Build the apps and the coordinator of the split algorithms (split, splitfed, ushaped).
+"""Assembly of the split algorithms (split, splitfed, ushaped): edge apps, the cloud app
+and the coordinator, registered here.
 
 Edges train on the samples of the devices attached to them at t = 0 (uploaded beforehand,
 not charged); devices run no app of their own in these algorithms. At the end of a run the
@@ -7,6 +8,7 @@ coordinator writes ``early_exit.json`` (``early_exit_report``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -15,22 +17,27 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from fedge.algorithms.base import AlgorithmSpec
+from fedge.algorithms.base import (
+    EVAL_BATCH,
+    AlgorithmSpec,
+    Assembly,
+    BuildContext,
+    register_algorithm,
+)
 from fedge.algorithms.split import CloudTail, EdgeFlops, SplitEdge, SplitSettings
 from fedge.algorithms.split_learning import SplitLearning
 from fedge.core.errors import ConfigError
+from fedge.core.files import atomic_write_bytes
 from fedge.core.node import NodeApp, derive_seed
-from fedge.experiment.config import ExperimentConfig
-from fedge.learning import ArrayDataset, TrainConfig, evaluate, profile, profile_blocks
+from fedge.learning import ArrayDataset, evaluate, profile, profile_blocks
 from fedge.learning.early_exit import default_thresholds, early_exit, exit_costs
 from fedge.learning.split import SplitModel, exit_head, feature_shape
 from fedge.orchestration.split_point import EdgePool, Layer, Workload, choose_cut
-from fedge.results import write_json
 from fedge.system.model import SystemModel
 
 
 def tmoa_cut(
-    cfg: ExperimentConfig,
+    cfg: Any,
     system: SystemModel,
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -85,59 +92,54 @@ def _flops(module: nn.Module, shape: tuple[int, ...]) -> float:
     return float(profile(module, shape).flops_train)
 
 
-def split_setup(
-    cfg: ExperimentConfig,
-    spec: AlgorithmSpec,
-    system: SystemModel,
-    model: nn.Module,
-    train: ArrayDataset,
-    test: ArrayDataset,
-    parts: Sequence[np.ndarray],
-    tcfg: TrainConfig,
-    eval_batch: int,
-) -> tuple[dict[str, NodeApp], SplitLearning]:
-    """Edge apps, the cloud app and the coordinator of a split algorithm."""
-    ushaped = bool(spec.defaults.get("ushaped", False))
-    sc = cfg.split
-    shape = train.input_shape
-    cut = tmoa_cut(cfg, system, model, shape, ushaped) if sc.cut == "tmoa" else int(sc.cut)
-    split = SplitModel.build(model, cut, shape, train.n_classes, ushaped=ushaped)
-    fshape = feature_shape(split.head, shape)
-    split.exit = exit_head(
-        fshape, train.n_classes, pool=sc.exit_pool, seed=derive_seed(cfg.seed, "exit")
-    )
-    if sc.master not in ("all", *system.ids("edge")):
-        raise ConfigError(
-            "split.master", sc.master, "'all' or one of " + ", ".join(system.ids("edge"))
+def split_variant(parallel: bool, ushaped: bool) -> Callable[[BuildContext], Assembly]:
+    """The hook of one split variant: edge apps, the cloud app and the coordinator."""
+
+    def assemble(ctx: BuildContext) -> Assembly:
+        sc: SplitSettings = ctx.settings
+        system, train, shape = ctx.system, ctx.train, ctx.train.input_shape
+        model = ctx.model
+        cut = tmoa_cut(ctx.config, system, model, shape, ushaped) if sc.cut == "tmoa" else sc.cut
+        split = SplitModel.build(model, int(cut), shape, train.n_classes, ushaped=ushaped)
+        fshape = feature_shape(split.head, shape)
+        split.exit = exit_head(
+            fshape, train.n_classes, pool=sc.exit_pool, seed=derive_seed(ctx.seed, "exit")
         )
-    settings = SplitSettings(cut, sc.a, sc.b, sc.t0_ms, sc.hysteresis, sc.probe_every, sc.master)
-    body_shape = feature_shape(split.tail, fshape) if ushaped else fshape
-    flops = EdgeFlops(
-        head=_flops(split.head, shape),
-        exit=_flops(split.exit, fshape),
-        last=_flops(split.last, body_shape) if split.last is not None else 0.0,
-    )
-    edge = SplitEdge(split, _edge_data(system, train, parts), tcfg, settings, flops)
-    apps = {e: edge.app(e) for e in system.ids("edge")}
-    cloud = CloudTail(split, tcfg, sc.b, _flops(split.tail, fshape))
-    apps["cloud"] = cloud.register(NodeApp("cloud", "cloud"))
-    coordinator = SplitLearning(
-        parts=split,
-        evaluate=_evaluator(test, eval_batch),
-        parallel=bool(spec.defaults.get("parallel", True)),
-        ushaped=ushaped,
-        evaluate_every=cfg.federation.evaluate_every,
-        deadline_s=cfg.federation.deadline_s,
-        final=early_exit_report(cfg, system, split, test, eval_batch),
-    )
-    return apps, coordinator
+        if sc.master not in ("all", *system.ids("edge")):
+            allowed = "'all' or one of " + ", ".join(system.ids("edge"))
+            raise ConfigError("split.master", sc.master, allowed)
+        settings = sc.model_copy(update={"cut": int(cut)})
+        body_shape = feature_shape(split.tail, fshape) if ushaped else fshape
+        flops = EdgeFlops(
+            head=_flops(split.head, shape),
+            exit=_flops(split.exit, fshape),
+            last=_flops(split.last, body_shape) if split.last is not None else 0.0,
+        )
+        data = _edge_data(system, train, ctx.parts)
+        edge = SplitEdge(split, data, ctx.training, settings, flops)
+        apps = {e: edge.app(e) for e in system.ids("edge")}
+        cloud = CloudTail(split, ctx.training, sc.b, _flops(split.tail, fshape))
+        apps["cloud"] = cloud.register(NodeApp("cloud", "cloud"))
+        fed = ctx.config.federation
+        coordinator = SplitLearning(
+            parts=split,
+            evaluate=_evaluator(ctx.test, EVAL_BATCH),
+            parallel=parallel,
+            ushaped=ushaped,
+            evaluate_every=fed.evaluate_every,
+            deadline_s=fed.deadline_s,
+            final=early_exit_report(sc.exit_threshold, system, split, ctx.test, EVAL_BATCH),
+        )
+        return Assembly(apps, coordinator)
+
+    return assemble
 
 
 EARLY_EXIT_FILE = "early_exit.json"
 
 
 def early_exit_report(
-    cfg: ExperimentConfig, system: SystemModel, split: SplitModel, test: ArrayDataset, batch: int
+    tau: float, system: SystemModel, split: SplitModel, test: ArrayDataset, batch: int
 ) -> Callable[[Path, float], Mapping[str, Any]]:
     """The hook that writes ``early_exit.json`` (threshold, exit_fraction, accuracy,
     latency_ms per entropy threshold) for the trained model on the test set, and returns
@@ -160,10 +162,10 @@ def early_exit_report(
             topo.wan.bandwidth_bps,
             topo.wan.latency_at(now_s),
         )
-        tau = cfg.split.exit_threshold
         thresholds = sorted({*default_thresholds(test.n_classes), tau})
         points = early_exit(split, test, thresholds, costs, batch)
-        write_json([asdict(p) for p in points], run_dir / EARLY_EXIT_FILE)
+        text = json.dumps([asdict(p) for p in points], indent=2)
+        atomic_write_bytes(run_dir / EARLY_EXIT_FILE, text.encode())
         at = next(p for p in points if p.threshold == tau)
         return {
             "exit_threshold": tau,
@@ -182,3 +184,21 @@ def _evaluator(test: ArrayDataset, batch: int) -> Callable[[nn.Module], dict[str
         return evaluate(module, test, batch_size=batch).as_dict()
 
     return run
+
+
+_VARIANTS = {
+    "split": ("Vanilla split learning: edges take turns, the cloud runs the tail", False, False),
+    "splitfed": ("SplitFed: edges in parallel, edge parts averaged with U_i weights", True, False),
+    "ushaped": ("U-shaped SplitFed: labels and the last block stay on the edge", True, True),
+}
+for _name, (_text, _parallel, _ushaped) in _VARIANTS.items():
+    register_algorithm(
+        AlgorithmSpec(
+            _name,
+            _text,
+            split_variant(_parallel, _ushaped),
+            SplitSettings,
+            roles=("split",),
+            links=("edge-cloud",),
+        )
+    )

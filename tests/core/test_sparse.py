@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedge.core.message import Message
+from fedge.core.sparse import decode_mask, decode_sparse, encode_sparse, sparse_nbytes
 from fedge.learning.pruning import apply_mask, magnitude_mask
-from fedge.learning.sparse import decode_mask, decode_sparse, encode_sparse, sparse_nbytes
 
 
 def model_state(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Compact wire form of a pruned model: kept values plus the mask as packed bits.
+"""Compact wire form of a pruned model: kept values plus the mask as packed bits (codec "mask").
 
 ``encode_sparse`` returns a plain dict (tensors, ints, lists) so that a ``Message`` carrying
 it reports its exact wire size. Per key: ``values`` (1-D, the state's dtype, kept entries in
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedge.core.codec import CODECS
 from fedge.core.errors import ConfigError
 from fedge.core.update import ModelState
 
@@ -101,3 +102,13 @@ def sparse_nbytes(state: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Te
         kept = v.numel() if m is None else int(m.sum())
         total += kept * v.element_size() + (0 if m is None else math.ceil(v.numel() / 8))
     return total
+
+
+class MaskCodec:
+    """Codec "mask": a pruned model as kept values plus its packed mask (``encode_sparse``)."""
+
+    def decode(self, data: Mapping[str, Any]) -> ModelState:
+        return decode_sparse(data)
+
+
+CODECS.add("mask", MaskCodec(), "pruned tensors: kept values + packed bitmask; others dense")

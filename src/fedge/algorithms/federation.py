@@ -1,0 +1,293 @@
+"""``[federation]``: the settings of the server-based algorithms, and their assembly.
+
+One section serves the FedAvg family, hierarchical FL, single-server and multi-server FL;
+each registers the hook here that builds its node apps and coordinator from it. Every
+parameter dictionary (aggregator, server optimizer, inter-server rule) is checked when the
+section is validated, before any data is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from fedge.aggregation import INTERSERVER, SERVER_OPTIMIZERS, Score, make_server_optimizer
+from fedge.aggregation._params import check_params
+from fedge.aggregation.mean import check_aggregator
+from fedge.algorithms.apps import LocalTrainer, trainer_app
+from fedge.algorithms.base import (
+    AlgorithmSpec,
+    Assembly,
+    BuildContext,
+    Check,
+    register_algorithm,
+)
+from fedge.algorithms.fedavg import FedAvg
+from fedge.algorithms.hierarchical import EdgeServer, HierarchicalFL, kappa1_bounds
+from fedge.algorithms.multiserver import Exchange, MultiServerFL
+from fedge.algorithms.selection import SelectionHint, make_selector
+from fedge.core.errors import ConfigError
+from fedge.core.node import NodeApp
+from fedge.core.settings import Section
+from fedge.core.update import ModelState
+from fedge.learning import ArrayDataset
+
+Params = dict[str, float | int | str]
+
+
+class FederationSettings(Section):
+    """Server-based federated learning: sampling, aggregation, edges, inter-server rules."""
+
+    section: ClassVar[str] = "federation"
+
+    clients_per_round: int = Field(10, ge=1)
+    clients_per_edge: int = Field(0, ge=0, description="devices an edge samples; 0: all")
+    kappa1: int = Field(1, ge=1, description="local rounds between edge aggregations")
+    kappa2: int = Field(1, ge=1, description="edge rounds between cloud aggregations")
+    aggregator: str = "mean"
+    aggregator_params: Params = Field(default_factory=dict)
+    server_optimizer: str | None = None
+    server_params: dict[str, float] = Field(default_factory=dict)
+    deadline_s: float | None = Field(None, gt=0)
+    evaluate_every: int = Field(1, ge=1)
+    interserver: str = "spaa"
+    handover: bool = Field(True, description="edges keep updates of vehicles that moved in")
+    malicious_edges: list[str] = Field(default_factory=list)
+    malicious_mode: Literal["random", "scaled"] = "random"
+    malicious_scale: float = 10.0
+    interserver_params: Params = Field(default_factory=dict)
+    selection: str = Field("random", description="random | deadline_aware | power_of_choice")
+    selection_params: Params = Field(default_factory=dict)
+    kappa1_rule: str = Field("fixed", description="fixed | adacomm (hierarchical FL)")
+    kappa1_params: Params = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_params(self) -> FederationSettings:
+        check_aggregator(self.aggregator, self.aggregator_params)
+        make_selector(
+            self.selection, self.selection_params, self.clients_per_round, self.deadline_s
+        )
+        kappa1_bounds(self.kappa1_rule, self.kappa1_params, self.kappa1)
+        if self.server_optimizer is not None:  # else the algorithm's variant names it
+            self._check_server_optimizer(self.server_optimizer)
+        rule = INTERSERVER.get(self.interserver, "federation.interserver")
+        where = f"federation.interserver_params ({self.interserver})"
+        check_params(where, rule, self.interserver_params, skip=3)
+        return self
+
+    def _check_server_optimizer(self, optimizer: str) -> None:
+        SERVER_OPTIMIZERS.get(optimizer, "federation.server_optimizer")
+        try:
+            make_server_optimizer(optimizer, **self.server_params)
+        except ConfigError as exc:
+            field = f"federation.server_params ({exc.field})"
+            raise ConfigError(field, exc.value, exc.allowed) from None
+
+
+def device_apps(ctx: BuildContext) -> dict[str, NodeApp]:
+    """Devices that train the received model on their own samples and send it back."""
+    flops = ctx.profile.flops_train
+    model, tcfg = ctx.model, ctx.training
+    return {
+        d: trainer_app(d, LocalTrainer(model, data, tcfg, flops))
+        for d, data in zip(ctx.system.ids("device"), ctx.device_data(), strict=True)
+    }
+
+
+def validator(ctx: BuildContext, data: ArrayDataset) -> Callable[[ModelState], Score]:
+    """Scores a model on an edge's validation split (accuracy, loss)."""
+    evaluate_on = ctx.evaluator(data)
+
+    def score(state: ModelState) -> Score:
+        result = evaluate_on(state)
+        return Score(result["accuracy"], result["loss"])
+
+    return score
+
+
+def with_cloud(apps: dict[str, NodeApp], coordinator: Any) -> Assembly:
+    """The apps plus an empty cloud app (the coordinator runs beside it)."""
+    return Assembly({**apps, "cloud": NodeApp("cloud", "cloud")}, coordinator)
+
+
+def _optimizer(s: FederationSettings) -> dict[str, Any]:
+    out: dict[str, Any] = {"server_params": dict(s.server_params)}
+    if s.server_optimizer is not None:
+        out["server_optimizer"] = s.server_optimizer
+    return out
+
+
+def _selection(ctx: BuildContext) -> dict[str, Any]:
+    """Client selection as configured, with what selectors need to know of the devices."""
+    s: FederationSettings = ctx.settings
+    examples = {d: len(idx) for d, idx in zip(ctx.system.ids("device"), ctx.parts, strict=True)}
+    hint = SelectionHint(examples, ctx.training, ctx.profile.flops_train)
+    return {
+        "selection": s.selection,
+        "selection_params": dict(s.selection_params),
+        "selection_hint": hint,
+    }
+
+
+def assemble_fedavg(ctx: BuildContext) -> Assembly:
+    """Devices attach to the cloud; the cloud runs FedAvg (or its family) over them."""
+    s: FederationSettings = ctx.settings
+    coordinator = FedAvg(
+        clients_per_round=s.clients_per_round,
+        aggregator=s.aggregator,
+        aggregator_params=dict(s.aggregator_params),
+        deadline_s=s.deadline_s,
+        **_optimizer(s),
+        **_selection(ctx),
+    )
+    return with_cloud(device_apps(ctx), coordinator)
+
+
+def edge_apps(ctx: BuildContext, exchange: bool) -> dict[str, NodeApp]:
+    """Edge servers that run FedAvg rounds over their attached devices (and exchange).
+
+    Updates handed over by vehicles are scored by the exchange step when the edges exchange,
+    else folded into the edge's next aggregation.
+    """
+    s: FederationSettings = ctx.settings
+    edges = ctx.system.ids("edge")
+    unknown = [e for e in s.malicious_edges if e not in edges]
+    if unknown:
+        raise ConfigError(
+            "federation.malicious_edges", unknown, "edge ids among " + ", ".join(edges)
+        )
+    inner = FedAvg(
+        clients_per_round=s.clients_per_edge or len(ctx.system.ids("device")),
+        aggregator=s.aggregator,
+        aggregator_params=dict(s.aggregator_params),
+        deadline_s=s.deadline_s,
+        on_handover="redirect" if s.handover else "drop",
+        **_selection(ctx),
+    )
+    evaluate = ctx.evaluator()
+    server = EdgeServer(inner, evaluate, absorb_handovers=not exchange)
+    handlers = {"edge_train": server.train, "handover": server.handover}
+    apps = {e: NodeApp(e, "edge", dict(handlers)) for e in edges}
+    if not exchange:
+        return apps
+    poison = (s.malicious_mode, s.malicious_scale)
+    for edge, val in zip(edges, ctx.validation, strict=False):
+        ex = Exchange(
+            s.interserver,
+            dict(s.interserver_params),
+            validator(ctx, val),
+            evaluate,
+            len(val) * ctx.profile.flops_forward,
+            poison if edge in s.malicious_edges else None,
+        )
+        apps[edge].on("get_model", ex.get_model).on("exchange", ex.exchange)
+    return apps
+
+
+def assemble_hierarchical(ctx: BuildContext) -> Assembly:
+    """HierFAVG: devices -> edges (FedAvg every kappa1 local rounds) -> cloud."""
+    s: FederationSettings = ctx.settings
+    coordinator = HierarchicalFL(
+        kappa1=s.kappa1,
+        kappa2=s.kappa2,
+        aggregator=s.aggregator,
+        aggregator_params=dict(s.aggregator_params),
+        deadline_s=s.deadline_s,
+        kappa1_rule=s.kappa1_rule,
+        kappa1_params=dict(s.kappa1_params),
+    )
+    return with_cloud({**device_apps(ctx), **edge_apps(ctx, exchange=False)}, coordinator)
+
+
+def multiserver(exchange: bool) -> Callable[[BuildContext], Assembly]:
+    """Every edge trains its devices; with ``exchange`` (MS-FL) edges then mix their
+    neighbours' models, without it (single-server FL) they stay isolated."""
+
+    def assemble(ctx: BuildContext) -> Assembly:
+        s: FederationSettings = ctx.settings
+        coordinator = MultiServerFL(
+            kappa1=s.kappa1,
+            kappa2=s.kappa2,
+            deadline_s=s.deadline_s,
+            exchange=exchange,
+            evaluate_every=s.evaluate_every,
+        )
+        return with_cloud({**device_apps(ctx), **edge_apps(ctx, exchange)}, coordinator)
+
+    return assemble
+
+
+def _fixed_kappa1(config: Any) -> None:
+    rule = config.federation.kappa1_rule
+    if rule != "fixed":
+        allowed = "'fixed' for multi-server and single-server FL (adaptive kappa1: hierarchical)"
+        raise ConfigError("federation.kappa1_rule", rule, allowed)
+
+
+def _needs_mu(config: Any) -> None:
+    if config.training.proximal_mu <= 0:
+        allowed = "a number > 0 for algorithm 'fedprox' (e.g. 0.01)"
+        raise ConfigError("training.proximal_mu", config.training.proximal_mu, allowed)
+
+
+def _family(name: str, description: str, check: Check | None = None, **defaults: Any) -> None:
+    register_algorithm(
+        AlgorithmSpec(
+            name,
+            description,
+            assemble_fedavg,
+            FederationSettings,
+            defaults,
+            links=("device-cloud",),
+            check=check,
+        )
+    )
+
+
+_family(
+    "fedavg", "FedAvg (McMahan et al. 2017), devices talk to the cloud", server_optimizer="none"
+)
+_family(
+    "fedprox",
+    "FedProx: FedAvg with a proximal term mu (training.proximal_mu)",
+    _needs_mu,
+    server_optimizer="none",
+)
+_family("fedavgm", "FedAvg with server momentum", server_optimizer="fedavgm")
+_family("fedadam", "FedAvg with the Adam server optimizer", server_optimizer="fedadam")
+_family("fedyogi", "FedAvg with the Yogi server optimizer", server_optimizer="fedyogi")
+register_algorithm(
+    AlgorithmSpec(
+        "hierarchical",
+        "HierFAVG: edges aggregate every kappa1 local rounds, the cloud every kappa2 edge rounds",
+        assemble_hierarchical,
+        FederationSettings,
+        roles=("edge",),
+        links=("device-edge", "edge-cloud"),
+    )
+)
+register_algorithm(
+    AlgorithmSpec(
+        "msfl",
+        "Multi-server FL among RSUs: each mixes its neighbours' models with WA/BA/SA/DWAA/SPAA",
+        multiserver(exchange=True),
+        FederationSettings,
+        roles=("edge", "exchange"),
+        links=("device-edge", "edge-edge"),
+        validation=True,
+        check=_fixed_kappa1,
+    )
+)
+register_algorithm(
+    AlgorithmSpec(
+        "single_server",
+        "Isolated FL at each edge: no exchange with peers or the cloud",
+        multiserver(exchange=False),
+        FederationSettings,
+        roles=("edge",),
+        links=("device-edge",),
+        check=_fixed_kappa1,
+    )
+)
