@@ -39,10 +39,10 @@ import torch
 
 from fedge.core.message import Message
 from fedge.core.node import NodeApp, NodeContext
+from fedge.deploy.local import deploy_local
 from fedge.experiment.config import load_config
-from fedge.experiment.deploy import deploy_local
-from fedge.experiment.run import run_experiment
 from fedge.results import read_rows_csv
+from fedge.runs.run import run_experiment
 from fedge.runtime.grpc.node import NodeProcess
 from fedge.runtime.grpc.settings import GrpcSettings
 from fedge.runtime.grpc.tls import make_certs

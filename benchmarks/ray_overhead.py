@@ -36,9 +36,8 @@ from typing import Any
 import ray
 import torch
 
-from fedge.experiment.build import build
+from fedge.experiment.build import build, node_apps
 from fedge.experiment.config import ExperimentConfig, load_config
-from fedge.experiment.engines import node_apps
 from fedge.runtime import NodeSet, SimulatedTransport
 from fedge.runtime.ray import WIRES, RayNodeSet, Wire
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from conftest import TINY
-from fedge.experiment.checkpoint import CHECKPOINT_NAME, read_checkpoint_header
+from fedge.runs.checkpoint import CHECKPOINT_NAME, read_checkpoint_header
 
 GRPC_FAST = """
 [grpc]

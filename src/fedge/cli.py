@@ -202,7 +202,7 @@ def _check_resume_args(args: argparse.Namespace) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from fedge.experiment.config import load_config
-    from fedge.experiment.run import resume_experiment, run_experiment
+    from fedge.runs.run import resume_experiment, run_experiment
 
     _check_resume_args(args)
     progress = False if args.no_progress else None
@@ -216,8 +216,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
-    from fedge.experiment.run import SUMMARY_KEYS
     from fedge.results import format_table, human_bytes
+    from fedge.runs.run import SUMMARY_KEYS
 
     print(format_table([s], [c for c in SUMMARY_KEYS if c in s and not c.startswith("bytes")]))
     tiers = sorted(k for k in s if k.startswith(("bytes_up_", "bytes_down_", "bytes_peer_")))
@@ -238,7 +238,7 @@ def _echo(line: str) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fedge.experiment.compare import run_comparison
+    from fedge.studies.compare import run_comparison
 
     result = run_comparison(
         args.config,
@@ -257,8 +257,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_schedule(args: argparse.Namespace) -> int:
     import json
 
-    from fedge.experiment.edge_tools import schedule_study, schedule_table
     from fedge.orchestration.scheduling import compare_schedulers
+    from fedge.studies.edge_tools import schedule_study, schedule_table
 
     study = schedule_study(args)
     rows = []
@@ -274,8 +274,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 def cmd_partition_model(args: argparse.Namespace) -> int:
     import json
 
-    from fedge.experiment.edge_tools import curve_table, partition_inputs, partition_table
-    from fedge.experiment.partition_model import (
+    from fedge.studies.edge_tools import curve_table, partition_inputs, partition_table
+    from fedge.studies.partition_model import (
         curve_rows,
         model_layers,
         parse_input_shape,
@@ -341,7 +341,7 @@ def _add_deployment(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from fedge.experiment.deploy import node_ids_for_certs
+    from fedge.deploy.local import node_ids_for_certs
     from fedge.runtime.grpc.tls import make_certs
 
     nodes = node_ids_for_certs(args.config, args.nodes)
@@ -351,14 +351,14 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from fedge.experiment.deploy import serve_from_cli
+    from fedge.deploy.local import serve_from_cli
 
     return serve_from_cli(args)
 
 
 def cmd_deploy_local(args: argparse.Namespace) -> int:
+    from fedge.deploy.local import deploy_local
     from fedge.experiment.config import load_config
-    from fedge.experiment.deploy import deploy_local
 
     cfg = load_config(args.config, args.overrides)
     run_dir, summary = deploy_local(cfg, args.out, args.certs, args.devices_per_process, echo=_echo)

@@ -14,9 +14,9 @@ from fedge.core.sparse import encode_sparse, sparse_nbytes
 from fedge.core.update import Update, flatten
 from fedge.experiment.build import build
 from fedge.experiment.config import load_config
-from fedge.experiment.run import run_experiment
 from fedge.learning import local_train, state_of
 from fedge.learning.pruning import adaptive_sparsity, prunable_keys
+from fedge.runs.run import run_experiment
 
 PEER = ["system.devices=8", "system.peers.k=3", "training.steps=4"]
 

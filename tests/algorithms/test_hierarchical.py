@@ -7,8 +7,8 @@ from fedge.algorithms.apps import _override
 from fedge.core.update import flatten
 from fedge.experiment.build import build
 from fedge.experiment.config import load_config
-from fedge.experiment.run import run_experiment
 from fedge.learning import TrainConfig
+from fedge.runs.run import run_experiment
 
 
 def final_state(tiny_config, *sets):

@@ -7,7 +7,7 @@ from fedge.aggregation import weighted_mean
 from fedge.core.update import flatten
 from fedge.experiment.build import build
 from fedge.experiment.config import load_config
-from fedge.experiment.run import run_experiment
+from fedge.runs.run import run_experiment
 
 MSFL = ["algorithm='msfl'", "system.edges=3", "rounds=1", "data.validation_size=40"]
 

@@ -8,8 +8,8 @@ from fedge.algorithms.dormancy import DormancySwitch, throughput_weights
 from fedge.core import ConfigError
 from fedge.experiment.build import build
 from fedge.experiment.config import load_config
-from fedge.experiment.run import run_experiment
 from fedge.results import read_json
+from fedge.runs.run import run_experiment
 
 SPLIT = ["model.name='lenet5'", "split.cut=3", "training.steps=6", "system.devices=6"]
 

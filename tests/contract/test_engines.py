@@ -18,7 +18,7 @@ import torch
 from deploy_helpers import deploy_config, final_model, same_weights
 from fedge.experiment.build import build
 from fedge.experiment.config import load_config
-from fedge.experiment.run import run_experiment
+from fedge.runs.run import run_experiment
 from fedge.runtime import LocalTransport
 from fedge.runtime.simulated import visible_nodes
 

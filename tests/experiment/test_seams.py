@@ -13,7 +13,7 @@ from fedge.cli import main
 from fedge.core.update import flatten
 from fedge.experiment.build import build
 from fedge.experiment.config import load_config
-from fedge.experiment.run import run_experiment
+from fedge.runs.run import run_experiment
 
 TOPK = "compression=[{link='device-cloud', method='topk', ratio=0.05}]"
 

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from fedge.cli import main
-from fedge.experiment.partition_model import curve_rows, model_layers, parse_input_shape
 from fedge.learning import build_model, profile_blocks
 from fedge.orchestration.split_point import EdgePool, Workload
+from fedge.studies.partition_model import curve_rows, model_layers, parse_input_shape
 
 SMALL = ["partition-model", "--model", "lenet5", "--input", "1x28x28", "--edges", "1,4"]
 

@@ -5,12 +5,12 @@ import sys
 import pytest
 import torch
 
-import fedge.experiment.run as run_module
+import fedge.runs.run as run_module
 from fedge.cli import _parser, _run_overrides
 from fedge.core.errors import FedgeError
 from fedge.experiment.build import build
 from fedge.experiment.config import load_config
-from fedge.experiment.run import run_experiment
+from fedge.runs.run import run_experiment
 from fedge.runtime.ray import start_local_ray
 
 pytestmark = pytest.mark.ray

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -10,10 +11,10 @@ from torch import nn
 
 from fedge.algorithms import ALGORITHMS, AlgorithmSpec, BuildContext, Coordinator
 from fedge.core.errors import ConfigError
-from fedge.core.node import derive_seed
+from fedge.core.node import NodeApp, derive_seed
 from fedge.core.update import ModelState
 from fedge.experiment.config import ExperimentConfig
-from fedge.experiment.engines import ENGINES, node_set
+from fedge.experiment.engines import ENGINES, node_set, portable_paths
 from fedge.experiment.systems import build_system
 from fedge.learning import (
     DATASETS,
@@ -197,7 +198,8 @@ def build(cfg: ExperimentConfig) -> Experiment:
     if links:
         for app in apps.values():
             app.use(ClientPipeline(links, system.tier))
-    nodes = node_set(cfg, apps, derive_seed(cfg.seed, "apps"))
+    rebuild = partial(node_apps, portable_paths(cfg))
+    nodes = node_set(cfg, apps, derive_seed(cfg.seed, "apps"), rebuild)
     return Experiment(
         config=cfg,
         train=train,
@@ -211,3 +213,8 @@ def build(cfg: ExperimentConfig) -> Experiment:
         initial_state=state_of(model),
         rng=np.random.default_rng(derive_seed(cfg.seed, "coordinator")),
     )
+
+
+def node_apps(cfg: ExperimentConfig) -> dict[str, NodeApp]:
+    """The node apps exactly as the local engine builds them (what a Ray worker runs)."""
+    return build(cfg.model_copy(update={"engine": "local"})).nodes.apps

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,9 @@ from fedge.runtime import NodeSet
 if TYPE_CHECKING:
     from fedge.experiment.config import ExperimentConfig
 
-NodeSetFactory = Callable[["ExperimentConfig", dict[str, NodeApp], int], NodeSet]
+AppsFactory = Callable[[], dict[str, NodeApp]]
+"""Builds the node apps of the run again, exactly as this process did (for remote workers)."""
+NodeSetFactory = Callable[["ExperimentConfig", dict[str, NodeApp], int, AppsFactory], NodeSet]
 
 
 @dataclass(frozen=True)
@@ -53,38 +54,38 @@ def set_threads(cfg: ExperimentConfig) -> None:
         torch.set_num_threads(cfg.threads)
 
 
-def node_apps(cfg: ExperimentConfig) -> dict[str, NodeApp]:
-    """The node apps exactly as the local engine builds them (what a Ray worker runs)."""
-    from fedge.experiment.build import build  # build imports this module
-
-    return build(cfg.model_copy(update={"engine": "local"})).nodes.apps
-
-
-def node_set(cfg: ExperimentConfig, apps: dict[str, NodeApp], seed: int) -> NodeSet:
+def node_set(
+    cfg: ExperimentConfig, apps: dict[str, NodeApp], seed: int, rebuild: AppsFactory
+) -> NodeSet:
     """The node set of the configured engine."""
-    return ENGINES.get(cfg.engine, "engine").node_set(cfg, apps, seed)
+    return ENGINES.get(cfg.engine, "engine").node_set(cfg, apps, seed, rebuild)
 
 
-def in_process(cfg: ExperimentConfig, apps: dict[str, NodeApp], seed: int) -> NodeSet:
+def in_process(
+    cfg: ExperimentConfig, apps: dict[str, NodeApp], seed: int, rebuild: AppsFactory
+) -> NodeSet:
     """Every app in this process (a gRPC process keeps the apps of its own nodes)."""
     return NodeSet(apps, seed)
 
 
-def ray_pool(cfg: ExperimentConfig, apps: dict[str, NodeApp], seed: int) -> NodeSet:
-    """Portable work (device training) on a bounded pool of Ray actors."""
+def ray_pool(
+    cfg: ExperimentConfig, apps: dict[str, NodeApp], seed: int, rebuild: AppsFactory
+) -> NodeSet:
+    """Portable work (device training) on a bounded pool of Ray actors, each of which
+    builds the apps once with ``rebuild``."""
     from fedge.runtime.ray import RayNodeSet  # only with the ray extra
 
     return RayNodeSet(
         apps,
         seed,
-        partial(node_apps, _portable_paths(cfg)),
+        rebuild,
         workers=cfg.ray.workers,
         address=cfg.ray.address,
         threads=cfg.threads or 1,
     )
 
 
-def _portable_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+def portable_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     """The config with ``data.root`` absolute: workers may not start in this directory."""
     if cfg.data.root is None:
         return cfg
@@ -99,7 +100,7 @@ for _engine in (
         "grpc",
         "a real deployment: cloud, edge and device processes over gRPC + TLS on loopback",
         in_process,
-        launch="fedge.experiment.deploy:run_deployment",
+        launch="fedge.deploy.local:run_deployment",
     ),
 ):
     ENGINES.add(_engine.name, _engine, _engine.description)

@@ -8,7 +8,7 @@ import pytest
 
 from fedge.cli import main
 from fedge.experiment.config import load_config
-from fedge.experiment.run import run_experiment
+from fedge.runs.run import run_experiment
 from fedge.results import RunStore, read_rows_csv
 
 SUMMARY_KEYS = {

@@ -18,16 +18,11 @@ import fedge
 from fedge.algorithms import FedAvg
 from fedge.cli import main
 from fedge.core.errors import FedgeError
-from fedge.experiment import (
-    CheckpointError,
-    load_config,
-    resume,
-    resume_experiment,
-    run_experiment,
-)
-from fedge.experiment import run as run_module
+from fedge.experiment import load_config
+from fedge.runs import CheckpointError, resume, resume_experiment, run_experiment
+from fedge.runs import run as run_module
 from fedge.experiment.build import build
-from fedge.experiment.checkpoint import (
+from fedge.runs.checkpoint import (
     CHECKPOINT_NAME,
     is_static,
     load_checkpoint,

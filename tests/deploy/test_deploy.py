@@ -21,10 +21,10 @@ from deploy_helpers import (
     wait_for,
 )
 from fedge.cli import main
+from fedge.deploy.local import LocalDeployment, deploy_local
 from fedge.experiment.config import ExperimentConfig, load_config
-from fedge.experiment.deploy import LocalDeployment, deploy_local
-from fedge.experiment.run import run_experiment
 from fedge.results import read_rows_csv
+from fedge.runs.run import run_experiment
 
 pytestmark = pytest.mark.grpc
 

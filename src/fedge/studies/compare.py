@@ -21,7 +21,6 @@ import numpy as np
 from fedge.core.errors import ConfigError, FedgeError
 from fedge.experiment.build import check_names
 from fedge.experiment.config import ExperimentConfig, apply_overrides, load_config
-from fedge.experiment.run import RunResult, run_experiment
 from fedge.results import PLOTS_DIR, plot_comparison, write_json, write_rows_csv
 from fedge.results.comparison import (
     format_comparison_table,
@@ -31,6 +30,7 @@ from fedge.results.comparison import (
     write_comparison_report,
 )
 from fedge.results.recipe import ci95
+from fedge.runs.run import RunResult, run_experiment
 
 METRICS = (
     "accuracy", "precision", "recall", "f1", "wall_time_s", "sim_time_s",

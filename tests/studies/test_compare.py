@@ -9,9 +9,9 @@ import pytest
 
 from fedge.cli import main
 from fedge.core.errors import ConfigError
-from fedge.experiment.compare import ci95, parse_vary, plan, split_values, summarise, variants
 from fedge.results import RunStore
 from fedge.results.comparison import format_mean_ci, mean_curve
+from fedge.studies.compare import ci95, parse_vary, plan, split_values, summarise, variants
 
 
 def test_variants_are_the_cartesian_product_with_values_read_like_set():
@@ -95,7 +95,7 @@ def test_compare_writes_table_csv_json_report_and_every_run(
     tiny_config, tmp_path, capsys, monkeypatch
 ):
     # per-run plots cost about a second each and are tested elsewhere; comparison plots stay
-    monkeypatch.setattr("fedge.experiment.run.plot_run", lambda *args, **kwargs: [])
+    monkeypatch.setattr("fedge.runs.run.plot_run", lambda *args, **kwargs: [])
     out = tmp_path / "cmp"
     argv = ["compare", str(tiny_config), "--vary", "training.lr=0.1,0.05", "--seeds", "2"]
     assert main([*argv, "--set", "rounds=1", "--out", str(out), "--no-progress"]) == 0

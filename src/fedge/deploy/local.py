@@ -24,10 +24,10 @@ from typing import Any
 
 from fedge.core.errors import FedgeError
 from fedge.core.files import atomic_write_bytes
+from fedge.deploy.serve import Plan
 from fedge.experiment.config import ExperimentConfig, load_config
-from fedge.experiment.run import RunResult
-from fedge.experiment.serve import Plan
 from fedge.results import read_rows_csv
+from fedge.runs.run import RunResult
 from fedge.runtime.grpc.tls import make_certs
 
 CLOUD_FILE = "cloud.json"
@@ -245,7 +245,7 @@ def _peers(items: Sequence[str]) -> dict[str, str]:
 
 def serve_from_cli(args: Any) -> int:
     """`fedge serve`: check the arguments for the role, then serve until shutdown."""
-    from fedge.experiment.serve import serve_cloud, serve_devices, serve_edge
+    from fedge.deploy.serve import serve_cloud, serve_devices, serve_edge
 
     cfg = load_config(args.config, args.overrides)
     certs = None if args.insecure else (args.certs or cfg.grpc.certs)

@@ -127,7 +127,7 @@ def serve_cloud(
     announce: Callable[[Path], None] | None = None,
 ) -> Path:
     """Run the coordinator with its children attached over gRPC; returns the run directory."""
-    from fedge.experiment.run import resume_experiment, run_experiment
+    from fedge.runs.run import resume_experiment, run_experiment
 
     cfg = cfg.model_copy(update={"engine": "grpc"})  # recorded with the run
     plan = Plan.of(cfg)

@@ -18,7 +18,7 @@ from typing import IO, Any
 from fedge.algorithms.base import RoundRecord
 from fedge.core.errors import FedgeError
 from fedge.experiment.build import Experiment
-from fedge.experiment.checkpoint import (
+from fedge.runs.checkpoint import (
     CHECKPOINT_NAME,
     TMP_SUFFIX,
     Checkpoint,

@@ -15,12 +15,12 @@ import numpy as np
 from fedge.core.errors import FedgeError
 from fedge.core.files import atomic_write_bytes
 from fedge.core.update import ModelState
-from fedge.experiment import resume
+from fedge.runs import resume
 from fedge.experiment.build import Experiment, build
-from fedge.experiment.checkpoint import CHECKPOINT_NAME, References
+from fedge.runs.checkpoint import CHECKPOINT_NAME, References
 from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.engines import ENGINES, set_threads
-from fedge.experiment.observer import Checkpointer, RoundObserver
+from fedge.runs.observer import Checkpointer, RoundObserver
 from fedge.results import PLOTS_DIR, RunStore, plot_run, write_json, write_report, write_rows_csv
 
 SUMMARY_KEYS = (

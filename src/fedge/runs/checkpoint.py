@@ -39,7 +39,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from fedge.core.update import ModelState
-from fedge.experiment.checkpoint_file import (
+from fedge.runs.checkpoint_file import (
     TMP_SUFFIX,
     CheckpointError,
     read_checkpoint_file,

@@ -1,0 +1,1 @@
+"""Deployment: one gRPC node process (``serve``) and a deployment on loopback (``local``)."""

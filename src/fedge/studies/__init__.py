@@ -1,0 +1,1 @@
+"""The study commands: ``fedge compare``, ``fedge schedule``, ``fedge partition-model``."""
