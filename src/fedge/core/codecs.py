@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -316,43 +317,27 @@ def _decode(
     return out
 
 
-class Fp16Codec:
-    """Codec "fp16" (``encode_fp16``)."""
+@dataclass(frozen=True)
+class EntryCodec:
+    """A codec whose floating entries each decode with one function (see ``_decode``)."""
+
+    decode_entry: Callable[[Mapping[str, Any], int], torch.Tensor]
+    """(entry, number of elements) -> the flat floating tensor."""
 
     def decode(self, data: Mapping[str, Any]) -> ModelState:
-        return _decode(data, _decode_fp16)
+        return _decode(data, self.decode_entry)
 
 
-class SparseCodec:
-    """Codec "sparse" (``encode_sparse``)."""
-
-    def decode(self, data: Mapping[str, Any]) -> ModelState:
-        return _decode(data, _decode_sparse)
-
-
-class QsgdCodec:
-    """Codec "qsgd" (``encode_qsgd``)."""
-
-    def decode(self, data: Mapping[str, Any]) -> ModelState:
-        return _decode(data, _decode_qsgd)
-
-
-class TernaryCodec:
-    """Codec "ternary" (``encode_ternary``)."""
-
-    def decode(self, data: Mapping[str, Any]) -> ModelState:
-        return _decode(data, _decode_ternary)
-
-
-class SignCodec:
-    """Codec "sign" (``encode_sign``)."""
-
-    def decode(self, data: Mapping[str, Any]) -> ModelState:
-        return _decode(data, _decode_sign)
-
-
-CODECS.add("fp16", Fp16Codec(), "float32/float64 entries as float16; others dense")
-CODECS.add("sparse", SparseCodec(), "nonzeros: fp32 values at COO or bitmask positions")
-CODECS.add("qsgd", QsgdCodec(), "QSGD: fp32 scale + signed levels, 1+ceil(log2(s+1)) bits each")
-CODECS.add("ternary", TernaryCodec(), "STC: positions + one sign bit each + one fp32 scale")
-CODECS.add("sign", SignCodec(), "signSGD: one sign bit per entry + one fp32 scale")
+CODECS.add("fp16", EntryCodec(_decode_fp16), "float32/float64 entries as float16; others dense")
+CODECS.add(
+    "sparse", EntryCodec(_decode_sparse), "nonzeros: fp32 values at COO or bitmask positions"
+)
+CODECS.add(
+    "qsgd",
+    EntryCodec(_decode_qsgd),
+    "QSGD: fp32 scale + signed levels, 1+ceil(log2(s+1)) bits each",
+)
+CODECS.add(
+    "ternary", EntryCodec(_decode_ternary), "STC: positions + one sign bit each + one fp32 scale"
+)
+CODECS.add("sign", EntryCodec(_decode_sign), "signSGD: one sign bit per entry + one fp32 scale")
