@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         default="all",
         help="one of all, algorithms, engines, datasets, partitioners, models, aggregators, "
-        "server-optimizers, interserver-rules, selectors, compressors, codecs",
+        "server-optimizers, interserver-rules, selectors, compressors, codecs, studies",
     )
     _add_compare(sub)
     _add_schedule(sub)
@@ -135,12 +135,14 @@ def _add_partition_model(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def _registries() -> dict[str, list[tuple[str, str]]]:
+    import fedge.studies  # noqa: F401  (importing it registers the built-in studies)
     from fedge.aggregation import AGGREGATORS, INTERSERVER, SERVER_OPTIMIZERS
     from fedge.algorithms import ALGORITHMS
     from fedge.algorithms.selection import SELECTORS
     from fedge.core.codec import CODECS
     from fedge.experiment.engines import ENGINES
     from fedge.learning import DATASETS, MODELS, PARTITIONERS
+    from fedge.runs.study import STUDIES
     from fedge.transforms import COMPRESSORS
 
     return {
@@ -155,6 +157,7 @@ def _registries() -> dict[str, list[tuple[str, str]]]:
         "selectors": SELECTORS.describe(),
         "compressors": COMPRESSORS.describe(),
         "codecs": CODECS.describe(),
+        "studies": STUDIES.describe(),
     }
 
 
@@ -219,6 +222,11 @@ def _print_summary(s: dict[str, Any], run_dir: Path) -> None:
     from fedge.results import format_table, human_bytes
     from fedge.runs.run import SUMMARY_KEYS
 
+    if "steps" in s:  # a study: its own figures
+        numbers = [k for k, v in s.items() if isinstance(v, int | float)]
+        print(format_table([s], numbers))
+        print(f"report: {run_dir / 'report.html'}")
+        return
     print(format_table([s], [c for c in SUMMARY_KEYS if c in s and not c.startswith("bytes")]))
     tiers = sorted(k for k in s if k.startswith(("bytes_up_", "bytes_down_", "bytes_peer_")))
     print(

@@ -19,16 +19,16 @@ from fedge.algorithms import FedAvg
 from fedge.cli import main
 from fedge.core.errors import FedgeError
 from fedge.experiment import load_config
+from fedge.experiment.build import build
+from fedge.results import RunStore
 from fedge.runs import CheckpointError, resume, resume_experiment, run_experiment
 from fedge.runs import run as run_module
-from fedge.experiment.build import build
 from fedge.runs.checkpoint import (
     CHECKPOINT_NAME,
     is_static,
     load_checkpoint,
     read_checkpoint_header,
 )
-from fedge.results import RunStore
 from fedge.runtime import NodeSet
 
 

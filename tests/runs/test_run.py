@@ -8,8 +8,8 @@ import pytest
 
 from fedge.cli import main
 from fedge.experiment.config import load_config
-from fedge.runs.run import run_experiment
 from fedge.results import RunStore, read_rows_csv
+from fedge.runs.run import run_experiment
 
 SUMMARY_KEYS = {
     "accuracy",

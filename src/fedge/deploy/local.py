@@ -27,7 +27,7 @@ from fedge.core.files import atomic_write_bytes
 from fedge.deploy.serve import Plan
 from fedge.experiment.config import ExperimentConfig, load_config
 from fedge.results import read_rows_csv
-from fedge.runs.run import RunResult
+from fedge.runs.result import RunResult
 from fedge.runtime.grpc.tls import make_certs
 
 CLOUD_FILE = "cloud.json"

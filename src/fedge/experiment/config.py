@@ -177,6 +177,16 @@ class ExperimentConfig(Section):
     target_accuracy: float | None = Field(None, gt=0, le=1)
     stop_at_target: bool = Field(True, description="stop once target_accuracy is reached")
     threads: int = Field(0, ge=0, description="PyTorch CPU threads; 0 keeps PyTorch's default")
+    study: str | None = Field(
+        None,
+        description="a study to run instead of training rounds (`fedge list studies`, or an "
+        "import path); None: a training run",
+    )
+    study_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the study's own settings, a free table here: checked against the "
+        "study's settings model before any work (errors name study_params.<key>)",
+    )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     training: TrainConfig = TrainConfig()

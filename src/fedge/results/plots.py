@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fedge.core.files import atomic_write_bytes
+from fedge.results.files import row_columns
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +204,8 @@ def plot_run(
         return []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if rows and "step" in rows[0] and "round" not in rows[0]:  # a study's rows
+        return plot_steps(rows, out)
     written = _plot_accuracy(rows, out) + _plot_bytes(rows, out) + _plot_energy(rows, out)
     if confusion is not None and np.asarray(confusion).size:
         written.append(plot_confusion(confusion, out / "confusion.png", class_names))
@@ -224,4 +228,20 @@ def plot_comparison(series: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: 
         if curves:
             title = "Accuracy by run"
             written.append(_line_plot(out / name, curves, xlabel, "accuracy", title, legend=True))
+    return written
+
+
+def plot_steps(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    """One PNG per numeric column against step (``<key>_vs_step.png``); none without
+    matplotlib."""
+    if not plotting_available():
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for key in row_columns(rows):
+        x, y = xy_series(rows, "step", key)
+        if key == "step" or not len(x):
+            continue
+        path = out_dir / (re.sub(r"[^A-Za-z0-9_.-]+", "_", key) + "_vs_step.png")
+        written += plot_lines(path, [(key, x, y)], "step", key, key.replace("_", " "))
     return written

@@ -39,6 +39,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from fedge.core.update import ModelState
+from fedge.learning import ArrayDataset
 from fedge.runs.checkpoint_file import (
     TMP_SUFFIX,
     CheckpointError,
@@ -46,7 +47,6 @@ from fedge.runs.checkpoint_file import (
     read_checkpoint_header,
     write_checkpoint_file,
 )
-from fedge.learning import ArrayDataset
 from fedge.system.model import SystemModel
 
 __all__ = [

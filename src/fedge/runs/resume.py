@@ -18,6 +18,10 @@ from typing import IO, Any
 from fedge.algorithms.base import RoundRecord
 from fedge.core.errors import FedgeError
 from fedge.experiment.build import Experiment
+from fedge.experiment.config import ExperimentConfig, parse_config
+from fedge.experiment.engines import ENGINES
+from fedge.results import RunNotFoundError, RunStore, read_json
+from fedge.results.files import to_jsonable
 from fedge.runs.checkpoint import (
     CHECKPOINT_NAME,
     TMP_SUFFIX,
@@ -28,10 +32,6 @@ from fedge.runs.checkpoint import (
     read_checkpoint_header,
     save_checkpoint,
 )
-from fedge.experiment.config import ExperimentConfig, parse_config
-from fedge.experiment.engines import ENGINES
-from fedge.results import RunNotFoundError, RunStore, read_json
-from fedge.results.files import to_jsonable
 
 """A gRPC run resumes in its cloud process (``fedge serve cloud --resume``)."""
 LOCK_NAME = "run.lock"
@@ -118,6 +118,12 @@ def resume_point(run_dir: str | Path) -> ResumePoint:
     if not d.is_dir():
         raise FedgeError(f"--resume {d}: no such directory; allowed: {_ALLOWED}")
     config = parse_config(read_json(d / "config.json", f"the run's config; allowed: {_ALLOWED}"))
+    if config.study is not None:
+        raise FedgeError(
+            f"{d}: a run of study {config.study!r} is not resumed (a study writes no "
+            "checkpoints; its rows are cheap to recompute); allowed: run it again with "
+            "`fedge run CONFIG`"
+        )
     resumable = [name for name in ENGINES.names() if ENGINES.get(name).resumable]
     if config.engine not in resumable:
         raise FedgeError(

@@ -4,24 +4,23 @@ resume_experiment(run_dir) -> RunResult: go on from the run's last checkpoint.""
 from __future__ import annotations
 
 import math
-import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from fedge.core.errors import FedgeError
 from fedge.core.files import atomic_write_bytes
 from fedge.core.update import ModelState
-from fedge.runs import resume
 from fedge.experiment.build import Experiment, build
-from fedge.runs.checkpoint import CHECKPOINT_NAME, References
 from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.engines import ENGINES, set_threads
-from fedge.runs.observer import Checkpointer, RoundObserver
 from fedge.results import PLOTS_DIR, RunStore, plot_run, write_json, write_report, write_rows_csv
+from fedge.runs import resume
+from fedge.runs.checkpoint import CHECKPOINT_NAME, References
+from fedge.runs.observer import Checkpointer, RoundObserver
+from fedge.runs.result import RunResult, versions
+from fedge.runs.study import run_study
 
 SUMMARY_KEYS = (
     "accuracy",
@@ -49,29 +48,6 @@ SUMMED_PREFIXES = (
     "transmission_latency_s",
     "handover_",
 )
-
-
-@dataclass(frozen=True)
-class RunResult:
-    run_id: str
-    run_dir: Path
-    summary: dict[str, Any]
-    rows: list[dict[str, Any]]
-
-
-def versions() -> dict[str, str]:
-    import pydantic
-    import torch
-
-    import fedge
-
-    return {
-        "fedge": fedge.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "pydantic": pydantic.__version__,
-    }
 
 
 def _progress(enabled: bool, total: int, name: str, done: int = 0) -> Any:
@@ -115,6 +91,8 @@ def run_experiment(
     own transport; a class with ``checkpoint_by_reference = True`` is then named in the
     checkpoints, not stored); ``started`` gets the run directory once it exists.
     """
+    if config.study is not None:  # not training rounds: see fedge.runs.study
+        return run_study(config, out_dir, progress, echo)
     engine = ENGINES.get(config.engine, "engine")
     launch = engine.launcher()
     if launch is not None and prepare is None:

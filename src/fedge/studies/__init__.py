@@ -1,1 +1,3 @@
 """The study commands: ``fedge compare``, ``fedge schedule``, ``fedge partition-model``."""
+
+from fedge.studies import scheduling  # noqa: F401  (importing it registers the study)

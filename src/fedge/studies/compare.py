@@ -30,7 +30,9 @@ from fedge.results.comparison import (
     write_comparison_report,
 )
 from fedge.results.recipe import ci95
-from fedge.runs.run import RunResult, run_experiment
+from fedge.runs.result import RunResult
+from fedge.runs.run import run_experiment
+from fedge.runs.study import check_study
 
 METRICS = (
     "accuracy", "precision", "recall", "f1", "wall_time_s", "sim_time_s",
@@ -143,10 +145,20 @@ def _summary(run: RunResult) -> dict[str, Any]:
     return {**{k: last[k] for k in METRICS if k in last}, **run.summary}
 
 
-def summarise(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Stat]:
+def study_metrics(summaries: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """A study's metrics: every number in its summaries (studies have no fixed set)."""
+    keys: dict[str, None] = {}
+    for summary in summaries:
+        keys.update({k: None for k, v in summary.items() if is_finite_number(v)})
+    return tuple(keys)
+
+
+def summarise(
+    summaries: Sequence[Mapping[str, Any]], metrics: Sequence[str] = METRICS
+) -> dict[str, Stat]:
     """Mean, 95% CI and values of each metric over the run summaries that report it."""
     out: dict[str, Stat] = {}
-    for key in METRICS:
+    for key in metrics:
         values = [float(s[key]) for s in summaries if is_finite_number(s.get(key))]
         if values:
             out[key] = Stat(float(np.mean(values)), ci95(values), values)
@@ -157,6 +169,8 @@ def _load(config_path: str | Path, overrides: Sequence[str], label: str) -> Expe
     try:
         config = load_config(config_path, overrides)
         check_names(config)
+        if config.study is not None:
+            check_study(config)
     except FedgeError as exc:
         raise FedgeError(f"variant {label}: {exc}") from None
     return config
@@ -205,14 +219,19 @@ def _run_all(
             if echo is not None:
                 echo(f"[{done}/{total}] {variant.label}, seed={config.seed}")
             runs.append(run_experiment(config, out_dir=runs_dir, progress=progress))
-        stats = summarise([_summary(run) for run in runs])
+        summaries = [_summary(run) for run in runs]
+        keys = METRICS if configs[0].study is None else study_metrics(summaries)
+        stats = summarise(summaries, keys)
         results.append(VariantResult(variant, [c.seed for c in configs], runs, stats))
     return results
 
 
 def present_metrics(results: Sequence[VariantResult]) -> list[str]:
-    """The metrics that at least one variant reports, in METRICS order."""
-    return [m for m in METRICS if any(m in r.metrics for r in results)]
+    """The metrics that at least one variant reports: METRICS first, in their order, then
+    a study's own in the order its summaries list them."""
+    extra = [m for r in results for m in r.metrics if m not in METRICS]
+    ordered = [*METRICS, *dict.fromkeys(extra)]
+    return [m for m in ordered if any(m in r.metrics for r in results)]
 
 
 def table_rows(results: Sequence[VariantResult]) -> tuple[list[dict[str, Any]], list[str]]:
