@@ -108,11 +108,25 @@ def test_error_feedback_adds_the_residual_of_the_last_round():
 
 def test_error_feedback_refuses_a_changed_model():
     memory: dict = {}
-    _send("topk", {}, Update({"w": torch.ones(4)}), memory)
+    _send("topk", {}, Update({"w": torch.ones(4)}, kind="delta"), memory)
     with pytest.raises(FedgeError, match="residual"):
-        _send("topk", {}, Update({"w": torch.ones(5)}), memory)
+        _send("topk", {}, Update({"w": torch.ones(5)}, kind="delta"), memory)
     with pytest.raises(FedgeError, match="residual"):
-        _send("stc", {}, Update({"v": torch.ones(4)}), memory)
+        _send("stc", {}, Update({"v": torch.ones(4)}, kind="delta"), memory)
+
+
+@pytest.mark.parametrize("name", ["topk", "stc", "signsgd"])
+def test_a_full_model_is_compressed_without_memory(name):
+    """Error feedback is for deltas: a state (no reference model) keeps no residual, so a
+    second, different model is not shifted by the first one's leftovers."""
+    memory: dict = {}
+    first = Update({"w": torch.tensor([3.0, 1.0, 0.5, -2.0])})
+    second = Update({"w": torch.tensor([0.1, 0.2, 0.3, 0.4])})
+    _send(name, {"ratio": 0.25} if name != "signsgd" else {}, first, memory)
+    assert memory == {}
+    alone = _send(name, {"ratio": 0.25} if name != "signsgd" else {}, second, {})
+    after = _send(name, {"ratio": 0.25} if name != "signsgd" else {}, second, memory)
+    assert torch.equal(alone.state["w"], after.state["w"])
 
 
 @settings(max_examples=60, deadline=None)

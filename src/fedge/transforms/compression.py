@@ -8,6 +8,8 @@ dtype (float32 for float16/bfloat16 entries).
 Error feedback (Stich et al. 2018; Karimireddy et al. 2019): ``memory["residual"]`` holds,
 per floating key, what was computed but not received (input + old residual - decoded); it
 starts at zero and is added to the next input before compressing, so no mass is lost.
+It applies to deltas (what the client pipeline sends when the request carried a model);
+a full state is compressed without memory.
 """
 
 from __future__ import annotations
@@ -73,6 +75,13 @@ def _torch_generator(rng: np.random.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(int(rng.integers(2**62)))
 
 
+def _feedback(update: Update, error_feedback: bool) -> bool:
+    """Error feedback applies to deltas only: a full model (a state sent where the request
+    carried no reference, e.g. a published MS-FL model) is compressed without memory, since
+    one model's residual means nothing added to the next model."""
+    return error_feedback and update.kind == "delta"
+
+
 def _inputs(update: Update, memory: dict[str, Any], error_feedback: bool) -> ModelState:
     """Floating entries in their working dtype, plus the residual under error feedback."""
     acc = {
@@ -121,12 +130,13 @@ class TopK:
         self.error_feedback = _flag("error_feedback", error_feedback)
 
     def send(self, update: Update, memory: dict[str, Any], rng: np.random.Generator) -> Update:
-        acc = _inputs(update, memory, self.error_feedback)
+        feedback = _feedback(update, self.error_feedback)
+        acc = _inputs(update, memory, feedback)
         index = {
             k: top_k(a.reshape(-1).abs(), _count(self.ratio, a.numel())) for k, a in acc.items()
         }
         out = encoded(update, "sparse", encode_sparse(_like(update.state, acc), index))
-        if self.error_feedback:
+        if feedback:
             _remember(memory, acc, out)
         return out
 
@@ -150,7 +160,8 @@ class RandK:
             raise ConfigError("unbiased", True, "false when error_feedback is true")
 
     def send(self, update: Update, memory: dict[str, Any], rng: np.random.Generator) -> Update:
-        acc = _inputs(update, memory, self.error_feedback)
+        feedback = _feedback(update, self.error_feedback)
+        acc = _inputs(update, memory, feedback)
         index: Index = {}
         for key, a in acc.items():
             n = a.numel()
@@ -159,7 +170,7 @@ class RandK:
             if self.unbiased and 0 < k < n:
                 acc[key] = a * (n / k)
         out = encoded(update, "sparse", encode_sparse(_like(update.state, acc), index))
-        if self.error_feedback:
+        if feedback:
             _remember(memory, acc, out)
         return out
 
@@ -217,7 +228,8 @@ class STC:
         self.error_feedback = _flag("error_feedback", error_feedback)
 
     def send(self, update: Update, memory: dict[str, Any], rng: np.random.Generator) -> Update:
-        acc = _inputs(update, memory, self.error_feedback)
+        feedback = _feedback(update, self.error_feedback)
+        acc = _inputs(update, memory, feedback)
         index: Index = {}
         scales: dict[str, float] = {}
         for key, a in acc.items():
@@ -226,7 +238,7 @@ class STC:
             kept = flat[index[key]].abs()
             scales[key] = float(kept.mean()) if kept.numel() else 0.0
         out = encoded(update, "ternary", encode_ternary(_like(update.state, acc), scales, index))
-        if self.error_feedback:
+        if feedback:
             _remember(memory, acc, out)
         return out
 
@@ -242,10 +254,11 @@ class SignSGD:
         self.error_feedback = _flag("error_feedback", error_feedback)
 
     def send(self, update: Update, memory: dict[str, Any], rng: np.random.Generator) -> Update:
-        acc = _inputs(update, memory, self.error_feedback)
+        feedback = _feedback(update, self.error_feedback)
+        acc = _inputs(update, memory, feedback)
         scales = {k: float(a.abs().mean()) if a.numel() else 0.0 for k, a in acc.items()}
         out = encoded(update, "sign", encode_sign(_like(update.state, acc), scales))
-        if self.error_feedback:
+        if feedback:
             _remember(memory, acc, out)
         return out
 
