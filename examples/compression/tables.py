@@ -21,12 +21,17 @@ COLUMNS = (
     Column("accuracy", "final accuracy", 4),
     Column("rounds_to_target", "rounds to 75%", 1),
     Column("sim_time_to_target_s", "sim time to 75% (s)", 1),
-    Column("bytes_up_device_edge", "up device-edge (B)", 0),
-    Column("bytes_dense_up_device_edge", "dense device-edge (B)", 0),
-    Column("bytes_up_edge_cloud", "up edge-cloud (B)", 0),
-    Column("bytes_dense_up_edge_cloud", "dense edge-cloud (B)", 0),
+    Column("bytes_up_device_edge", "up device-edge (MB)", 1),
+    Column("bytes_dense_up_device_edge", "dense device-edge (MB)", 1),
+    Column("bytes_up_edge_cloud", "up edge-cloud (MB)", 1),
+    Column("bytes_dense_up_edge_cloud", "dense edge-cloud (MB)", 1),
     Column("compression_ratio_up", "uplink ratio", 1),
 )
+
+
+def _mb(key: str, value: object) -> object:
+    """Byte counters in MB (1e6 bytes); everything else as it is."""
+    return value / 1e6 if key.startswith("bytes_") and isinstance(value, int | float) else value
 
 
 def _entries(root: Path) -> list[Entry]:
@@ -35,7 +40,8 @@ def _entries(root: Path) -> list[Entry]:
     for name in ORDER:
         if name in found:
             entry = entries(found[name])[0]
-            out.append(Entry(entry.variant, entry.runs, entry.dirs, name))
+            runs = [{k: _mb(k, v) for k, v in run.items()} for run in entry.runs]
+            out.append(Entry(entry.variant, runs, entry.dirs, name))
     return out
 
 
