@@ -13,6 +13,7 @@ training) comes as a ``SelectionHint`` computed by whoever builds the federation
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -89,17 +90,18 @@ class SelectionContext:
 
 
 @dataclass(frozen=True)
-class Selector:
+class Selector(ABC):
     """A selection rule; its dataclass fields are its parameters."""
 
-    def check(self, clients_per_round: int, deadline_s: float | None) -> None:
-        """Raise ConfigError when the rule cannot work with these federation settings."""
+    def check(self, clients_per_round: int, deadline_s: float | None) -> None:  # noqa: B027
+        """Raise ConfigError when the rule cannot work with these federation settings
+        (every setting works unless a rule says otherwise)."""
 
+    @abstractmethod
     def select(
         self, devices: list[str], k: int, rng: np.random.Generator, ctx: SelectionContext
     ) -> list[str]:
         """At most ``k`` of ``devices`` (``k <= len(devices)``), in the order they train."""
-        raise NotImplementedError
 
 
 SELECTORS: Registry[type[Selector]] = Registry("selector")
