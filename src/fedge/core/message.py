@@ -76,10 +76,14 @@ class Message:
         header, tensors = self._header()
         return _PREFIX.size + len(header) + sum(t.numel() * t.element_size() for t in tensors)
 
+    def compressed(self) -> bool:
+        """True when an update in the payload travels in a codec's form."""
+        return any(isinstance(v, Update) and v.encoding for v in self.payload.values())
+
     def dense_nbytes(self) -> int:
         """What ``nbytes()`` would be if every update in the payload travelled dense (the
         size before compression)."""
-        if not any(isinstance(v, Update) and v.encoding for v in self.payload.values()):
+        if not self.compressed():
             return self.nbytes()
         payload = {
             k: replace(v, encoding=None) if isinstance(v, Update) else v

@@ -62,7 +62,8 @@ class Ledger:
         self, cost: TransferCost, system: SystemModel, message: Message | None = None
     ) -> None:
         carries_model = message is not None and message.carries_model()
-        dense = message.dense_nbytes() if carries_model and message is not None else None
+        compressed = message is not None and message.compressed()
+        dense = message.dense_nbytes() if compressed and message is not None else None
         for hop in cost.hops:
             tier = hop.tier.replace("-", "_")
             self.counters[f"bytes_{hop.direction}_{tier}"] += hop.nbytes
