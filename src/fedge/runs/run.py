@@ -19,7 +19,7 @@ from fedge.results import PLOTS_DIR, RunStore, plot_run, write_json, write_repor
 from fedge.runs import resume
 from fedge.runs.checkpoint import CHECKPOINT_NAME, References
 from fedge.runs.observer import Checkpointer, RoundObserver
-from fedge.runs.result import RunResult, versions
+from fedge.runs.result import RunResult, open_run
 from fedge.runs.study import run_study
 
 SUMMARY_KEYS = (
@@ -104,14 +104,7 @@ def run_experiment(
         prepare(exp)
     refs = resume.references(exp) if engine.resumable else None
     store = RunStore(config.output.store)
-    root = Path(out_dir if out_dir is not None else config.output.dir)
-    resolved, packages = config.model_dump(), versions()
-    run_id = store.create_run(config.name, resolved, config.seed, packages, "")
-    run_dir = root / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    store.set_run_dir(run_id, str(run_dir))
-    write_json(resolved, run_dir / "config.json")
-    write_json({"seed": config.seed, "versions": packages}, run_dir / "versions.json")
+    run_id, run_dir = open_run(store, config, out_dir)
     write_json(exp.partition_report(), run_dir / "partition.json")
     if started is not None:
         started(run_dir)

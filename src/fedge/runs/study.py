@@ -29,7 +29,7 @@ from fedge.core.settings import Section, config_error
 from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.systems import build_system
 from fedge.results import PLOTS_DIR, RunStore, plot_run, write_json, write_report, write_rows_csv
-from fedge.runs.result import RunResult, versions
+from fedge.runs.result import RunResult, open_run
 from fedge.system.clock import SimClock
 from fedge.system.model import SystemModel
 
@@ -120,7 +120,7 @@ def run_study(
     spec, settings = check_study(config)
     system = build_system(config.system, config.seed)
     store = RunStore(config.output.store)
-    run_id, run_dir = _create_run(store, config, out_dir)
+    run_id, run_dir = open_run(store, config, out_dir)
     rng = np.random.default_rng(derive_seed(config.seed, "study", spec.name))
     ctx = StudyContext(config, settings, system, SimClock(0.0), rng, run_dir)
     try:
@@ -137,21 +137,6 @@ def run_study(
     if echo is not None:
         echo(f"run {run_id} written to {run_dir}")
     return RunResult(run_id, run_dir, summary, rows)
-
-
-def _create_run(
-    store: RunStore, config: ExperimentConfig, out_dir: str | Path | None
-) -> tuple[str, Path]:
-    """The store row and the run directory with config.json and versions.json, as a
-    training run has them (a study has no partition.json)."""
-    resolved, packages = config.model_dump(), versions()
-    run_id = store.create_run(config.name, resolved, config.seed, packages, "")
-    run_dir = Path(out_dir if out_dir is not None else config.output.dir) / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    store.set_run_dir(run_id, str(run_dir))
-    write_json(resolved, run_dir / "config.json")
-    write_json({"seed": config.seed, "versions": packages}, run_dir / "versions.json")
-    return run_id, run_dir
 
 
 def _steps(
