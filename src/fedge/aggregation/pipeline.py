@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from fedge.aggregation.mean import AGGREGATORS, aggregate, check_aggregator
-from fedge.aggregation.server_opt import ServerOptimizer, make_server_optimizer
-from fedge.core.update import ModelState, Update, UpdateKind, delta, float_keys
+from fedge.aggregation.server_opt import ServerOptimizer, make_server_optimizer, pseudo_gradient
+from fedge.core.update import ModelState, Update, UpdateKind, delta
 
 
 @dataclass(frozen=True)
@@ -56,11 +56,8 @@ class Aggregate:
                 k: v.to(torch.float64) if v.is_floating_point() else v
                 for k, v in self.result.items()
             }
-        floats = set(float_keys(self.result))
-        return {
-            k: v.to(torch.float64) - self.reference[k].to(torch.float64) if k in floats else v
-            for k, v in self.result.items()
-        }
+        grad = pseudo_gradient(self.reference, self.result)
+        return {k: grad.get(k, v) for k, v in self.result.items()}
 
 
 class PrepareStage(Protocol):

@@ -14,7 +14,7 @@ from fedge.core.errors import ConfigError
 from fedge.core.node import NodeApp
 from fedge.core.registry import Registry
 from fedge.core.settings import Section
-from fedge.core.transport import SYNC, Transport
+from fedge.core.transport import Transport
 from fedge.core.update import ModelState, Update
 from fedge.learning import ArrayDataset, ModelProfile, TrainConfig, evaluate, load_state
 from fedge.system.model import SystemModel
@@ -144,7 +144,8 @@ class BuildContext:
 @dataclass(frozen=True)
 class Assembly:
     """What an algorithm builds: the apps of its nodes, its coordinator, and the node the
-    coordinator drives from (``cloud``, or ``SYNC_NODE`` for decentralized protocols)."""
+    coordinator drives from (``cloud``, or ``fedge.core.transport.SYNC`` for decentralized
+    protocols)."""
 
     apps: dict[str, NodeApp]
     coordinator: Coordinator
@@ -153,7 +154,6 @@ class Assembly:
 
 Check = Callable[[Any], None]
 """(whole config) -> None, raising ConfigError."""
-SYNC_NODE = SYNC
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,6 @@ from fedge.aggregation.neighbours import (
     random_neighbours,
 )
 from fedge.algorithms.base import (
-    SYNC_NODE,
     AlgorithmSpec,
     Assembly,
     BuildContext,
@@ -65,7 +64,7 @@ from fedge.core.message import Message
 from fedge.core.node import NodeApp, NodeContext
 from fedge.core.settings import Section
 from fedge.core.sparse import decode_mask, encode_sparse
-from fedge.core.transport import Transport
+from fedge.core.transport import SYNC, Transport
 from fedge.core.update import ModelState, Update, Work, clone_state, delta
 from fedge.learning import ArrayDataset, TrainConfig, load_state, local_train, state_of
 from fedge.learning.pruning import (
@@ -370,7 +369,7 @@ def decentralized(method: str) -> Callable[[BuildContext], Assembly]:
         }
         s = ctx.config.federation
         coordinator = Decentralized(method, s.evaluate_every, s.deadline_s)
-        return Assembly({**apps, "cloud": NodeApp("cloud", "cloud")}, coordinator, SYNC_NODE)
+        return Assembly({**apps, "cloud": NodeApp("cloud", "cloud")}, coordinator, SYNC)
 
     return assemble
 

@@ -12,6 +12,7 @@ from torch import nn
 from fedge.algorithms import ALGORITHMS, AlgorithmSpec, BuildContext, Coordinator
 from fedge.core.errors import ConfigError
 from fedge.core.node import NodeApp, derive_seed
+from fedge.core.settings import Section
 from fedge.core.update import ModelState
 from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.engines import ENGINES, node_set, portable_paths
@@ -65,17 +66,22 @@ class Experiment:
 def check_names(cfg: ExperimentConfig) -> AlgorithmSpec:
     """Reject unknown names and settings the algorithm cannot use, before any work; the
     sections' own parameters were checked when the config was validated."""
+    return _checked(cfg)[0]
+
+
+def _checked(cfg: ExperimentConfig) -> tuple[AlgorithmSpec, Section, dict[str, list[Transform]]]:
+    """check_names' work, keeping what it built: the algorithm, its section with the
+    variant's defaults, and the client pipeline's transforms per link."""
     spec = ALGORITHMS.get(cfg.algorithm, "algorithm")
     ENGINES.get(cfg.engine, "engine")
     DATASETS.get(cfg.data.dataset, "data.dataset")
     PARTITIONERS.get(cfg.data.partition, "data.partition")
     if ":" not in cfg.model.name and cfg.model.name not in MODELS:
         MODELS.get(cfg.model.name, "model.name")
-    spec.section(cfg)  # the variant's defaults applied and checked with the section
+    settings = spec.section(cfg)  # the variant's defaults applied and checked
     if spec.check is not None:
         spec.check(cfg)
-    client_pipeline(cfg, spec)
-    return spec
+    return spec, settings, client_pipeline(cfg, spec)
 
 
 def client_pipeline(cfg: ExperimentConfig, spec: AlgorithmSpec) -> dict[str, list[Transform]]:
@@ -169,7 +175,7 @@ def _local_test_split(
 def build(cfg: ExperimentConfig) -> Experiment:
     """Check the config, then load data, build the system, and let the algorithm assemble
     its apps and coordinator; the update pipeline and the engine come last."""
-    spec = check_names(cfg)
+    spec, settings, links = _checked(cfg)
     system = build_system(cfg.system, cfg.seed)
     train, test = _data(cfg)
     train, validation = _split_validation(cfg, train, len(system.ids("edge")), spec.validation)
@@ -180,7 +186,7 @@ def build(cfg: ExperimentConfig) -> Experiment:
     own_parts, local_tests = _local_test_split(cfg, parts, spec.personalized)
     ctx = BuildContext(
         config=cfg,
-        settings=spec.section(cfg),
+        settings=settings,
         training=cfg.training,
         system=system,
         train=train,
@@ -194,7 +200,6 @@ def build(cfg: ExperimentConfig) -> Experiment:
     )
     assembly = spec.assemble(ctx)
     apps = assembly.apps
-    links = client_pipeline(cfg, spec)
     if links:
         for app in apps.values():
             app.use(ClientPipeline(links, system.tier))

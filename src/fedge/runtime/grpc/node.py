@@ -30,6 +30,7 @@ from fedge.runtime.grpc.hub import Authorize, Hub
 from fedge.runtime.grpc.settings import GrpcSettings, LoopThread, pause
 from fedge.runtime.grpc.tls import NodeCerts
 from fedge.runtime.grpc.transport import GrpcTransport
+from fedge.transforms.pipeline import reference_model
 
 log = logging.getLogger("fedge.grpc")
 SHUTDOWN = "shutdown"
@@ -179,7 +180,7 @@ class Dormancy:
             self._last = request
 
     def before(self, request: Message) -> Message:
-        if not self.rounds_alone or not _carries_model(request):
+        if not self.rounds_alone or reference_model(request) is None:
             return request
         log.info(
             "%s: back in touch after %d rounds alone; resynchronising",
@@ -207,10 +208,6 @@ class Dormancy:
         payload["alone"] = True
         log.info("%s: parent unreachable, round %d alone", last.dst, self.rounds_alone)
         self.attachment.handle(Message(last.src, last.dst, last.kind, last.round, payload))
-
-
-def _carries_model(message: Message) -> bool:
-    return any(isinstance(v, Update) and v.kind == "state" for v in message.payload.values())
 
 
 def _no_model(message: Message) -> dict[str, Any]:
