@@ -16,11 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedge.algorithms.decentralized import PeerSettings
 from fedge.algorithms.federation import FederationSettings
 from fedge.algorithms.split import SplitSettings
+from fedge.caching.settings import CachingSettings
 from fedge.core.errors import ConfigError, FedgeError
 from fedge.core.settings import config_error
 from fedge.learning.training import TrainConfig
@@ -200,6 +201,15 @@ class ExperimentConfig(Section):
     compression: list[CompressionConfig] = Field(
         default_factory=list, description="compressors per link, applied in order"
     )
+    caching: CachingSettings | None = Field(
+        None, description="settings of study = 'caching' (edge caching with recommendation)"
+    )
+
+    @model_validator(mode="after")
+    def _caching_needs_its_study(self) -> ExperimentConfig:
+        if self.caching is not None and self.study != "caching":
+            raise ConfigError("caching", "[caching]", "only with study = 'caching'")
+        return self
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:

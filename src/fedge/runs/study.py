@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,9 @@ class StudyContext:
     rng: np.random.Generator
     """Seeded with ``derive_seed(seed, "study", spec.name)``."""
     run_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    """Values the study adds to summary.json (over all steps, e.g. overall ratios); they
+    replace the last row's values of the same keys."""
 
 
 StudyRun = Callable[[StudyContext], Iterator[dict[str, float]]]
@@ -75,6 +78,9 @@ class StudySpec:
     summed: tuple[str, ...] = ()
     """Row keys that count something per step; the summary adds their totals over all steps
     as ``total_<key>`` (every other key keeps its last value)."""
+    section: str | None = None
+    """The top-level config table that holds the settings (a field of ExperimentConfig, e.g.
+    ``caching``); None: the free ``[study_params]`` table."""
 
 
 STUDIES: Registry[StudySpec] = Registry(
@@ -96,10 +102,22 @@ def find_study(name: str) -> StudySpec:
 
 def check_study(config: ExperimentConfig) -> tuple[StudySpec, Section]:
     """The config's study and its settings, validated (ConfigError naming ``study`` or
-    ``study_params.<key>``); nothing runs."""
+    ``study_params.<key>``, or the spec's own section); nothing runs."""
     if config.study is None:
         raise ConfigError("study", None, "a study name: this config is a training run")
     spec = find_study(config.study)
+    if spec.section is not None:
+        if config.study_params:
+            raise ConfigError(
+                "study_params", config.study_params, f"empty: study {spec.name!r} reads "
+                f"[{spec.section}]"
+            )
+        settings = getattr(config, spec.section, None)
+        if settings is None:
+            settings = spec.settings()  # the section left out: its defaults
+        if not isinstance(settings, spec.settings):
+            raise FedgeError(f"study {spec.name!r}: config has no [{spec.section}] section")
+        return spec, settings
     try:
         settings = spec.settings.model_validate(config.study_params)
     except ValidationError as exc:
@@ -125,7 +143,7 @@ def run_study(
     ctx = StudyContext(config, settings, system, SimClock(0.0), rng, run_dir)
     try:
         rows = _steps(spec, ctx, store, run_id, progress)
-        summary = summarise(rows, spec.summed)
+        summary = {**summarise(rows, spec.summed), **ctx.summary}
         _write_outputs(config, run_dir, rows, summary)
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
