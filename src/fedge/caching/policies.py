@@ -28,7 +28,6 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-
 NEVER = np.iinfo(np.int64).max
 
 

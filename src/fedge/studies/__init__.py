@@ -1,4 +1,6 @@
 """The study commands: ``fedge compare``, ``fedge schedule``, ``fedge partition-model``."""
 
-from fedge.studies import scheduling  # noqa: F401  (importing it registers the study)
-from fedge.studies import caching  # noqa: F401  (importing it registers the study)
+from fedge.studies import (
+    caching,  # noqa: F401  (importing it registers the study)
+    scheduling,  # noqa: F401  (importing it registers the study)
+)
