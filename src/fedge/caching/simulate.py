@@ -50,17 +50,22 @@ class Requests:
 @dataclass
 class Outcomes:
     """Per request: ``kind`` (DIRECT, SOFT, NEIGHBOUR, CLOUD), the substitute's
-    ``similarity`` (soft hits; 1 for a direct hit, 0 otherwise) and the neighbour edge that
-    served a NEIGHBOUR fetch (-1 otherwise)."""
+    ``similarity`` (soft hits; 1 for a direct hit, 0 otherwise), the neighbour edge that
+    served a NEIGHBOUR fetch (``source``, -1 otherwise) and the item a soft hit served
+    (``substitute``, -1 otherwise)."""
 
     kind: NDArray[np.int8]
     similarity: FloatArray
     source: IntArray
+    substitute: IntArray
 
     @staticmethod
     def empty(n: int) -> Outcomes:
         return Outcomes(
-            np.full(n, CLOUD, dtype=np.int8), np.zeros(n), np.full(n, -1, dtype=np.int64)
+            np.full(n, CLOUD, dtype=np.int8),
+            np.zeros(n),
+            np.full(n, -1, dtype=np.int64),
+            np.full(n, -1, dtype=np.int64),
         )
 
 
@@ -111,7 +116,7 @@ def serve(
     lo, hi = span
     items = req.item[lo:hi].tolist()
     edges = req.edge[lo:hi].tolist()
-    kind, sim, source = out.kind, out.similarity, out.source
+    kind, sim, source, sub = out.kind, out.similarity, out.source, out.substitute
     cand: list[list[int]] = []
     accept: list[list[float]] = []
     draws: list[float] = []
@@ -126,16 +131,19 @@ def serve(
         if c.lookup(i, k):
             kind[k] = DIRECT
             sim[k] = 1.0
+            sub[k] = -1
             continue
         if sims is not None:
             col = _soft_hit(c, cand[i], accept[i], draws[off])
             if col is not None:
                 kind[k] = SOFT
                 sim[k] = float(sims[i, col])
+                sub[k] = cand[i][col]
                 continue
         kind[k] = CLOUD
         sim[k] = 0.0
         source[k] = -1
+        sub[k] = -1
         if edge_neighbours is not None:
             for n in edge_neighbours[e]:
                 if i in caches[n]:

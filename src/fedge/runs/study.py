@@ -109,8 +109,9 @@ def check_study(config: ExperimentConfig) -> tuple[StudySpec, Section]:
     if spec.section is not None:
         if config.study_params:
             raise ConfigError(
-                "study_params", config.study_params, f"empty: study {spec.name!r} reads "
-                f"[{spec.section}]"
+                "study_params",
+                config.study_params,
+                f"empty: study {spec.name!r} reads [{spec.section}]",
             )
         settings = getattr(config, spec.section, None)
         if settings is None:

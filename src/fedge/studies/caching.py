@@ -256,7 +256,7 @@ def run(ctx: StudyContext) -> Iterator[dict[str, float]]:
     policy = find_policy(s.policy)
     out = Outcomes.empty(len(setup.req))
     prefetch = RUNNERS[policy.kind](setup, policy, out)
-    belady = (out.kind == DIRECT) if s.policy == "belady" else _belady_direct(setup)
+    belady = _belady_direct(setup)
     delivery = deliver(ctx.system, setup.req, out, s.item_bytes)
     weights = CostWeights(s.w_similarity, s.w_delay, s.w_miss)
     cost = system_cost(out, delivery, weights)
