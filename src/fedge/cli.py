@@ -138,6 +138,7 @@ def _registries() -> dict[str, list[tuple[str, str]]]:
     import fedge.studies  # noqa: F401  (importing it registers the built-in studies)
     from fedge.aggregation import AGGREGATORS, INTERSERVER, SERVER_OPTIMIZERS
     from fedge.algorithms import ALGORITHMS
+    from fedge.caching import POLICIES
     from fedge.algorithms.selection import SELECTORS
     from fedge.core.codec import CODECS
     from fedge.experiment.engines import ENGINES
@@ -158,6 +159,7 @@ def _registries() -> dict[str, list[tuple[str, str]]]:
         "compressors": COMPRESSORS.describe(),
         "codecs": CODECS.describe(),
         "studies": STUDIES.describe(),
+        "caching-policies": POLICIES.describe(),
     }
 
 

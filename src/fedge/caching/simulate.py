@@ -112,45 +112,50 @@ def serve(
     edge_neighbours: Sequence[Sequence[int]] | None = None,
 ) -> None:
     """Serve requests ``span[0]:span[1]`` in time order, filling ``out`` (see the module
-    docstring)."""
+    docstring). The loop keeps its results in Python lists and writes them back at the end."""
     lo, hi = span
     items = req.item[lo:hi].tolist()
     edges = req.edge[lo:hi].tolist()
-    kind, sim, source, sub = out.kind, out.similarity, out.source, out.substitute
+    kind = [CLOUD] * (hi - lo)
+    sim = [0.0] * (hi - lo)
+    source = [-1] * (hi - lo)
+    sub = [-1] * (hi - lo)
     cand: list[list[int]] = []
     accept: list[list[float]] = []
+    sims: list[list[float]] = []
     draws: list[float] = []
     if soft is not None:
         cand = soft.neighbours.items.tolist()
+        sims = soft.neighbours.sims.tolist()
         accept = acceptance(soft.neighbours.sims, soft.decay).tolist()
         draws = soft.draws[lo:hi].tolist()
-    sims = soft.neighbours.sims if soft is not None else None
+    lookups = [c.lookup for c in caches]
+    admits = [c.admit for c in caches]
     for off, (i, e) in enumerate(zip(items, edges, strict=True)):
         k = lo + off
-        c = caches[e]
-        if c.lookup(i, k):
-            kind[k] = DIRECT
-            sim[k] = 1.0
-            sub[k] = -1
+        if lookups[e](i, k):
+            kind[off] = DIRECT
+            sim[off] = 1.0
             continue
-        if sims is not None:
+        c = caches[e]
+        if draws:
             col = _soft_hit(c, cand[i], accept[i], draws[off])
             if col is not None:
-                kind[k] = SOFT
-                sim[k] = float(sims[i, col])
-                sub[k] = cand[i][col]
+                kind[off] = SOFT
+                sim[off] = sims[i][col]
+                sub[off] = cand[i][col]
                 continue
-        kind[k] = CLOUD
-        sim[k] = 0.0
-        source[k] = -1
-        sub[k] = -1
         if edge_neighbours is not None:
             for n in edge_neighbours[e]:
                 if i in caches[n]:
-                    kind[k] = NEIGHBOUR
-                    source[k] = n
+                    kind[off] = NEIGHBOUR
+                    source[off] = n
                     break
-        c.admit(i, k)
+        admits[e](i, k)
+    out.kind[lo:hi] = kind
+    out.similarity[lo:hi] = sim
+    out.source[lo:hi] = source
+    out.substitute[lo:hi] = sub
 
 
 def _soft_hit(cache: Cache, cand: list[int], accept: list[float], draw: float) -> int | None:
