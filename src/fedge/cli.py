@@ -138,8 +138,8 @@ def _registries() -> dict[str, list[tuple[str, str]]]:
     import fedge.studies  # noqa: F401  (importing it registers the built-in studies)
     from fedge.aggregation import AGGREGATORS, INTERSERVER, SERVER_OPTIMIZERS
     from fedge.algorithms import ALGORITHMS
-    from fedge.caching import POLICIES
     from fedge.algorithms.selection import SELECTORS
+    from fedge.caching import POLICIES
     from fedge.core.codec import CODECS
     from fedge.experiment.engines import ENGINES
     from fedge.learning import DATASETS, MODELS, PARTITIONERS
