@@ -21,6 +21,7 @@ including those that decline to cache (perfect LFU, the proactive and learned po
 from __future__ import annotations
 
 import heapq
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
@@ -147,42 +148,37 @@ class LFU:
 
 
 class PerfectLFU:
-    """Counts every request the edge saw (cached or not) and keeps the top counts; a
-    min-heap with lazy entries finds the smallest cached count."""
+    """Counts every request the edge saw (cached or not) and keeps the top counts. Each
+    cached item has one heap entry holding a count that may lag its true count (hits do not
+    touch the heap); the smallest entry is refreshed until it is current, which makes it
+    the smallest true count (every other entry is at most its item's count). Ties: the
+    entry pushed first."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._count: dict[int, int] = {}
         self._cached: set[int] = set()
-        self._heap: list[tuple[int, int, int]] = []  # (count, arrival order, item)
+        self._heap: list[tuple[int, int, int]] = []  # (count when pushed, push order, item)
         self._tick = 0
 
-    def _push(self, item: int) -> None:
-        self._tick += 1
-        heapq.heappush(self._heap, (self._count[item], self._tick, item))
-        if len(self._heap) > 4 * self.capacity + 64:
-            self._heap = [
-                e for e in self._heap if e[2] in self._cached and e[0] == self._count[e[2]]
-            ]
-            heapq.heapify(self._heap)
-
     def lookup(self, item: int, k: int) -> bool:
-        self._count[item] = self._count.get(item, 0) + 1
-        if item in self._cached:
-            self._push(item)
-            return True
-        return False
+        count = self._count
+        count[item] = count.get(item, 0) + 1
+        return item in self._cached
 
     def admit(self, item: int, k: int) -> None:
+        count, heap = self._count, self._heap
         if len(self._cached) >= self.capacity:
-            heap = self._heap
-            while heap[0][2] not in self._cached or heap[0][0] != self._count[heap[0][2]]:
-                heapq.heappop(heap)
-            if self._count[item] <= heap[0][0]:
+            while heap[0][0] != count[heap[0][2]]:
+                stale = heap[0][2]
+                self._tick += 1
+                heapq.heapreplace(heap, (count[stale], self._tick, stale))
+            if count[item] <= heap[0][0]:
                 return
             self._cached.discard(heapq.heappop(heap)[2])
         self._cached.add(item)
-        self._push(item)
+        self._tick += 1
+        heapq.heappush(heap, (count[item], self._tick, item))
 
     def __contains__(self, item: object) -> bool:
         return item in self._cached
@@ -199,14 +195,14 @@ class Belady:
 
     def __init__(self, capacity: int, next_use: NDArray[np.int64], bypass: bool = True) -> None:
         self.capacity = capacity
-        self._next = next_use
+        self._next = array("q", next_use.astype(np.int64).tobytes())  # fast int indexing
         self.bypass = bypass
         self._at: dict[int, int] = {}
         self._heap: list[tuple[int, int]] = []  # (-next use, item)
 
     def lookup(self, item: int, k: int) -> bool:
         if item in self._at:
-            nxt = int(self._next[k])
+            nxt = self._next[k]
             self._at[item] = nxt
             heapq.heappush(self._heap, (-nxt, item))
             return True
@@ -214,7 +210,7 @@ class Belady:
 
     def admit(self, item: int, k: int) -> None:
         at = self._at
-        nxt = int(self._next[k])
+        nxt = self._next[k]
         if len(at) >= self.capacity:
             heap = self._heap
             while True:
