@@ -279,3 +279,23 @@ def test_the_example_configs_are_valid():
     for path in sorted((ROOT / "examples" / "caching").glob("*.toml")):
         spec, settings = check_study(load_config(path))
         assert spec.name == "caching" and settings.policy in POLICIES
+
+
+@pytest.mark.slow
+def test_compare_varies_policy_and_cache_size_and_plots_hit_ratio_against_size(tmp_path):
+    from fedge.studies.compare import plot_sweeps, run_comparison
+
+    body = SMALL.replace("capacity = 8\n", "").replace("requests = 3000", "requests = 1500")
+    path = write(tmp_path, body).as_posix()
+    out = tmp_path / "cmp"
+    varies = ["caching.policy=lru,belady", "caching.capacity_fraction=0.02,0.1"]
+    result = run_comparison(path, varies, 1, out=out, progress=False)
+    by = {tuple(r.variant.values.values()): r.metrics for r in result.results}
+    assert set(by) == {("lru", 0.02), ("lru", 0.1), ("belady", 0.02), ("belady", 0.1)}
+    for policy in ("lru", "belady"):
+        small, large = by[policy, 0.02], by[policy, 0.1]
+        assert large["direct_hit_ratio"].mean > small["direct_hit_ratio"].mean
+    images = plot_sweeps(result.results, ["direct_hit_ratio"], tmp_path / "plots")
+    names = [p.name for p in images]
+    assert names == ["direct_hit_ratio_vs_caching.capacity_fraction.png"]
+    assert images[0].stat().st_size > 1000

@@ -78,6 +78,9 @@ class StudySpec:
     summed: tuple[str, ...] = ()
     """Row keys that count something per step; the summary adds their totals over all steps
     as ``total_<key>`` (every other key keeps its last value)."""
+    sweep_metrics: tuple[str, ...] = ()
+    """Summary keys that ``fedge compare`` also plots against every numeric varied key
+    (e.g. hit ratio against cache size), one line per value of the other varied keys."""
     section: str | None = None
     """The top-level config table that holds the settings (a field of ExperimentConfig, e.g.
     ``caching``); None: the free ``[study_params]`` table."""

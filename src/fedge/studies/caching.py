@@ -287,6 +287,7 @@ CACHING = register_study(
         CachingSettings,
         run,
         summed=("requests", "backhaul_bytes", "wan_bytes"),
+        sweep_metrics=("direct_hit_ratio", "soft_hit_ratio", "avg_cost"),
         section="caching",
     )
 )

@@ -29,10 +29,11 @@ from fedge.results.comparison import (
     mean_curve,
     write_comparison_report,
 )
+from fedge.results.plots import plot_lines
 from fedge.results.recipe import ci95
 from fedge.runs.result import RunResult
 from fedge.runs.run import run_experiment
-from fedge.runs.study import check_study
+from fedge.runs.study import check_study, find_study
 
 METRICS = (
     "accuracy", "precision", "recall", "f1", "wall_time_s", "sim_time_s",
@@ -278,7 +279,39 @@ def _write(directory: Path, base: ExperimentConfig, results: list[VariantResult]
     if not base.output.plots:
         return []
     series = {r.variant.label: mean_curve([run.rows for run in r.runs]) for r in results}
-    return plot_comparison(series, directory / PLOTS_DIR)
+    images = plot_comparison(series, directory / PLOTS_DIR)
+    if base.study is not None:
+        images += plot_sweeps(results, find_study(base.study).sweep_metrics, directory / PLOTS_DIR)
+    return images
+
+
+def plot_sweeps(
+    results: Sequence[VariantResult], metrics: Sequence[str], out_dir: Path
+) -> list[Path]:
+    """``<metric>_vs_<key>.png`` for each metric and each varied key whose values are all
+    numbers: the metric's mean over seeds, one line per value of the other varied keys."""
+    written: list[Path] = []
+    keys = list(results[0].variant.values) if results else []
+    for key in keys:
+        xs = [r.variant.values[key] for r in results]
+        if len(set(xs)) < 2 or not all(is_finite_number(x) for x in xs):
+            continue
+        for metric in metrics:
+            lines: dict[str, list[tuple[float, float]]] = {}
+            for r in results:
+                if metric in r.metrics:
+                    rest = ", ".join(f"{k}={t}" for k, t in r.variant.texts.items() if k != key)
+                    lines.setdefault(rest or metric, []).append(
+                        (float(r.variant.values[key]), r.metrics[metric].mean)
+                    )
+            curves = []
+            for label, pts in lines.items():
+                pts.sort()
+                x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+                curves.append((label, x, y))
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{metric}_vs_{key}") + ".png"
+            written += plot_lines(out_dir / name, curves, key, metric, f"{metric} by {key}")
+    return written
 
 
 def run_comparison(
