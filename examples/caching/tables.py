@@ -45,8 +45,10 @@ def pivot(rows: list[Entry], across: str) -> None:
     policies = list(dict.fromkeys(e.variant[POLICY] for e in rows))
     at = {(e.variant[POLICY], e.variant[across]): e for e in rows}
     for key, title, digits in METRICS:
-        lines = [[p, *(_cell(at[p, v], key, digits) if (p, v) in at else "–" for v in values)]
-                 for p in policies]
+        lines = [
+            [p, *(_cell(at[p, v], key, digits) if (p, v) in at else "–" for v in values)]
+            for p in policies
+        ]
         print(f"**{title}** ({len(rows[0].runs)} seeds)\n")
         print(markdown(["policy", *(f"{across.split('.')[-1]}={v}" for v in values)], lines) + "\n")
 
@@ -54,7 +56,8 @@ def pivot(rows: list[Entry], across: str) -> None:
 def size_plot(rows: list[Entry], out: Path) -> None:
     curves = []
     for policy in dict.fromkeys(e.variant[POLICY] for e in rows):
-        mine = sorted((e for e in rows if e.variant[POLICY] == policy), key=lambda e: e.variant[SIZE])
+        mine = [e for e in rows if e.variant[POLICY] == policy]
+        mine.sort(key=lambda e: e.variant[SIZE])
         x = np.array([100 * e.variant[SIZE] for e in mine])
         y = np.array([np.mean([r["direct_hit_ratio"] for r in e.runs]) for e in mine])
         curves.append((policy, x, y))
@@ -62,8 +65,14 @@ def size_plot(rows: list[Entry], out: Path) -> None:
 
 
 def theta_table(rows: list[Entry]) -> None:
-    lines = [[str(e.variant[POLICY]), str(e.variant[THETA]),
-              *(_cell(e, k, d) for k, _, d in METRICS[:3])] for e in rows]
+    lines = [
+        [
+            str(e.variant[POLICY]),
+            str(e.variant[THETA]),
+            *(_cell(e, k, d) for k, _, d in METRICS[:3]),
+        ]
+        for e in rows
+    ]
     print(markdown(["policy", "θ", *(t for _, t, _ in METRICS[:3])], lines) + "\n")
 
 
