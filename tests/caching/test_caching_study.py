@@ -299,3 +299,29 @@ def test_compare_varies_policy_and_cache_size_and_plots_hit_ratio_against_size(t
     names = [p.name for p in images]
     assert names == ["direct_hit_ratio_vs_caching.capacity_fraction.png"]
     assert images[0].stat().st_size > 1000
+
+
+def test_the_study_runs_on_a_movielens_format_trace(tmp_path):
+    rng = np.random.default_rng(0)
+    genres = ["Action", "Comedy", "Drama", "Horror"]
+    movies = ["item,title,genres"] + [
+        f"{m},Movie {m},{'|'.join(rng.choice(genres, rng.integers(1, 3), replace=False))}"
+        for m in range(40)
+    ]
+    ratings = ["user,item,rating,timestamp"] + [
+        f"{rng.integers(0, 12)},{min(int(rng.zipf(1.5)), 40) - 1},4.0,{1_000_000 + 60 * k}"
+        for k in range(600)
+    ]
+    (tmp_path / "movies.csv").write_text("\n".join(movies) + "\n")
+    (tmp_path / "ratings.csv").write_text("\n".join(ratings) + "\n")
+    over = [
+        "caching.trace.kind='movielens'",
+        f"caching.trace.path='{(tmp_path / 'ratings.csv').as_posix()}'",
+        f"caching.trace.items_path='{(tmp_path / 'movies.csv').as_posix()}'",
+        "caching.trace.time_scale=0.01",
+        "caching.capacity=4",
+        "caching.theta=0.99",
+    ]
+    s = run(tmp_path, *over).summary
+    assert s["items"] <= 40 and s["direct_hit_ratio"] > 0.1
+    assert s["soft_hit_ratio"] > 0  # identical genre vectors have similarity 1
