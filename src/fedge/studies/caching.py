@@ -52,7 +52,6 @@ from fedge.results import write_rows_csv
 from fedge.runs.study import StudyContext, StudySpec, register_study
 
 CURVE_FILE = "fdrl_curve.csv"
-IntArray = np.ndarray
 
 
 def load_trace(s: CachingSettings, ctx: StudyContext) -> Trace:
