@@ -325,3 +325,11 @@ def test_the_study_runs_on_a_movielens_format_trace(tmp_path):
     s = run(tmp_path, *over).summary
     assert s["items"] <= 40 and s["direct_hit_ratio"] > 0.1
     assert s["soft_hit_ratio"] > 0  # identical genre vectors have similarity 1
+
+
+def test_fedge_list_names_every_policy(capsys):
+    from fedge.cli import main
+
+    assert main(["list", "caching-policies"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert sorted(listed) == sorted(POLICIES)
