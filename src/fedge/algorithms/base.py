@@ -137,8 +137,9 @@ class BuildContext:
         return run
 
     def device_data(self) -> list[ArrayDataset]:
-        """Each device's training samples, in the order of ``system.ids("device")``."""
-        return [self.train.subset(idx) for idx in self.parts]
+        """Each device's training samples, in the order of ``system.ids("device")``: index
+        views into the one training array (no per-device copies)."""
+        return [self.train.view(idx) for idx in self.parts]
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ def _split_validation(
         )
     perm = np.random.default_rng(derive_seed(cfg.seed, "validation")).permutation(len(train))
     pools = [np.sort(perm[i * size : (i + 1) * size]) for i in range(n_edges)]
-    return train.subset(np.sort(perm[size * n_edges :])), [train.subset(p) for p in pools]
+    return train.view(np.sort(perm[size * n_edges :])), [train.subset(p) for p in pools]
 
 
 def _local_test_split(
