@@ -115,6 +115,22 @@ class D2DConfig(Section):
     latency_ms: float = Field(0.0, ge=0)
 
 
+class LinksConfig(Section):
+    """How transfers that overlap in time share a link (``fedge.system.sharing``)."""
+
+    shared: bool = Field(
+        True,
+        description="overlapping transfers share a cell's band, the WAN and the backhaul; "
+        "false: every transfer gets its link's full capacity",
+    )
+    policy: Literal["equal", "fixed"] = Field(
+        "equal",
+        description="equal: processor sharing (capacity / active transfers); fixed: capacity "
+        "/ slots for every transfer",
+    )
+    slots: int = Field(1, ge=1, description="fixed: the channels a link is cut into")
+
+
 class SystemConfig(Section):
     topology: Literal["highway", "random_geometric", "file"] = "highway"
     topology_file: str | None = None
@@ -135,6 +151,7 @@ class SystemConfig(Section):
     device: DeviceComputeConfig = DeviceComputeConfig()
     peers: PeersConfig = PeersConfig()
     d2d: D2DConfig = D2DConfig()
+    links: LinksConfig = LinksConfig()
 
 
 class RayConfig(Section):
