@@ -35,6 +35,19 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SyntheticConfig(Section):
+    """``[data.synthetic]``: Synthetic(alpha, beta) of FedProx / LEAF (``leaf_synthetic``),
+    one client per device, each generated on demand (``fedge.learning.synthetic``)."""
+
+    alpha: float = Field(1.0, ge=0, description="spread of the clients' local models")
+    beta: float = Field(1.0, ge=0, description="spread of the clients' local data")
+    max_samples: int = Field(0, ge=0, description="cap on a client's samples; 0: none")
+    test_clients: int = Field(
+        100, ge=1, description="clients whose fresh samples form the test set"
+    )
+    test_samples: int = Field(20, ge=1, description="test samples per test client")
+
+
 class DataConfig(Section):
     dataset: str = "fashion_mnist"
     root: str | None = None
@@ -54,6 +67,7 @@ class DataConfig(Section):
         description="share of each device's data kept as its own test split; "
         "None: 0.2 for personalized algorithms, else 0",
     )
+    synthetic: SyntheticConfig = SyntheticConfig()
 
 
 class ModelConfig(Section):
