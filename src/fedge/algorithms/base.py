@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -118,12 +118,21 @@ class BuildContext:
     system: SystemModel
     train: ArrayDataset
     test: ArrayDataset
-    parts: list[np.ndarray]
-    local_tests: list[np.ndarray]
+    parts: Sequence[np.ndarray]
+    local_tests: Sequence[np.ndarray]
     validation: list[ArrayDataset]
     model: nn.Module
     profile: ModelProfile
     seed: int
+    clients: Sequence[ArrayDataset] | None = None
+    """A federated dataset's clients (one per device, made on demand); None: the devices'
+    data are ``parts`` of ``train``."""
+
+    def device_dataset(self, i: int) -> ArrayDataset:
+        """Device i's training samples (an index view, or the federated dataset's client)."""
+        if self.clients is not None:
+            return self.clients[i]
+        return self.train.view(self.parts[i])
 
     def evaluator(self, data: ArrayDataset | None = None) -> Evaluator:
         """Evaluates a state with the shared model on ``data`` (default: the test set)."""
@@ -137,8 +146,11 @@ class BuildContext:
         return run
 
     def device_data(self) -> list[ArrayDataset]:
-        """Each device's training samples, in the order of ``system.ids("device")``."""
-        return [self.train.subset(idx) for idx in self.parts]
+        """Each device's training samples, in the order of ``system.ids("device")``: index
+        views into the one training array (no per-device copies)."""
+        if self.clients is not None:
+            return list(self.clients)
+        return [self.train.view(idx) for idx in self.parts]
 
 
 @dataclass(frozen=True)
@@ -147,7 +159,7 @@ class Assembly:
     coordinator drives from (``cloud``, or ``fedge.core.transport.SYNC`` for decentralized
     protocols)."""
 
-    apps: dict[str, NodeApp]
+    apps: Mapping[str, NodeApp]
     coordinator: Coordinator
     driver: str = "cloud"
 

@@ -351,7 +351,7 @@ def decentralized(method: str) -> Callable[[BuildContext], Assembly]:
         def evaluate_on(state: ModelState, data: ArrayDataset) -> dict[str, float]:
             return dict(ctx.evaluator(data)(state))
 
-        tests = [ctx.train.subset(idx) for idx in ctx.local_tests]
+        tests = [ctx.train.view(idx) for idx in ctx.local_tests]
         devices = ctx.system.ids("device")
         apps = {
             dev: PeerLearner(

@@ -8,7 +8,7 @@ section is validated, before any data is loaded.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -29,7 +29,7 @@ from fedge.algorithms.hierarchical import EdgeServer, HierarchicalFL, kappa1_bou
 from fedge.algorithms.multiserver import Exchange, MultiServerFL
 from fedge.algorithms.selection import SelectionHint, make_selector
 from fedge.core.errors import ConfigError
-from fedge.core.node import NodeApp
+from fedge.core.node import LazyApps, NodeApp
 from fedge.core.settings import Section
 from fedge.core.update import ModelState
 from fedge.learning import ArrayDataset
@@ -86,14 +86,20 @@ class FederationSettings(Section):
             raise ConfigError(field, exc.value, exc.allowed) from None
 
 
-def device_apps(ctx: BuildContext) -> dict[str, NodeApp]:
-    """Devices that train the received model on their own samples and send it back."""
+def device_apps(ctx: BuildContext, eager: Mapping[str, NodeApp] | None = None) -> LazyApps:
+    """Devices that train the received model on their own samples and send it back, each
+    made the first time it is reached (a large population costs what its cohorts touch),
+    beside the ``eager`` apps (edges) and the cloud's."""
     flops = ctx.profile.flops_train
     model, tcfg = ctx.model, ctx.training
-    return {
-        d: trainer_app(d, LocalTrainer(model, data, tcfg, flops))
-        for d, data in zip(ctx.system.ids("device"), ctx.device_data(), strict=True)
-    }
+    topology = ctx.system.topology
+
+    def make(device: str) -> NodeApp:
+        data = ctx.device_dataset(topology.device_index(device))
+        return trainer_app(device, LocalTrainer(model, data, tcfg, flops))
+
+    apps = {**(eager or {}), "cloud": NodeApp("cloud", "cloud")}
+    return LazyApps(apps, ctx.system.ids("device"), make, topology.is_device)
 
 
 def validator(ctx: BuildContext, data: ArrayDataset) -> Callable[[ModelState], Score]:
@@ -142,7 +148,7 @@ def assemble_fedavg(ctx: BuildContext) -> Assembly:
         **_optimizer(s),
         **_selection(ctx),
     )
-    return with_cloud(device_apps(ctx), coordinator)
+    return Assembly(device_apps(ctx), coordinator)
 
 
 def edge_apps(ctx: BuildContext, exchange: bool) -> dict[str, NodeApp]:
@@ -198,7 +204,7 @@ def assemble_hierarchical(ctx: BuildContext) -> Assembly:
         kappa1_rule=s.kappa1_rule,
         kappa1_params=dict(s.kappa1_params),
     )
-    return with_cloud({**device_apps(ctx), **edge_apps(ctx, exchange=False)}, coordinator)
+    return Assembly(device_apps(ctx, edge_apps(ctx, exchange=False)), coordinator)
 
 
 def multiserver(exchange: bool) -> Callable[[BuildContext], Assembly]:
@@ -214,7 +220,7 @@ def multiserver(exchange: bool) -> Callable[[BuildContext], Assembly]:
             exchange=exchange,
             evaluate_every=s.evaluate_every,
         )
-        return with_cloud({**device_apps(ctx), **edge_apps(ctx, exchange)}, coordinator)
+        return Assembly(device_apps(ctx, edge_apps(ctx, exchange)), coordinator)
 
     return assemble
 

@@ -174,9 +174,10 @@ class SplitEdge:
         switch = self._switch(ctx)
         before = switch.switches if switch is not None else 0
         batches: list[_Batch] = []
+        xs, ys = data.x, data.y  # read once: an index view gathers on each read
         for idx in minibatches(len(data), self.config, gen):
             opt.zero_grad()
-            batches.append(self._batch(data.x[idx], data.y[idx], switch, down, message, batches))
+            batches.append(self._batch(xs[idx], ys[idx], switch, down, message, batches))
             opt.step()
         ctx.add_work(self._work(batches))
         out = self._result(batches, switch, before)

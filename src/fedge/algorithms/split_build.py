@@ -82,7 +82,7 @@ def _edge_data(
     for edge in system.ids("edge"):
         idx = [parts[devices.index(d)] for d in system.attached_devices(edge, 0.0)]
         if idx:
-            out[edge] = train.subset(np.sort(np.concatenate(idx)))
+            out[edge] = train.view(np.sort(np.concatenate(idx)))
     return out
 
 

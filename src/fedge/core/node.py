@@ -8,7 +8,7 @@ simulated transport can charge compute time and energy for it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,3 +113,61 @@ class NodeApp:
             derive_seed(rng_seed, self.node_id, message.round, message.kind)
         )
         return NodeContext(self.node_id, self.tier, self.state, rng, downstream, seed=rng_seed)
+
+
+class LazyApps(Mapping[str, NodeApp]):
+    """Node apps of a large population, each made the first time it is asked for.
+
+    ``eager`` apps (the cloud, edges) exist from the start; an id in ``lazy_ids`` gets its
+    app from ``make(id)`` on first use and keeps it (with its state) from then on, so a
+    population of a million devices costs only the apps of the devices that were reached.
+    ``on_make`` functions run on every app made (e.g. installing the client pipeline).
+    Iterating lists every id but makes nothing; ``values()`` would make every app.
+    """
+
+    def __init__(
+        self,
+        eager: Mapping[str, NodeApp],
+        lazy_ids: Sequence[str],
+        make: Callable[[str], NodeApp],
+        known: Callable[[str], bool],
+    ) -> None:
+        self._eager = dict(eager)
+        self._ids = lazy_ids
+        self._make = make
+        self._known = known
+        self._made: dict[str, NodeApp] = {}
+        self._on_make: list[Callable[[NodeApp], object]] = []
+
+    def __getitem__(self, node_id: str) -> NodeApp:
+        app = self._eager.get(node_id) or self._made.get(node_id)
+        if app is not None:
+            return app
+        if not self._known(node_id):
+            raise KeyError(node_id)
+        app = self._make(node_id)
+        for hook in self._on_make:
+            hook(app)
+        self._made[node_id] = app
+        return app
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._eager
+        yield from self._ids
+
+    def __len__(self) -> int:
+        return len(self._eager) + len(self._ids)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._eager or (isinstance(node_id, str) and self._known(node_id))
+
+    @property
+    def made(self) -> int:
+        """How many lazy apps exist so far (what the population costs now)."""
+        return len(self._made)
+
+    def on_make(self, hook: Callable[[NodeApp], object]) -> None:
+        """Run ``hook`` on every app: the eager ones now, the lazy ones when made."""
+        for app in (*self._eager.values(), *self._made.values()):
+            hook(app)
+        self._on_make.append(hook)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -11,10 +12,10 @@ from torch import nn
 
 from fedge.algorithms import ALGORITHMS, AlgorithmSpec, BuildContext, Coordinator
 from fedge.core.errors import ConfigError
-from fedge.core.node import NodeApp, derive_seed
+from fedge.core.node import LazyApps, NodeApp, derive_seed
 from fedge.core.settings import Section
 from fedge.core.update import ModelState
-from fedge.experiment.config import ExperimentConfig
+from fedge.experiment.config import DataConfig, ExperimentConfig, SyntheticConfig
 from fedge.experiment.engines import ENGINES, node_set, portable_paths
 from fedge.experiment.systems import build_system
 from fedge.learning import (
@@ -29,6 +30,8 @@ from fedge.learning import (
     state_of,
 )
 from fedge.learning._params import accepted_kwargs
+from fedge.learning.synthetic import NAME as SYNTHETIC
+from fedge.learning.synthetic import ClientParts, SyntheticFederation
 from fedge.runtime import NodeSet, SimulatedTransport
 from fedge.system.model import SystemModel
 from fedge.transforms import ClientPipeline, Transform, make_transform
@@ -44,7 +47,7 @@ class Experiment:
     config: ExperimentConfig
     train: ArrayDataset
     test: ArrayDataset
-    parts: list[np.ndarray]
+    parts: Sequence[np.ndarray]
     model: nn.Module
     system: SystemModel
     transport: SimulatedTransport
@@ -52,8 +55,20 @@ class Experiment:
     coordinator: Coordinator
     initial_state: ModelState
     rng: np.random.Generator
+    federation: SyntheticFederation | None = None
+    """A federated dataset whose clients are the devices (None: ``parts`` of ``train``)."""
 
     def partition_report(self) -> dict[str, Any]:
+        if self.federation is not None:  # sizes only: labels would make every client
+            sizes = self.federation.sizes
+            return {
+                "partition": "by_client",
+                "clients": len(sizes),
+                "samples": int(sizes.sum()),
+                "samples_min": int(sizes.min()),
+                "samples_mean": float(sizes.mean()),
+                "samples_max": int(sizes.max()),
+            }
         hist = class_histogram(self.train.y.numpy(), self.parts, self.train.n_classes)
         devices = self.system.ids("device")
         return {
@@ -75,13 +90,55 @@ def _checked(cfg: ExperimentConfig) -> tuple[AlgorithmSpec, Section, dict[str, l
     spec = ALGORITHMS.get(cfg.algorithm, "algorithm")
     ENGINES.get(cfg.engine, "engine")
     DATASETS.get(cfg.data.dataset, "data.dataset")
-    PARTITIONERS.get(cfg.data.partition, "data.partition")
+    if cfg.data.dataset == SYNTHETIC:
+        _check_federated(cfg, spec)
+    else:
+        PARTITIONERS.get(cfg.data.partition, "data.partition")
+        if cfg.data.synthetic != SyntheticConfig():
+            raise ConfigError("data.synthetic", "set", f"only with data.dataset = {SYNTHETIC!r}")
     if ":" not in cfg.model.name and cfg.model.name not in MODELS:
         MODELS.get(cfg.model.name, "model.name")
     settings = spec.section(cfg)  # the variant's defaults applied and checked
     if spec.check is not None:
         spec.check(cfg)
     return spec, settings, client_pipeline(cfg, spec)
+
+
+def _check_federated(cfg: ExperimentConfig, spec: AlgorithmSpec) -> None:
+    """A federated dataset brings its own partition (one client per device) and no pooled
+    training set to hold validation or personal test splits out of."""
+    if cfg.data.partition != DataConfig().partition:  # a config saved with a run has it
+        raise ConfigError(
+            "data.partition",
+            cfg.data.partition,
+            f"left unset: {SYNTHETIC}'s clients are its partition",
+        )
+    if (
+        spec.validation
+        or spec.personalized
+        or cfg.data.validation_size
+        or cfg.data.local_test_fraction
+    ):
+        raise ConfigError(
+            "data.dataset",
+            SYNTHETIC,
+            f"a pooled dataset for {cfg.algorithm!r} and for validation or personal test splits",
+        )
+
+
+def _federation(cfg: ExperimentConfig, n_devices: int) -> SyntheticFederation | None:
+    if cfg.data.dataset != SYNTHETIC:
+        return None
+    s = cfg.data.synthetic
+    return SyntheticFederation(
+        n_devices,
+        s.alpha,
+        s.beta,
+        derive_seed(cfg.seed, SYNTHETIC),
+        max_samples=s.max_samples,
+        test_clients=s.test_clients,
+        test_samples=s.test_samples,
+    )
 
 
 def client_pipeline(cfg: ExperimentConfig, spec: AlgorithmSpec) -> dict[str, list[Transform]]:
@@ -105,13 +162,24 @@ def _data(cfg: ExperimentConfig) -> tuple[ArrayDataset, ArrayDataset]:
     if cfg.data.dataset == "synthetic":
         params["seed"] = derive_seed(cfg.seed, "synthetic")
     train, test = load_dataset(cfg.data.dataset, **params)
+    return train, _limited(cfg, test)
+
+
+def _limited(cfg: ExperimentConfig, test: ArrayDataset) -> ArrayDataset:
     if cfg.data.test_limit:
         test = test.subset(np.arange(min(cfg.data.test_limit, len(test))))
-    return train, test
+    return test
 
 
 def _partition(cfg: ExperimentConfig, train: ArrayDataset, system: SystemModel) -> list[np.ndarray]:
     devices = system.ids("device")
+    if len(devices) > len(train):
+        raise ConfigError(
+            "system.devices",
+            len(devices),
+            f"at most {len(train)}, the training samples of {cfg.data.dataset!r} (one or more "
+            f"per device); a larger population needs a federated dataset ({SYNTHETIC!r})",
+        )
     edges = system.ids("edge")
     groups = [edges.index(system.attachment(d, 0.0)) for d in devices]
     offered = {
@@ -147,7 +215,7 @@ def _split_validation(
         )
     perm = np.random.default_rng(derive_seed(cfg.seed, "validation")).permutation(len(train))
     pools = [np.sort(perm[i * size : (i + 1) * size]) for i in range(n_edges)]
-    return train.subset(np.sort(perm[size * n_edges :])), [train.subset(p) for p in pools]
+    return train.view(np.sort(perm[size * n_edges :])), [train.subset(p) for p in pools]
 
 
 def _local_test_split(
@@ -177,13 +245,24 @@ def build(cfg: ExperimentConfig) -> Experiment:
     its apps and coordinator; the update pipeline and the engine come last."""
     spec, settings, links = _checked(cfg)
     system = build_system(cfg.system, cfg.seed)
-    train, test = _data(cfg)
-    train, validation = _split_validation(cfg, train, len(system.ids("edge")), spec.validation)
-    parts = _partition(cfg, train, system)
+    federation = _federation(cfg, len(system.ids("device")))
+    parts: Sequence[np.ndarray]
+    if federation is None:
+        train, test = _data(cfg)
+        train, validation = _split_validation(cfg, train, len(system.ids("edge")), spec.validation)
+        parts = _partition(cfg, train, system)
+    else:  # the clients are the devices, made on demand; no pooled training set
+        train, test, validation = federation.no_pool(), _limited(cfg, federation.test_set()), []
+        parts = ClientParts(federation)
     model = build_model(
         cfg.model.name, train.input_shape, train.n_classes, seed=derive_seed(cfg.seed, "init")
     )
-    own_parts, local_tests = _local_test_split(cfg, parts, spec.personalized)
+    own_parts: Sequence[np.ndarray]
+    local_tests: Sequence[np.ndarray]
+    if federation is None:
+        own_parts, local_tests = _local_test_split(cfg, list(parts), spec.personalized)
+    else:
+        own_parts, local_tests = parts, ClientParts(federation, empty=True)
     ctx = BuildContext(
         config=cfg,
         settings=settings,
@@ -197,12 +276,16 @@ def build(cfg: ExperimentConfig) -> Experiment:
         model=model,
         profile=profile(model, train.input_shape),
         seed=cfg.seed,
+        clients=None if federation is None else federation.clients(),
     )
     assembly = spec.assemble(ctx)
     apps = assembly.apps
     if links:
-        for app in apps.values():
-            app.use(ClientPipeline(links, system.tier))
+        if isinstance(apps, LazyApps):
+            apps.on_make(lambda app: app.use(ClientPipeline(links, system.tier)))
+        else:
+            for app in apps.values():
+                app.use(ClientPipeline(links, system.tier))
     rebuild = partial(node_apps, portable_paths(cfg))
     nodes = node_set(cfg, apps, derive_seed(cfg.seed, "apps"), rebuild)
     return Experiment(
@@ -217,9 +300,10 @@ def build(cfg: ExperimentConfig) -> Experiment:
         coordinator=assembly.coordinator,
         initial_state=state_of(model),
         rng=np.random.default_rng(derive_seed(cfg.seed, "coordinator")),
+        federation=federation,
     )
 
 
-def node_apps(cfg: ExperimentConfig) -> dict[str, NodeApp]:
+def node_apps(cfg: ExperimentConfig) -> Mapping[str, NodeApp]:
     """The node apps exactly as the local engine builds them (what a Ray worker runs)."""
     return build(cfg.model_copy(update={"engine": "local"})).nodes.apps

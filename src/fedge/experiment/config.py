@@ -36,6 +36,19 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SyntheticConfig(Section):
+    """``[data.synthetic]``: Synthetic(alpha, beta) of FedProx / LEAF (``leaf_synthetic``),
+    one client per device, each generated on demand (``fedge.learning.synthetic``)."""
+
+    alpha: float = Field(1.0, ge=0, description="spread of the clients' local models")
+    beta: float = Field(1.0, ge=0, description="spread of the clients' local data")
+    max_samples: int = Field(0, ge=0, description="cap on a client's samples; 0: none")
+    test_clients: int = Field(
+        100, ge=1, description="clients whose fresh samples form the test set"
+    )
+    test_samples: int = Field(20, ge=1, description="test samples per test client")
+
+
 class DataConfig(Section):
     dataset: str = "fashion_mnist"
     root: str | None = None
@@ -55,6 +68,7 @@ class DataConfig(Section):
         description="share of each device's data kept as its own test split; "
         "None: 0.2 for personalized algorithms, else 0",
     )
+    synthetic: SyntheticConfig = SyntheticConfig()
 
 
 class ModelConfig(Section):
@@ -116,6 +130,22 @@ class D2DConfig(Section):
     latency_ms: float = Field(0.0, ge=0)
 
 
+class LinksConfig(Section):
+    """How transfers that overlap in time share a link (``fedge.system.sharing``)."""
+
+    shared: bool = Field(
+        True,
+        description="overlapping transfers share a cell's band, the WAN and the backhaul; "
+        "false: every transfer gets its link's full capacity",
+    )
+    policy: Literal["equal", "fixed"] = Field(
+        "equal",
+        description="equal: processor sharing (capacity / active transfers); fixed: capacity "
+        "/ slots for every transfer",
+    )
+    slots: int = Field(1, ge=1, description="fixed: the channels a link is cut into")
+
+
 class SystemConfig(Section):
     topology: Literal["highway", "random_geometric", "file"] = "highway"
     topology_file: str | None = None
@@ -136,6 +166,7 @@ class SystemConfig(Section):
     device: DeviceComputeConfig = DeviceComputeConfig()
     peers: PeersConfig = PeersConfig()
     d2d: D2DConfig = D2DConfig()
+    links: LinksConfig = LinksConfig()
 
 
 class RayConfig(Section):

@@ -8,7 +8,7 @@ from this registry like algorithms, and a user's own engine by import path.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,9 +20,9 @@ from fedge.runtime import NodeSet
 if TYPE_CHECKING:
     from fedge.experiment.config import ExperimentConfig
 
-AppsFactory = Callable[[], dict[str, NodeApp]]
+AppsFactory = Callable[[], Mapping[str, NodeApp]]
 """Builds the node apps of the run again, exactly as this process did (for remote workers)."""
-NodeSetFactory = Callable[["ExperimentConfig", dict[str, NodeApp], int, AppsFactory], NodeSet]
+NodeSetFactory = Callable[["ExperimentConfig", Mapping[str, NodeApp], int, AppsFactory], NodeSet]
 
 
 @dataclass(frozen=True)
@@ -55,21 +55,21 @@ def set_threads(cfg: ExperimentConfig) -> None:
 
 
 def node_set(
-    cfg: ExperimentConfig, apps: dict[str, NodeApp], seed: int, rebuild: AppsFactory
+    cfg: ExperimentConfig, apps: Mapping[str, NodeApp], seed: int, rebuild: AppsFactory
 ) -> NodeSet:
     """The node set of the configured engine."""
     return ENGINES.get(cfg.engine, "engine").node_set(cfg, apps, seed, rebuild)
 
 
 def in_process(
-    cfg: ExperimentConfig, apps: dict[str, NodeApp], seed: int, rebuild: AppsFactory
+    cfg: ExperimentConfig, apps: Mapping[str, NodeApp], seed: int, rebuild: AppsFactory
 ) -> NodeSet:
     """Every app in this process (a gRPC process keeps the apps of its own nodes)."""
     return NodeSet(apps, seed)
 
 
 def ray_pool(
-    cfg: ExperimentConfig, apps: dict[str, NodeApp], seed: int, rebuild: AppsFactory
+    cfg: ExperimentConfig, apps: Mapping[str, NodeApp], seed: int, rebuild: AppsFactory
 ) -> NodeSet:
     """Portable work (device training) on a bounded pool of Ray actors, each of which
     builds the apps once with ``rebuild``."""

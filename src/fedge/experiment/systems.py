@@ -16,6 +16,7 @@ from fedge.system.mobility import HighwayMobility, Mobility, StaticMobility
 from fedge.system.model import SystemModel
 from fedge.system.network import LatencyTrace, LinkProfile, WirelessProfile
 from fedge.system.peers import PeerGraph
+from fedge.system.sharing import LinkSharing
 from fedge.system.topology import Profiles, Topology
 from fedge.system.topology_io import load_topology
 from fedge.system.traces import load_fcd
@@ -185,6 +186,7 @@ def build_system(cfg: SystemConfig, seed: int) -> SystemModel:
         out_of_coverage=cfg.out_of_coverage,
         peers=peer_graph(cfg),
         d2d=d2d_profile(cfg),
+        links=LinkSharing(cfg.links.shared, cfg.links.policy, cfg.links.slots),
     )
     system.validate()
     return system

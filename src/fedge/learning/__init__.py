@@ -3,6 +3,7 @@
 from fedge.learning.data import (
     ArrayDataset,
     DatasetNotFoundError,
+    IndexedDataset,
     from_arrays,
     from_torch_dataset,
     load_digits_dataset,
@@ -40,6 +41,7 @@ __all__ = [
     "DatasetNotFoundError",
     "EvalResult",
     "IdxFormatError",
+    "IndexedDataset",
     "LayerProfile",
     "ModelProfile",
     "PartitionError",

@@ -65,8 +65,80 @@ class ArrayDataset:
         idx = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=self.y.device)
         return ArrayDataset(self.x[idx], self.y[idx], self.n_classes, self.name, self.class_names)
 
+    def view(self, indices: np.ndarray | Sequence[int] | torch.Tensor) -> IndexedDataset:
+        """The samples at ``indices`` as an index view: no copy of the features is kept."""
+        return IndexedDataset(self, indices)
+
     def to(self, device: torch.device | str) -> ArrayDataset:
         """The same dataset with its tensors on ``device``."""
+        return ArrayDataset(
+            self.x.to(device), self.y.to(device), self.n_classes, self.name, self.class_names
+        )
+
+
+class IndexedDataset(ArrayDataset):
+    """The rows ``indices`` of a ``base`` dataset, addressed by index (data by index).
+
+    A device's dataset in a federation of many devices: it holds only its int64 indices
+    (8 bytes a sample) and a reference to the one shared base array, so building a
+    population costs O(samples) once instead of a copy per device. ``x`` and ``y`` gather
+    the rows when read (``index_select``, the same values a copy holds), so the copy lives
+    only while the device trains or evaluates. A view of a view indexes the base directly.
+    The base may be read-only memory (a Ray object-store mapping); nothing writes to it.
+    """
+
+    base: ArrayDataset
+    indices: np.ndarray
+
+    def __init__(
+        self, base: ArrayDataset, indices: np.ndarray | Sequence[int] | torch.Tensor
+    ) -> None:
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= len(base))):
+            raise ConfigError("indices", idx.shape, f"1-D indices into 0..{len(base) - 1}")
+        if isinstance(base, IndexedDataset):
+            idx, base = base.indices[idx], base.base
+        for key, value in (
+            ("base", base),
+            ("indices", idx),
+            ("n_classes", base.n_classes),
+            ("name", base.name),
+            ("class_names", base.class_names),
+        ):
+            object.__setattr__(self, key, value)
+
+    def _rows(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.index_select(t, 0, torch.from_numpy(self.indices).to(t.device))
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The view's features, gathered from the base (a fresh tensor on each read)."""
+        return self._rows(self.base.x)
+
+    @property
+    def y(self) -> torch.Tensor:
+        """The view's labels, gathered from the base."""
+        return self._rows(self.base.y)
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __repr__(self) -> str:
+        return f"IndexedDataset({self.name!r}, {len(self)} of {len(self.base)} samples)"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.base.input_shape
+
+    @property
+    def labels(self) -> np.ndarray:
+        labels: np.ndarray = self.base.labels[self.indices]
+        return labels
+
+    def subset(self, indices: np.ndarray | Sequence[int] | torch.Tensor) -> ArrayDataset:
+        return self.base.subset(self.indices[np.asarray(indices, dtype=np.int64)])
+
+    def to(self, device: torch.device | str) -> ArrayDataset:
         return ArrayDataset(
             self.x.to(device), self.y.to(device), self.n_classes, self.name, self.class_names
         )

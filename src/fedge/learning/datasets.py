@@ -9,6 +9,7 @@ from fedge.core.registry import Registry
 from fedge.learning._params import check_params
 from fedge.learning.data import ArrayDataset, load_digits_dataset, make_synthetic
 from fedge.learning.fashion import load_fashion_mnist
+from fedge.learning.synthetic import load_leaf_synthetic
 
 Loader = Callable[..., tuple[ArrayDataset, ArrayDataset]]
 
@@ -16,6 +17,11 @@ DATASETS: Registry[Loader] = Registry("dataset")
 DATASETS.add("fashion_mnist", load_fashion_mnist, "Fashion-MNIST (60000 / 10000, 1×28×28)")
 DATASETS.add("digits", load_digits_dataset, "scikit-learn 8×8 digits (1437 / 360, 1×8×8)")
 DATASETS.add("synthetic", make_synthetic, "Gaussian classes with class-dependent means")
+DATASETS.add(
+    "leaf_synthetic",
+    load_leaf_synthetic,
+    "Synthetic(alpha, beta) of FedProx / LEAF: a federated dataset, each client made on demand",
+)
 
 
 def load_dataset(name: str, **params: Any) -> tuple[ArrayDataset, ArrayDataset]:

@@ -139,9 +139,10 @@ def exit_scores(parts: SplitModel, data: ArrayDataset, batch_size: int = 256) ->
     entropy, exit_ok, full_ok = [], [], []
     try:
         with torch.no_grad():
+            xs, ys = data.x, data.y  # read once: an index view gathers on each read
             for start in range(0, len(data), batch_size):
-                x = data.x[start : start + batch_size]
-                y = data.y[start : start + batch_size]
+                x = xs[start : start + batch_size]
+                y = ys[start : start + batch_size]
                 logits = parts.exit(parts.head(x))
                 logp = F.log_softmax(logits, dim=1)
                 entropy.append((-(logp.exp() * logp).sum(dim=1)).clamp_min(0.0))

@@ -49,6 +49,13 @@ def mlp(
     return SequentialNet(OrderedDict(layers))
 
 
+@MODELS.register("logistic")
+def logistic(input_shape: Sequence[int], n_classes: int) -> nn.Module:
+    """Multinomial logistic regression (flatten, one linear layer; softmax in the loss): the
+    model FedProx and LEAF train on Synthetic(alpha, beta)."""
+    return mlp(input_shape, n_classes, hidden=())
+
+
 @MODELS.register("fedavg_cnn")
 def fedavg_cnn(input_shape: Sequence[int], n_classes: int) -> SequentialNet:
     """The CNN of McMahan et al. 2017: two 5×5 'same' convs (32, 64) with 2×2 max pooling,

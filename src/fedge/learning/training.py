@@ -195,9 +195,10 @@ def predict(model: nn.Module, data: ArrayDataset, batch_size: int = 1000) -> tup
     model.eval()
     try:
         with torch.no_grad():
+            x, y = data.x, data.y  # read once: an index view gathers on each read
             for start in range(0, len(data), batch_size):
-                xb = data.x[start : start + batch_size].to(device)
-                yb = data.y[start : start + batch_size].to(device)
+                xb = x[start : start + batch_size].to(device)
+                yb = y[start : start + batch_size].to(device)
                 out = model(xb)
                 loss_sum += float(F.cross_entropy(out, yb, reduction="sum"))
                 preds.append(out.argmax(dim=1).cpu())

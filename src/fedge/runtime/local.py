@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from fedge.core.errors import FedgeError
 from fedge.core.message import Message
-from fedge.core.node import NodeApp
+from fedge.core.node import LazyApps, NodeApp
 from fedge.core.transport import Transport
 from fedge.core.update import Work
 
@@ -19,7 +19,7 @@ class NodeSet:
     """The apps of every node that lives in this process, and how to deliver to them."""
 
     def __init__(self, apps: Mapping[str, NodeApp], seed: int) -> None:
-        self.apps = dict(apps)
+        self.apps = apps if isinstance(apps, LazyApps) else dict(apps)
         self.seed = seed
 
     def deliver(self, message: Message, downstream: Transport | None) -> tuple[Message, Work]:

@@ -27,7 +27,7 @@ import torch
 
 from fedge.core.errors import ConfigError, FedgeError
 from fedge.core.message import Message
-from fedge.core.node import NodeApp
+from fedge.core.node import LazyApps, NodeApp
 from fedge.core.transport import Transport
 from fedge.core.update import Work
 from fedge.runtime.local import NodeSet
@@ -200,6 +200,8 @@ class RayNodeSet(NodeSet):
 
     def _size_for(self, cpus: int) -> int:
         """``workers`` (or one per CPU), never more than the nodes with portable work."""
+        if isinstance(self.apps, LazyApps):  # a large population: do not make every app
+            return max(1, min(self._workers or cpus, len(self.apps)))
         portable = sum(1 for app in self.apps.values() if app.portable)
         return max(1, min(self._workers or cpus, portable))
 

@@ -162,7 +162,16 @@ class SimulatedTransport:
             self._ledger.counters["dropped"] += 1
             return None
         down = self._charge(message, start_s)
-        child = self.at(message.dst, start_s + down)
+        handled = self._handle(message, start_s + down)
+        if handled is None:
+            return None
+        reply, done_s = handled
+        return _Arrival(done_s + self._charge(reply, done_s), order, reply)
+
+    def _handle(self, message: Message, arrive_s: float) -> tuple[Message, float] | None:
+        """Run the receiver's handler from ``arrive_s`` and charge its compute; the reply
+        and when it leaves, or None when a moved device's reply was handed over."""
+        child = self.at(message.dst, arrive_s)
         reply, work = self._nodes.deliver(message, child)
         cost = self._system.compute(message.dst, work.flops, message.round)
         self._ledger.energy.charge(
@@ -176,7 +185,40 @@ class SimulatedTransport:
         if moved_to is not None:
             self._hand_over(message, reply, moved_to, done_s)
             return None
-        return _Arrival(done_s + self._charge(reply, done_s), order, reply)
+        return reply, done_s
+
+    def _deliver_all(
+        self, messages: Sequence[Message], start_s: float, first: int
+    ) -> list[_Arrival | None]:
+        """Deliver a batch that starts at ``start_s``. With shared links
+        (``system.links.shared``) the requests' transfers are priced together, then every
+        handler runs, then the replies' transfers are priced together, so transfers that
+        overlap share their links; otherwise each delivery is priced alone."""
+        if not self._system.links.shared:
+            return [self._deliver(m, start_s, first + i) for i, m in enumerate(messages)]
+        out: list[_Arrival | None] = [None] * len(messages)
+        sent = [i for i, m in enumerate(messages) if self._system.is_available(m.dst, m.round)]
+        if len(sent) < len(messages):
+            self._ledger.counters["dropped"] += len(messages) - len(sent)
+        downs = self._charge_all([messages[i] for i in sent], [start_s] * len(sent))
+        handled = [
+            (i, self._handle(messages[i], start_s + d)) for i, d in zip(sent, downs, strict=True)
+        ]
+        done = [(i, h) for i, h in handled if h is not None]
+        ups = self._charge_all([h[0] for _, h in done], [h[1] for _, h in done])
+        for (i, (reply, done_s)), up in zip(done, ups, strict=True):
+            out[i] = _Arrival(done_s + up, first + i, reply)
+        return out
+
+    def _charge_all(self, messages: Sequence[Message], starts: Sequence[float]) -> list[float]:
+        """``_charge`` for transfers that may overlap: priced together by the system model."""
+        paid = [i for i, m in enumerate(messages) if SYNC not in (m.src, m.dst)]
+        batch = [(messages[i].src, messages[i].dst, messages[i].nbytes(), starts[i]) for i in paid]
+        times = [0.0] * len(messages)
+        for i, cost in zip(paid, self._system.transfers(batch), strict=True):
+            self._ledger.charge_transfer(cost, self._system, messages[i])
+            times[i] = cost.time_s
+        return times
 
     def _charge(self, message: Message, start_s: float) -> float:
         """Charge a message's transfer and return its time; free to and from ``SYNC``."""
@@ -220,7 +262,7 @@ class SimulatedTransport:
     def send(self, messages: Sequence[Message], deadline_s: float | None = None) -> list[Message]:
         self._prefetch(messages)
         start_s = self.now()
-        arrivals = [self._deliver(m, start_s, i) for i, m in enumerate(messages)]
+        arrivals = self._deliver_all(messages, start_s, 0)
         landed = sorted((a for a in arrivals if a is not None), key=lambda a: (a.time_s, a.order))
         limit_s = start_s + deadline_s if deadline_s is not None else math.inf
         kept = [a for a in landed if a.time_s <= limit_s]
@@ -232,9 +274,9 @@ class SimulatedTransport:
 
     def submit(self, messages: Sequence[Message]) -> None:
         self._prefetch(messages)
-        for m in messages:
-            arrival = self._deliver(m, self.now(), self._submitted)
-            self._submitted += 1
+        arrivals = self._deliver_all(messages, self.now(), self._submitted)
+        self._submitted += len(messages)
+        for arrival in arrivals:
             if arrival is not None:
                 self._clock.schedule(arrival.time_s, arrival.reply)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedge.core.errors import ConfigError
@@ -18,8 +19,16 @@ from fedge.system.mobility import (
     attachment,
     handover_events,
 )
-from fedge.system.network import LinkProfile, WirelessProfile, check_number, transfer_time_s
+from fedge.system.network import (
+    LinkProfile,
+    WirelessProfile,
+    check_number,
+    path_gain,
+    shannon_rate_bps,
+    transfer_time_s,
+)
 from fedge.system.peers import PeerGraph, d2d_airtime_s
+from fedge.system.sharing import Channel, FlowSpec, HopTiming, LinkSharing, share
 from fedge.system.topology import Topology
 
 OUT_OF_COVERAGE = ("error", "nearest")
@@ -98,6 +107,7 @@ class SystemModel:
         *,
         peers: PeerGraph | None = None,
         d2d: WirelessProfile | None = None,
+        links: LinkSharing | None = None,
     ) -> None:
         if out_of_coverage not in OUT_OF_COVERAGE:
             raise ConfigError("out_of_coverage", out_of_coverage, " | ".join(OUT_OF_COVERAGE))
@@ -110,6 +120,9 @@ class SystemModel:
         self.peer_graph.check_links(self.ids("device"))
         self.d2d = d2d
         self._peer_cache: dict[float, dict[str, tuple[str, ...]]] = {}
+        self.links = links if links is not None else LinkSharing(shared=False)
+        """How overlapping transfers share links (``transfers``); not shared by default here,
+        the experiment config's default (``system.links.shared = true``) turns it on."""
 
     # -- identity -------------------------------------------------------------------------
     def tier(self, node_id: str) -> str:
@@ -257,6 +270,81 @@ class SystemModel:
             hops.append(hop)
             start_s = hop.end_s
         return TransferCost(tuple(hops), start_s - t_s)
+
+    def transfers(self, batch: Sequence[tuple[str, str, int, float]]) -> list[TransferCost]:
+        """The costs of transfers (src, dst, nbytes, start) that may overlap in time: with
+        ``links.shared`` they share the capacity of the links they cross (``sharing.py``),
+        else each is ``transfer`` alone. Routes are fixed at each transfer's start."""
+        if not self.links.shared:
+            return [self.transfer(*item) for item in batch]
+        for _, _, nbytes, _ in batch:
+            check_number("nbytes", nbytes)
+        specs = [
+            FlowSpec(tuple(self.route(src, dst, t_s)), int(n), t_s) for src, dst, n, t_s in batch
+        ]
+        timings = share(specs, self._channel, self.links)
+        return [self._cost(s, t) for s, t in zip(specs, timings, strict=True)]
+
+    def _cost(self, spec: FlowSpec, timings: list[HopTiming]) -> TransferCost:
+        hops = []
+        for (a, b), t in zip(spec.hops, timings, strict=True):
+            tier, direction, power_w = self._kind(a, b)
+            hops.append(
+                Hop(
+                    a,
+                    b,
+                    tier,
+                    direction,
+                    spec.nbytes,
+                    t.start_s,
+                    t.end_s - t.start_s,
+                    power_w * t.airtime_s,
+                )
+            )
+        end_s = timings[-1].end_s if timings else spec.start_s
+        return TransferCost(tuple(hops), end_s - spec.start_s)
+
+    def _kind(self, a: str, b: str) -> tuple[str, str, float]:
+        """(tier, direction, sender's radio power in W; 0 on wired links) of hop a -> b."""
+        tier_a, tier_b = self.tier(a), self.tier(b)
+        if tier_a == tier_b == "device":
+            assert self.d2d is not None
+            return "device-device", "peer", self.d2d.device_tx_power_w
+        wireless = self.topology.wireless
+        if tier_a == "device":
+            return "device-edge", "up", wireless.device_tx_power_w
+        if tier_b == "device":
+            return "device-edge", "down", wireless.edge_tx_power_w
+        if tier_a == tier_b == "edge":
+            return "edge-edge", "peer", 0.0
+        return "edge-cloud", "up" if tier_b == "cloud" else "down", 0.0
+
+    def _channel(self, a: str, b: str, start_s: float) -> Channel:
+        """The resource hop a -> b shares, its full rate and latency when it starts at
+        ``start_s``: a cell's uplink / downlink, the WAN per direction, a backhaul link per
+        direction; a direct device-to-device hop is not shared."""
+        tier, direction, _ = self._kind(a, b)
+        if tier == "device-device":
+            assert self.d2d is not None
+            (xa_m, ya_m), (xb_m, yb_m) = self.position(a, start_s), self.position(b, start_s)
+            gain = path_gain(math.hypot(xa_m - xb_m, ya_m - yb_m), self.d2d.path_loss)
+            rate = shannon_rate_bps(
+                self.d2d.bandwidth_hz,
+                self.d2d.device_tx_power_w,
+                gain,
+                self.d2d.noise_psd_w_per_hz,
+            )
+            return Channel(None, rate, self.d2d.latency_s)
+        if tier == "device-edge":
+            device_id, edge_id = (a, b) if direction == "up" else (b, a)
+            x_m, y_m = self.mobility.position(device_id, start_s)
+            edge = self.topology.node(edge_id)
+            wireless = self.topology.wireless
+            rate = wireless.rate_bps(math.hypot(edge.x_m - x_m, edge.y_m - y_m), direction == "up")
+            return Channel(("cell", edge_id, direction), rate, wireless.latency_s)
+        link = self.topology.backhaul if tier == "edge-edge" else self.topology.wan
+        key = ("backhaul", a, b) if tier == "edge-edge" else ("wan", direction)
+        return Channel(key, link.bandwidth_bps, link.latency_at(start_s))
 
     def _hop(self, a: str, b: str, nbytes: int, start_s: float) -> Hop:
         tier_a, tier_b = self.tier(a), self.tier(b)

@@ -130,6 +130,23 @@ class Topology:
             allowed = f"cloud, edge0..edge{len(self.edges) - 1}, dev0..dev{len(self.devices) - 1}"
             raise ConfigError("node_id", node_id, allowed) from None
 
+    def device_index(self, device_id: str) -> int:
+        """The index of device ``dev<i>`` (ConfigError if there is no such device)."""
+        if not self.is_device(device_id):
+            raise ConfigError("device_id", device_id, f"dev0..dev{len(self.devices) - 1}")
+        return int(device_id[3:])
+
+    def is_device(self, node_id: str) -> bool:
+        """Whether ``node_id`` names a device of this topology (ids are ``dev<i>`` in index
+        order), found without a lookup table."""
+        digits = node_id[3:]
+        return (
+            node_id.startswith("dev")
+            and digits.isdigit()
+            and str(int(digits)) == digits
+            and int(digits) < len(self.devices)
+        )
+
     def tier(self, node_id: str) -> str:
         """``cloud``, ``edge`` or ``device``."""
         return self.node(node_id).tier
