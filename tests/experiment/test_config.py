@@ -23,7 +23,7 @@ def run_cli(capsys, *argv):
         ),
         (
             "algorithm='fedsgd'",
-            "algorithm: got 'fedsgd'; allowed: one of dfl, dpcg, dpmn, dpmn_r, dpmp, fedadam,",
+            "algorithm: got 'fedsgd'; allowed: one of dfl, ditto, dpcg, dpmn, dpmn_r, dpmp,",
         ),
         (
             "data.dataset='cifar'",

@@ -17,6 +17,7 @@ from fedge.algorithms.fedavg import FedAvg
 from fedge.algorithms.federation import FederationSettings
 from fedge.algorithms.hierarchical import EdgeServer, HierarchicalFL
 from fedge.algorithms.multiserver import Exchange, MultiServerFL
+from fedge.algorithms.personalization import PersonalizationSettings
 from fedge.algorithms.selection import SELECTORS, SelectionHint, Selector, make_selector
 from fedge.algorithms.split import CloudTail, SplitEdge, SplitSettings
 from fedge.algorithms.split_build import tmoa_cut
@@ -42,6 +43,7 @@ __all__ = [
     "Observer",
     "PeerLearner",
     "PeerSettings",
+    "PersonalizationSettings",
     "RoundRecord",
     "SelectionHint",
     "Selector",

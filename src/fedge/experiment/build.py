@@ -10,6 +10,7 @@ import numpy as np
 from torch import nn
 
 from fedge.algorithms import ALGORITHMS, AlgorithmSpec, BuildContext, Coordinator
+from fedge.algorithms.personalization import check_personalization, finetuning, personalize
 from fedge.core.errors import ConfigError
 from fedge.core.node import NodeApp, derive_seed
 from fedge.core.settings import Section
@@ -81,6 +82,7 @@ def _checked(cfg: ExperimentConfig) -> tuple[AlgorithmSpec, Section, dict[str, l
     settings = spec.section(cfg)  # the variant's defaults applied and checked
     if spec.check is not None:
         spec.check(cfg)
+    check_personalization(cfg, spec)
     return spec, settings, client_pipeline(cfg, spec)
 
 
@@ -183,7 +185,7 @@ def build(cfg: ExperimentConfig) -> Experiment:
     model = build_model(
         cfg.model.name, train.input_shape, train.n_classes, seed=derive_seed(cfg.seed, "init")
     )
-    own_parts, local_tests = _local_test_split(cfg, parts, spec.personalized)
+    own_parts, local_tests = _local_test_split(cfg, parts, spec.personalized or finetuning(cfg))
     ctx = BuildContext(
         config=cfg,
         settings=settings,
@@ -198,7 +200,7 @@ def build(cfg: ExperimentConfig) -> Experiment:
         profile=profile(model, train.input_shape),
         seed=cfg.seed,
     )
-    assembly = spec.assemble(ctx)
+    assembly = personalize(ctx, spec, spec.assemble(ctx))
     apps = assembly.apps
     if links:
         for app in apps.values():
