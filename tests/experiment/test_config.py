@@ -23,7 +23,7 @@ def run_cli(capsys, *argv):
         ),
         (
             "algorithm='fedsgd'",
-            "algorithm: got 'fedsgd'; allowed: one of dfl, ditto, dpcg, dpmn, dpmn_r, dpmp,",
+            "algorithm: got 'fedsgd'; allowed: one of clustered_hfl, dfl, ditto, dpcg, dpmn, dpmn_r,",
         ),
         (
             "data.dataset='cifar'",

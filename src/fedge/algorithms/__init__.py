@@ -12,6 +12,7 @@ from fedge.algorithms.base import (
     Observer,
     RoundRecord,
 )
+from fedge.algorithms.clustered import ClusteredHFL, ClusterSettings
 from fedge.algorithms.decentralized import Decentralized, PeerLearner, PeerSettings
 from fedge.algorithms.fedavg import FedAvg
 from fedge.algorithms.federation import FederationSettings
@@ -30,6 +31,8 @@ __all__ = [
     "Assembly",
     "BuildContext",
     "CloudTail",
+    "ClusterSettings",
+    "ClusteredHFL",
     "Coordinator",
     "Decentralized",
     "EdgeServer",

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedge.algorithms.clustered import ClusterSettings
 from fedge.algorithms.decentralized import PeerSettings
 from fedge.algorithms.federation import FederationSettings
 from fedge.algorithms.personalization import PersonalizationSettings
@@ -195,6 +196,7 @@ class ExperimentConfig(Section):
     decentralized: PeerSettings = PeerSettings()
     split: SplitSettings = SplitSettings()
     personalization: PersonalizationSettings = PersonalizationSettings()
+    clustering: ClusterSettings = ClusterSettings()
     system: SystemConfig = SystemConfig()
     ray: RayConfig = RayConfig()
     grpc: GrpcSettings = GrpcSettings()
