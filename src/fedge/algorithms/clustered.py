@@ -8,11 +8,11 @@ cloud hierarchy:
 - The cloud keeps one model per cluster and which cluster each device belongs to; at the
   start every device is in one cluster holding the initial model.
 - Cloud round r: every edge gets every cluster's model (at most ``max_clusters``) and the
-  assignment (``cluster_train``), and runs ``federation.kappa2`` edge rounds; in each, every attached
-  device trains its cluster's model (``federation.kappa1`` local rounds) and the edge averages
-  the replies per cluster with the configured aggregator. The edge sends up one model per
-  cluster (weighted by the samples behind it) and the norms ‖Δ_i‖ of its devices' updates
-  of the last edge round; it keeps those updates.
+  assignment (``cluster_train``), and runs ``federation.kappa2`` edge rounds; in each, every
+  attached device trains its cluster's model (``federation.kappa1`` local rounds) and the
+  edge averages the replies per cluster with the configured aggregator. The edge sends up
+  one model per cluster (weighted by the samples behind it) and the norms ‖Δ_i‖ of its
+  devices' updates of the last edge round; it keeps those updates.
 - The cloud aggregates each cluster's edge models (FedAvg weights). CFL's split criterion
   (its Algorithm 1): a cluster is split when its mean update is near a stationary point,
   ‖Δ̄_c‖ < ``eps1`` (Δ̄_c is the cluster model's change this round), while some device is
