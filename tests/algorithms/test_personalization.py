@@ -263,9 +263,9 @@ class Interrupted(Exception):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["fedper", "ditto"])
+@pytest.mark.parametrize("algorithm", ["fedper", "ditto", "clustered_hfl"])
 def test_personal_state_survives_resume(tiny_config, tmp_path, monkeypatch, algorithm):
-    sets = [f"algorithm='{algorithm}'", "rounds=3"]
+    sets = [f"algorithm='{algorithm}'", "rounds=3", "clustering.eps1=1e9", "clustering.eps2=0"]
     full = run_experiment(load_config(tiny_config, sets), out_dir=tmp_path / "full")
     original = NodeSet.deliver
     count = [0]
@@ -288,3 +288,5 @@ def test_personal_state_survives_resume(tiny_config, tmp_path, monkeypatch, algo
         return [json.dumps({k: v for k, v in r.items() if "wall" not in k}) for r in rows]
 
     assert strip(resumed.rows) == strip(full.rows)
+    if algorithm == "clustered_hfl":  # the clusters were split before the cut and kept
+        assert full.rows[1]["clusters"] > 1
