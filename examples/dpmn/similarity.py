@@ -34,8 +34,15 @@ def _run_cells(run_dir: Path) -> dict[str, float]:
 
 
 def main(root: str) -> None:
-    head = ["variant", "n", "own-test acc.", "neighbours (mean over rounds)", "traffic MB",
-            "round-1 sims p10 / p50 / p90 / max", "last reselection p10 / p50 / p90 / max"]  # fmt: skip
+    head = [
+        "variant",
+        "n",
+        "own-test acc.",
+        "neighbours (mean over rounds)",
+        "traffic MB",
+        "round-1 sims p10 / p50 / p90 / max",
+        "last reselection p10 / p50 / p90 / max",
+    ]
     for comparison in comparisons(Path(root)):
         lines = []
         for entry in entries(comparison):
