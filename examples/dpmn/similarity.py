@@ -3,10 +3,10 @@ for each reading of "similarity" (``decentralized.similarity``).
 
 Usage: .venv/bin/python examples/dpmn/similarity.py runs/dpmn-similarity
 Reads every finished ``fedge compare`` directory under the root (``similarity.sh`` writes
-them). Per variant (mean ± 95% CI over seeds): own-test accuracy after the last round; the
-mean |S_i| over all rounds; device-to-device traffic; and the distribution of the cosine
-similarities DPMN thresholded (every device-peer pair of a reselection round: p10 / median /
-p90 / max) in round 1 and in the last reselection round.
+them). Per variant (mean ± 95% CI over seeds): own-test accuracy after the last round;
+|S_i| in the last round and its mean over all rounds; device-to-device traffic; and the
+distribution of the cosine similarities DPMN thresholded (every device-peer pair of a
+reselection round: p10 / median / p90 / max) in round 1 and in the last reselection round.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main(root: str) -> None:
         "variant",
         "n",
         "own-test acc.",
+        "neighbours (last round)",
         "neighbours (mean over rounds)",
         "traffic MB",
         "round-1 sims p10 / p50 / p90 / max",
@@ -61,6 +62,7 @@ def main(root: str) -> None:
                 entry.label,
                 str(len(entry.runs)),
                 mean_ci_cell([r.get("accuracy") for r in entry.runs], 4),
+                mean_ci_cell([r.get("neighbours") for r in entry.runs], 2),
                 cell("neighbours_mean", 2),
                 mean_ci_cell([float(r.get(TRAFFIC, 0.0)) / 1e6 for r in entry.runs], 1),
                 dist("first"),
