@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from torch import nn
@@ -180,7 +180,7 @@ class AlgorithmSpec:
     """Devices keep a share of their samples as their own test split."""
     check: Check | None = None
     """Checks across sections (run before any work), e.g. FedProx needs proximal_mu > 0."""
-    finetune: str = "global"
+    finetune: Literal["global", "own", "none"] = "global"
     """How ``[personalization] finetune_epochs`` applies (``fedge.algorithms.personalization``):
     ``global``, its rounds' records carry the global model, which each device fine-tunes
     before its own-split evaluation; ``own``, it evaluates personal models per device and
