@@ -23,7 +23,7 @@ def run_cli(capsys, *argv):
         ),
         (
             "algorithm='fedsgd'",
-            "algorithm: got 'fedsgd'; allowed: one of dfl, dpcg, dpmn, dpmn_r, dpmp, fedadam,",
+            "algorithm: got 'fedsgd'; allowed: one of clustered_hfl, dfl, ditto, dpcg, dpmn,",
         ),
         (
             "data.dataset='cifar'",

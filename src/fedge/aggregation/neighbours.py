@@ -50,8 +50,19 @@ def cosine_neighbours(
     first, ties by id. A zero update has similarity 0 with everything."""
     if not -1.0 <= delta_threshold <= 1.0:
         raise ConfigError("neighbours.delta_threshold", delta_threshold, "a number in [-1, 1]")
-    mine, theirs = _vectors(own_delta, peer_deltas)
-    sims = {pid: cosine_similarity(mine, v) for pid, v in theirs.items()}
+    return above_threshold(cosine_scores(own_delta, peer_deltas), delta_threshold)
+
+
+def cosine_scores(
+    own: Mapping[str, torch.Tensor], peers: Mapping[str, ModelState]
+) -> dict[str, float]:
+    """Each peer's cosine similarity with ``own`` over the floating keys of ``own``."""
+    mine, theirs = _vectors(own, peers)
+    return {pid: cosine_similarity(mine, v) for pid, v in theirs.items()}
+
+
+def above_threshold(sims: Mapping[str, float], delta_threshold: float) -> list[str]:
+    """The ids whose similarity is >= δ, most similar first, ties by id."""
     chosen = [pid for pid, s in sims.items() if s >= delta_threshold]
     return sorted(chosen, key=lambda pid: (-sims[pid], pid))
 

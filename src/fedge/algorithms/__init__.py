@@ -12,11 +12,13 @@ from fedge.algorithms.base import (
     Observer,
     RoundRecord,
 )
+from fedge.algorithms.clustered import ClusteredHFL, ClusterSettings
 from fedge.algorithms.decentralized import Decentralized, PeerLearner, PeerSettings
 from fedge.algorithms.fedavg import FedAvg
 from fedge.algorithms.federation import FederationSettings
 from fedge.algorithms.hierarchical import EdgeServer, HierarchicalFL
 from fedge.algorithms.multiserver import Exchange, MultiServerFL
+from fedge.algorithms.personalization import PersonalizationSettings
 from fedge.algorithms.selection import SELECTORS, SelectionHint, Selector, make_selector
 from fedge.algorithms.split import CloudTail, SplitEdge, SplitSettings
 from fedge.algorithms.split_build import tmoa_cut
@@ -29,6 +31,8 @@ __all__ = [
     "Assembly",
     "BuildContext",
     "CloudTail",
+    "ClusterSettings",
+    "ClusteredHFL",
     "Coordinator",
     "Decentralized",
     "EdgeServer",
@@ -42,6 +46,7 @@ __all__ = [
     "Observer",
     "PeerLearner",
     "PeerSettings",
+    "PersonalizationSettings",
     "RoundRecord",
     "SelectionHint",
     "Selector",

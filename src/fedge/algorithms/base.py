@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from torch import nn
@@ -192,6 +192,11 @@ class AlgorithmSpec:
     """Devices keep a share of their samples as their own test split."""
     check: Check | None = None
     """Checks across sections (run before any work), e.g. FedProx needs proximal_mu > 0."""
+    finetune: Literal["global", "own", "none"] = "global"
+    """How ``[personalization] finetune_epochs`` applies (``fedge.algorithms.personalization``):
+    ``global``, its rounds' records carry the global model, which each device fine-tunes
+    before its own-split evaluation; ``own``, it evaluates personal models per device and
+    fine-tunes them itself; ``none``, fine-tuning is refused (no global model)."""
 
     def section(self, config: Any) -> Section:
         """The algorithm's section from ``config`` with the variant's defaults applied

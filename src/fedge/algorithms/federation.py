@@ -284,6 +284,7 @@ register_algorithm(
         links=("device-edge", "edge-edge"),
         validation=True,
         check=_fixed_kappa1,
+        finetune="none",
     )
 )
 register_algorithm(
@@ -295,5 +296,6 @@ register_algorithm(
         roles=("edge",),
         links=("device-edge",),
         check=_fixed_kappa1,
+        finetune="none",
     )
 )

@@ -226,3 +226,16 @@ def edge_eval_summary(evals: Sequence[Mapping[str, float]]) -> dict[str, float]:
     acc = [e["accuracy"] for e in evals]
     out.update(accuracy_min=float(min(acc)), accuracy_max=float(max(acc)))
     return out
+
+
+def spread_summary(evals: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """``edge_eval_summary`` of per-device evaluations plus the spread of their accuracy:
+    ``accuracy_std`` (population), ``accuracy_p10`` and ``accuracy_p90`` (linear
+    interpolation, numpy's default)."""
+    out = edge_eval_summary(evals)
+    if not evals:
+        return out
+    acc = np.asarray([e["accuracy"] for e in evals], dtype=float)
+    p10, p90 = np.percentile(acc, [10, 90])
+    out.update(accuracy_std=float(acc.std()), accuracy_p10=float(p10), accuracy_p90=float(p90))
+    return out

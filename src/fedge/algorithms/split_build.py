@@ -200,5 +200,6 @@ for _name, (_text, _parallel, _ushaped) in _VARIANTS.items():
             SplitSettings,
             roles=("split",),
             links=("edge-cloud",),
+            finetune="none",
         )
     )

@@ -11,6 +11,7 @@ import numpy as np
 from torch import nn
 
 from fedge.algorithms import ALGORITHMS, AlgorithmSpec, BuildContext, Coordinator
+from fedge.algorithms.personalization import check_personalization, finetuning, personalize
 from fedge.core.errors import ConfigError
 from fedge.core.node import LazyApps, NodeApp, derive_seed
 from fedge.core.settings import Section
@@ -101,6 +102,7 @@ def _checked(cfg: ExperimentConfig) -> tuple[AlgorithmSpec, Section, dict[str, l
     settings = spec.section(cfg)  # the variant's defaults applied and checked
     if spec.check is not None:
         spec.check(cfg)
+    check_personalization(cfg, spec)
     return spec, settings, client_pipeline(cfg, spec)
 
 
@@ -260,7 +262,9 @@ def build(cfg: ExperimentConfig) -> Experiment:
     own_parts: Sequence[np.ndarray]
     local_tests: Sequence[np.ndarray]
     if federation is None:
-        own_parts, local_tests = _local_test_split(cfg, list(parts), spec.personalized)
+        own_parts, local_tests = _local_test_split(
+            cfg, list(parts), spec.personalized or finetuning(cfg)
+        )
     else:
         own_parts, local_tests = parts, ClientParts(federation, empty=True)
     ctx = BuildContext(
@@ -278,7 +282,7 @@ def build(cfg: ExperimentConfig) -> Experiment:
         seed=cfg.seed,
         clients=None if federation is None else federation.clients(),
     )
-    assembly = spec.assemble(ctx)
+    assembly = personalize(ctx, spec, spec.assemble(ctx))
     apps = assembly.apps
     if links:
         if isinstance(apps, LazyApps):

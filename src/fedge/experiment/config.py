@@ -18,8 +18,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedge.algorithms.clustered import ClusterSettings
 from fedge.algorithms.decentralized import PeerSettings
 from fedge.algorithms.federation import FederationSettings
+from fedge.algorithms.personalization import PersonalizationSettings
 from fedge.algorithms.split import SplitSettings
 from fedge.caching.settings import CachingSettings
 from fedge.core.errors import ConfigError, FedgeError
@@ -225,6 +227,8 @@ class ExperimentConfig(Section):
     federation: FederationSettings = FederationSettings()
     decentralized: PeerSettings = PeerSettings()
     split: SplitSettings = SplitSettings()
+    personalization: PersonalizationSettings = PersonalizationSettings()
+    clustering: ClusterSettings = ClusterSettings()
     system: SystemConfig = SystemConfig()
     ray: RayConfig = RayConfig()
     grpc: GrpcSettings = GrpcSettings()
