@@ -180,6 +180,8 @@ class AlgorithmSpec:
     """Devices keep a share of their samples as their own test split."""
     check: Check | None = None
     """Checks across sections (run before any work), e.g. FedProx needs proximal_mu > 0."""
+    unused: tuple[str, ...] = ()
+    """Keys of its section it does not read: a config that sets one gets a warning."""
 
     def section(self, config: Any) -> Section:
         """The algorithm's section from ``config`` with the variant's defaults applied

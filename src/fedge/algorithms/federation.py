@@ -232,6 +232,15 @@ def _needs_mu(config: Any) -> None:
         raise ConfigError("training.proximal_mu", config.training.proximal_mu, allowed)
 
 
+EDGE_ONLY = ("clients_per_edge", "kappa1", "kappa2", "kappa1_rule", "kappa1_params", "handover")
+"""[federation] keys that only algorithms with edge servers read."""
+EXCHANGE_ONLY = ("interserver", "interserver_params", "malicious_edges", "malicious_mode",
+                 "malicious_scale")  # fmt: skip
+"""[federation] keys that only multi-server FL (edges exchanging models) reads."""
+CLOUD_ONLY = ("clients_per_round", "server_optimizer", "server_params")
+"""[federation] keys that only the FedAvg family (devices sampled by the cloud) reads."""
+
+
 def _family(name: str, description: str, check: Check | None = None, **defaults: Any) -> None:
     register_algorithm(
         AlgorithmSpec(
@@ -242,6 +251,7 @@ def _family(name: str, description: str, check: Check | None = None, **defaults:
             defaults,
             links=("device-cloud",),
             check=check,
+            unused=EDGE_ONLY + EXCHANGE_ONLY,
         )
     )
 
@@ -266,6 +276,7 @@ register_algorithm(
         FederationSettings,
         roles=("edge",),
         links=("device-edge", "edge-cloud"),
+        unused=EXCHANGE_ONLY + CLOUD_ONLY,
     )
 )
 register_algorithm(
@@ -278,6 +289,7 @@ register_algorithm(
         links=("device-edge", "edge-edge"),
         validation=True,
         check=_fixed_kappa1,
+        unused=CLOUD_ONLY + ("kappa1_rule", "kappa1_params"),
     )
 )
 register_algorithm(
@@ -289,5 +301,6 @@ register_algorithm(
         roles=("edge",),
         links=("device-edge",),
         check=_fixed_kappa1,
+        unused=EXCHANGE_ONLY + CLOUD_ONLY + ("kappa1_rule", "kappa1_params"),
     )
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -29,6 +29,8 @@ from fedge.learning import (
     state_of,
 )
 from fedge.learning._params import accepted_kwargs
+from fedge.learning.datasets import dataset_source
+from fedge.learning.partition import PartitionError
 from fedge.runtime import NodeSet, SimulatedTransport
 from fedge.system.model import SystemModel
 from fedge.transforms import ClientPipeline, Transform, make_transform
@@ -52,6 +54,10 @@ class Experiment:
     coordinator: Coordinator
     initial_state: ModelState
     rng: np.random.Generator
+    data_source: dict[str, Any] = field(default_factory=dict)
+    """Where the dataset was read from (folder, SHA-256 of each file); see dataset_source."""
+    warnings: tuple[str, ...] = ()
+    """Settings the config gives that its algorithm does not use (see unused_settings)."""
 
     def partition_report(self) -> dict[str, Any]:
         hist = class_histogram(self.train.y.numpy(), self.parts, self.train.n_classes)
@@ -110,6 +116,77 @@ def _data(cfg: ExperimentConfig) -> tuple[ArrayDataset, ArrayDataset]:
     return train, test
 
 
+def _data_source(cfg: ExperimentConfig) -> dict[str, Any]:
+    params = {"root": cfg.data.root} if cfg.data.root is not None else {}
+    return dataset_source(cfg.data.dataset, **params)
+
+
+def check_federation(cfg: ExperimentConfig, spec: AlgorithmSpec, system: SystemModel) -> None:
+    """More clients a round than devices is refused (never clamped), before data is loaded."""
+    settings = getattr(cfg, spec.settings.section)
+    wanted = getattr(settings, "clients_per_round", None)
+    if wanted is None or "clients_per_round" in spec.unused:
+        return
+    devices = len(system.ids("device"))
+    if wanted > devices:
+        raise ConfigError(
+            f"{spec.settings.section}.clients_per_round",
+            wanted,
+            f"at most system.devices = {devices} (the devices there are to sample from)",
+        )
+
+
+def check_samples(cfg: ExperimentConfig, train: ArrayDataset, devices: int) -> None:
+    """Every device must get samples: refuse more devices than training samples, or a
+    ``data.min_size`` the training set cannot give every device."""
+    n = len(train)
+    if devices > n:
+        raise ConfigError(
+            "system.devices",
+            devices,
+            f"at most the {n} training samples of {cfg.data.dataset!r} (one per device)",
+        )
+    fn = PARTITIONERS.get(cfg.data.partition, "data.partition")
+    if "min_size" in accepted_kwargs(fn, {"min_size": 0}) and cfg.data.min_size * devices > n:
+        raise ConfigError(
+            "data.min_size",
+            cfg.data.min_size,
+            f"at most {n // devices}: {n} training samples shared by system.devices = {devices}",
+        )
+
+
+def _check_nonempty(cfg: ExperimentConfig, parts: list[np.ndarray], devices: list[str]) -> None:
+    empty = [d for d, idx in zip(devices, parts, strict=True) if len(idx) == 0]
+    if empty:
+        raise ConfigError(
+            "data.partition",
+            cfg.data.partition,
+            f"a partition that gives every device samples; {len(empty)} of {len(devices)} "
+            f"devices got none (e.g. {empty[0]}): lower system.devices or change the "
+            "partition's parameters",
+        )
+
+
+def unused_settings(cfg: ExperimentConfig, spec: AlgorithmSpec) -> tuple[str, ...]:
+    """What the config sets that its algorithm does not read: keys of its own section that
+    the algorithm declares unused, and whole sections of other algorithms. Warned about
+    rather than refused, so one config can serve ``fedge compare --vary algorithm=...``."""
+    own = spec.settings.section
+    section = getattr(cfg, own)
+    lines = [
+        f"{own}.{key} is set but algorithm {cfg.algorithm!r} does not use it"
+        for key in spec.unused
+        if key in section.model_fields_set
+    ]
+    others = sorted({ALGORITHMS.get(n).settings.section for n in ALGORITHMS} - {own})
+    for name in others:
+        given = getattr(cfg, name, None)
+        if given is not None and given.model_fields_set:
+            keys = ", ".join(f"{name}.{k}" for k in sorted(given.model_fields_set))
+            lines.append(f"{keys} set but algorithm {cfg.algorithm!r} does not read [{name}]")
+    return tuple(lines)
+
+
 def _partition(cfg: ExperimentConfig, train: ArrayDataset, system: SystemModel) -> list[np.ndarray]:
     devices = system.ids("device")
     edges = system.ids("edge")
@@ -123,7 +200,21 @@ def _partition(cfg: ExperimentConfig, train: ArrayDataset, system: SystemModel) 
     }
     fn = PARTITIONERS.get(cfg.data.partition, "data.partition")
     rng = np.random.default_rng(derive_seed(cfg.seed, "partition"))
-    return fn(train.y.numpy(), len(devices), rng, **accepted_kwargs(fn, offered))
+    check_samples(cfg, train, len(devices))
+    try:
+        parts: list[np.ndarray] = fn(
+            train.y.numpy(), len(devices), rng, **accepted_kwargs(fn, offered)
+        )
+    except ConfigError as exc:  # the partitioner names its parameter; the user wrote data.<it>
+        field_name = f"data.{exc.field}" if exc.field in offered else exc.field
+        raise ConfigError(field_name, exc.value, exc.allowed) from None
+    except PartitionError as exc:
+        raise PartitionError(
+            f"data.partition: {exc} (system.devices = {len(devices)}, data.min_size = "
+            f"{cfg.data.min_size}, {len(train)} training samples)"
+        ) from None
+    _check_nonempty(cfg, parts, devices)
+    return parts
 
 
 def _split_validation(
@@ -177,6 +268,8 @@ def build(cfg: ExperimentConfig) -> Experiment:
     its apps and coordinator; the update pipeline and the engine come last."""
     spec, settings, links = _checked(cfg)
     system = build_system(cfg.system, cfg.seed)
+    check_federation(cfg, spec, system)
+    source = _data_source(cfg)
     train, test = _data(cfg)
     train, validation = _split_validation(cfg, train, len(system.ids("edge")), spec.validation)
     parts = _partition(cfg, train, system)
@@ -217,6 +310,8 @@ def build(cfg: ExperimentConfig) -> Experiment:
         coordinator=assembly.coordinator,
         initial_state=state_of(model),
         rng=np.random.default_rng(derive_seed(cfg.seed, "coordinator")),
+        data_source=source,
+        warnings=unused_settings(cfg, spec),
     )
 
 

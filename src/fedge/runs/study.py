@@ -29,7 +29,7 @@ from fedge.core.settings import Section, config_error
 from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.systems import build_system
 from fedge.results import PLOTS_DIR, RunStore, plot_run, write_json, write_report, write_rows_csv
-from fedge.runs.result import RunResult, open_run
+from fedge.runs.result import RunResult, discard_run, open_run
 from fedge.system.clock import SimClock
 from fedge.system.model import SystemModel
 
@@ -128,8 +128,11 @@ def run_study(
         summary = summarise(rows, spec.summed)
         _write_outputs(config, run_dir, rows, summary)
     except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        store.finish(run_id, {}, status=status)
+        if not store.rounds(run_id):  # stopped before its first step: nothing to keep
+            discard_run(store, run_id, run_dir)
+        else:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            store.finish(run_id, {}, status=status)
         store.close()
         raise
     store.finish(run_id, summary)
