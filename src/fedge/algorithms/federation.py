@@ -289,7 +289,7 @@ register_algorithm(
         links=("device-edge", "edge-edge"),
         validation=True,
         check=_fixed_kappa1,
-        unused=CLOUD_ONLY + ("kappa1_rule", "kappa1_params"),
+        unused=(*CLOUD_ONLY, "kappa1_rule", "kappa1_params"),
     )
 )
 register_algorithm(

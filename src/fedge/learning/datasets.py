@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 from fedge.core.registry import Registry
+from fedge.learning import fashion
 from fedge.learning._params import check_params
 from fedge.learning.data import ArrayDataset, load_digits_dataset, make_synthetic
-from fedge.learning import fashion
 from fedge.learning.fashion import load_fashion_mnist
 
 Loader = Callable[..., tuple[ArrayDataset, ArrayDataset]]
