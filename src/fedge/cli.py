@@ -317,6 +317,13 @@ def _add_deployment(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     crt.add_argument(
         "--hosts", default="localhost,127.0.0.1,::1", help="names and addresses the servers use"
     )
+    crt.add_argument(
+        "--replace",
+        default="",
+        metavar="NODES",
+        help="comma-separated node ids whose existing key and certificate are replaced "
+        "(existing ones are otherwise kept)",
+    )
     srv = sub.add_parser("serve", help="run one node of a gRPC deployment (cloud, edge, device)")
     srv.add_argument("role", choices=("cloud", "edge", "device"))
     srv.add_argument("--config", required=True, help="the experiment TOML (same on every node)")
@@ -350,17 +357,35 @@ def _add_deployment(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_certs(args: argparse.Namespace) -> int:
     from fedge.deploy.local import node_ids_for_certs
-    from fedge.runtime.grpc.tls import make_certs
+    from fedge.runtime.grpc.tls import issue_certs
 
     nodes = node_ids_for_certs(args.config, args.nodes)
-    root = make_certs(args.dir, nodes, [h for h in args.hosts.split(",") if h])
-    print(f"certificates for {len(nodes)} nodes and their CA in {root}")
+    replace = [n for n in args.replace.split(",") if n]
+    hosts = [h for h in args.hosts.split(",") if h]
+    report = issue_certs(args.dir, nodes, hosts, replace)
+    for line in report.lines():
+        print(line)
+    print(f"certificates for {len(nodes)} nodes and their CA in {report.root}")
     return 0
+
+
+def check_address(flag: str, value: str) -> None:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6 literals) with a port in 0..65535."""
+    host, sep, port = value.rpartition(":")
+    allowed = "HOST:PORT with a port in 0..65535, e.g. 0.0.0.0:50051 or [::1]:50051"
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise FedgeError(f"{flag}: got {value!r}; allowed: {allowed}")
+    if host.startswith("[") != host.endswith("]") or ("[" not in host and ":" in host):
+        raise FedgeError(f"{flag}: got {value!r}; allowed: {allowed}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from fedge.deploy.local import serve_from_cli
 
+    if args.listen is not None:
+        check_address("--listen", args.listen)
+    for parent in args.parent:
+        check_address("--parent", parent)
     return serve_from_cli(args)
 
 

@@ -10,8 +10,9 @@ import numpy as np
 from torch import nn
 
 from fedge.algorithms import ALGORITHMS, AlgorithmSpec, BuildContext, Coordinator
-from fedge.core.errors import ConfigError
+from fedge.core.errors import ConfigError, FedgeError
 from fedge.core.node import NodeApp, derive_seed
+from fedge.core.registry import resolve_import_path
 from fedge.core.settings import Section
 from fedge.core.update import ModelState
 from fedge.experiment.config import ExperimentConfig
@@ -84,10 +85,34 @@ def _checked(cfg: ExperimentConfig) -> tuple[AlgorithmSpec, Section, dict[str, l
     PARTITIONERS.get(cfg.data.partition, "data.partition")
     if ":" not in cfg.model.name and cfg.model.name not in MODELS:
         MODELS.get(cfg.model.name, "model.name")
+    if ":" in cfg.model.name:
+        check_model_path(cfg.model.name)
     settings = spec.section(cfg)  # the variant's defaults applied and checked
     if spec.check is not None:
         spec.check(cfg)
     return spec, settings, client_pipeline(cfg, spec)
+
+
+def check_model_path(path: str) -> None:
+    """A model named by import path must name an nn.Module class or a factory function."""
+    obj = resolve_import_path(path, "model.name")
+    allowed = "an nn.Module class or a function returning one, as 'package.module:attr'"
+    if isinstance(obj, type) and not issubclass(obj, nn.Module):
+        raise ConfigError("model.name", path, f"{allowed} ({obj.__name__} is not an nn.Module)")
+    if not callable(obj):
+        raise ConfigError("model.name", path, f"{allowed} (it is a {type(obj).__name__})")
+
+
+def _model(cfg: ExperimentConfig, train: ArrayDataset) -> nn.Module:
+    seed = derive_seed(cfg.seed, "init")
+    try:
+        return build_model(cfg.model.name, train.input_shape, train.n_classes, seed=seed)
+    except ConfigError as exc:
+        if exc.field != "model":
+            raise
+        raise ConfigError("model.name", exc.value, exc.allowed) from None
+    except FedgeError as exc:  # the user's factory raised
+        raise FedgeError(f"model.name: {exc}") from None
 
 
 def client_pipeline(cfg: ExperimentConfig, spec: AlgorithmSpec) -> dict[str, list[Transform]]:
@@ -182,7 +207,9 @@ def unused_settings(cfg: ExperimentConfig, spec: AlgorithmSpec) -> tuple[str, ..
     for name in others:
         given = getattr(cfg, name, None)
         if given is not None and given.model_fields_set:
-            keys = ", ".join(f"{name}.{k}" for k in sorted(given.model_fields_set))
+            fields = type(given).model_fields
+            named = sorted(fields[k].alias or k for k in given.model_fields_set)
+            keys = ", ".join(f"{name}.{k}" for k in named)
             lines.append(f"{keys} set but algorithm {cfg.algorithm!r} does not read [{name}]")
     return tuple(lines)
 
@@ -273,9 +300,7 @@ def build(cfg: ExperimentConfig) -> Experiment:
     train, test = _data(cfg)
     train, validation = _split_validation(cfg, train, len(system.ids("edge")), spec.validation)
     parts = _partition(cfg, train, system)
-    model = build_model(
-        cfg.model.name, train.input_shape, train.n_classes, seed=derive_seed(cfg.seed, "init")
-    )
+    model = _model(cfg, train)
     own_parts, local_tests = _local_test_split(cfg, parts, spec.personalized)
     ctx = BuildContext(
         config=cfg,
