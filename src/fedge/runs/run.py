@@ -16,6 +16,7 @@ from fedge.experiment.build import Experiment, build
 from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.engines import ENGINES, set_threads
 from fedge.results import PLOTS_DIR, RunStore, plot_run, write_json, write_report, write_rows_csv
+from fedge.results.trackers import check_trackers, close_trackers, open_trackers
 from fedge.runs import resume
 from fedge.runs.checkpoint import CHECKPOINT_NAME, References
 from fedge.runs.observer import Checkpointer, RoundObserver
@@ -99,6 +100,7 @@ def run_experiment(
         result: RunResult = launch(config, out_dir, echo)
         return result
     check_out_dir(config, out_dir)
+    check_trackers(config.output)
     set_threads(config)
     exp = build(config)
     if prepare is not None:
@@ -200,6 +202,9 @@ def _execute(
     if saved is not None:
         observer.restore(saved)
     try:
+        observer.trackers = open_trackers(
+            config.output, config.model_dump(), config.name, s.run_id, s.run_dir
+        )
         if first_round <= config.rounds:
             coordinator = exp.coordinator
             coordinator.run(exp.transport, state, exp.rng, config.rounds, observer, first_round)
@@ -217,6 +222,8 @@ def _execute(
     except BaseException as exc:
         _stopped(s, observer, exc, echo)
         raise
+    if observer.trackers is not None:
+        observer.trackers.finish("finished", summary, s.run_dir)
     s.store.finish(s.run_id, summary)
     s.store.close()
     if echo is not None:
@@ -233,11 +240,13 @@ def _stopped(
 ) -> None:
     """Mark the run interrupted (Ctrl-C) or failed, and say how to go on when it can; a
     ``fresh`` run that stopped before its first round leaves nothing behind."""
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    if observer.trackers is not None:
+        close_trackers(observer.trackers, status, s.run_dir)
     if fresh and not observer.rows:
         discard_run(s.store, s.run_id, s.run_dir)
         s.store.close()
         return
-    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     s.store.finish(s.run_id, {}, status=status)
     s.store.close()
     if echo is not None and observer.rows and (s.run_dir / CHECKPOINT_NAME).is_file():

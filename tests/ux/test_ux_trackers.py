@@ -1,0 +1,75 @@
+"""TensorBoard and MLflow get the same per-round numbers as the run store."""
+
+import math
+
+import pytest
+
+from fedge.cli import main
+from fedge.experiment.config import load_config
+from fedge.results import RunStore
+from fedge.runs.run import run_experiment
+
+
+def store_rounds(config, run_id):
+    with RunStore(config.output.store) as store:
+        return store.rounds(run_id)
+
+
+def test_tensorboard_events_hold_every_round_of_the_store(tiny_config):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = load_config(tiny_config, ["rounds=2", "output.tensorboard=true"])
+    result = run_experiment(config)
+    events = EventAccumulator(str(result.run_dir / "tensorboard"))
+    events.Reload()
+    rows = store_rounds(config, result.run_id)
+    accuracy = [(e.step, e.value) for e in events.Scalars("accuracy")]
+    assert accuracy == [(r["round"], pytest.approx(r["accuracy"], rel=1e-6)) for r in rows]
+    uplink = [e.value for e in events.Scalars("bytes/up_device_edge")]
+    assert uplink == [r["bytes_up_device_edge"] for r in rows]
+    assert "config/text_summary" in events.Tags()["tensors"]
+
+
+def test_mlflow_run_holds_params_metrics_and_files(tiny_config, tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "mlruns"
+    config = load_config(tiny_config, ["rounds=2", f"output.mlflow_uri='{store}'"])
+    result = run_experiment(config)
+    client = MlflowClient(tracking_uri=store.as_uri())
+    experiment = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["fedge.run_id"] == result.run_id
+    assert run.data.params["seed"] == "3" and run.data.params["data.dataset"] == "digits"
+    rows = store_rounds(config, result.run_id)
+    history = client.get_metric_history(run.info.run_id, "accuracy")
+    assert [(m.step, m.value) for m in history] == [(r["round"], r["accuracy"]) for r in rows]
+    energy = client.get_metric_history(run.info.run_id, "energy_j")
+    assert all(math.isclose(m.value, r["energy_j"]) for m, r in zip(energy, rows, strict=True))
+    files = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "summary.json", "metrics.csv", "report.html"} <= files
+
+
+@pytest.mark.parametrize(
+    ("setting", "package", "extra"),
+    [
+        ("output.tensorboard=true", "tensorboard", "tensorboard"),
+        ("output.mlflow_uri='m'", "mlflow", "mlflow"),
+    ],
+)
+def test_a_missing_tracker_package_is_one_line_with_the_install_hint(
+    capsys, tiny_config, monkeypatch, setting, package, extra
+):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a)
+    )
+    assert main(["run", str(tiny_config), "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert f"pip install 'fedge[{extra}]'" in err and len(err.splitlines()) == 1
+    assert not (tiny_config.parent / "runs").exists()
