@@ -246,3 +246,44 @@ def test_a_run_that_fails_after_round_one_is_kept_as_failed(tiny_config, monkeyp
         run_experiment(load_config(tiny_config))
     assert [status for _, status in store_rows(tiny_config)] == ["failed"]
     assert len(run_dirs(tiny_config)) == 1
+
+
+# --- the command line ------------------------------------------------------------------
+
+
+def test_help_lists_every_command_and_version(capsys):
+    import fedge
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"fedge {fedge.__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    commands = ["run", "compare", "list", "report", "schedule", "partition-model", "certs"]
+    for command in [*commands, "serve", "deploy-local"]:
+        assert f"\n    {command} " in out or f"\n    {command}\n" in out, command
+
+
+def test_run_help_says_set_takes_toml_and_where_the_store_is(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the value is TOML" in out and "output.store" in out and "runs/fedge.sqlite" in out
+
+
+def test_list_names_the_config_key_of_each_category_and_import_paths(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for header in (
+        "algorithms (algorithm):",
+        "partitioners (data.partition):",
+        "models (model.name):",
+        "selectors (federation.selection):",
+        "schedulers (study_params.scheduler",
+        "recipes (examples/",
+    ):
+        assert header in out, header
+    assert "'package.module:attr'" in out and "atsa_paper" in out and "msfl/" in out
+    # the full first paragraph of a description, not its first line only
+    assert "each ant y adds Q / Z_y" in " ".join(out.split())

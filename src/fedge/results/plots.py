@@ -327,22 +327,70 @@ def plot_run(
 
 
 def plot_comparison(series: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path) -> list[Path]:
-    """Overlay several runs' accuracy curves (vs round, and vs simulated time when known)."""
+    """Overlay several runs' accuracy curves (vs round, simulated time and data sent when
+    known); a curve whose rows carry ``accuracy_ci95`` gets its 95% band around it."""
     if not plotting_available():
         return []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for x_key, xlabel, name in (
-        ("round", "round", "comparison_accuracy_vs_round.png"),
-        ("sim_time_s", "simulated time (s)", "comparison_accuracy_vs_sim_time.png"),
+    for x_key, xlabel, name, title in (
+        ("round", "round", "comparison_accuracy_vs_round.png", "Test accuracy by round"),
+        (
+            "sim_time_s",
+            "simulated time (s)",
+            "comparison_accuracy_vs_sim_time.png",
+            "Test accuracy by simulated time",
+        ),
+        (
+            "bytes_sent",
+            "data sent (MB)",
+            "comparison_accuracy_vs_bytes.png",
+            "Test accuracy by data sent",
+        ),
     ):
-        curves = [(label, *xy_series(rows, x_key, "accuracy")) for label, rows in series.items()]
-        curves = [c for c in curves if len(c[1])]
+        curves = []
+        for label, rows in series.items():
+            points = [_with_sent(row) for row in rows]
+            x, y = xy_series(points, x_key, "accuracy")
+            if len(x):
+                _, band = xy_series(points, x_key, "accuracy_ci95")
+                scale = 1e6 if x_key == "bytes_sent" else 1.0
+                curves.append((label, x / scale, y, band if len(band) == len(x) else None))
         if curves:
-            title = "Accuracy by run"
-            written.append(_line_plot(out / name, curves, xlabel, "accuracy", title, legend=True))
+            written.append(_band_plot(out / name, curves, xlabel, title))
     return written
+
+
+def _with_sent(row: Mapping[str, Any]) -> dict[str, Any]:
+    up, down = _number(row.get("bytes_up")), _number(row.get("bytes_down"))
+    return {**row, "bytes_sent": up + (down or 0.0)} if up is not None else dict(row)
+
+
+def _band_plot(
+    path: Path, curves: Sequence[tuple[str, np.ndarray, np.ndarray, Any]], xlabel: str, title: str
+) -> Path:
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    banded = False
+    for i, (label, x, y, band) in enumerate(curves):
+        (line,) = ax.plot(
+            x,
+            y,
+            linestyle=STYLES[i % len(STYLES)],
+            marker=MARKERS[i % len(MARKERS)] if len(x) <= 30 else None,
+            markersize=4,
+            label=label,
+        )
+        if band is not None and np.isfinite(band).any():
+            ax.fill_between(x, y - band, y + band, color=line.get_color(), alpha=0.18)
+            banded = True
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title + (" (band: 95% CI over seeds)" if banded else ""))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
 
 
 def plot_steps(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,8 @@ def open_run(
         run_dir.mkdir(parents=True, exist_ok=False)
         store.set_run_dir(run_id, str(run_dir))
         write_json(resolved, run_dir / "config.json")
-        record = {"seed": config.seed, "versions": packages}
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        record: dict[str, Any] = {"seed": config.seed, "versions": packages, "started": started}
         if data is not None:
             record["data"] = dict(data)
         write_json(record, run_dir / "versions.json")
