@@ -47,10 +47,10 @@ def test_plot_run_writes_every_plot_with_data(tmp_path: Path) -> None:
     assert names == [
         "accuracy_vs_round.png",
         "accuracy_vs_sim_time.png",
+        "loss.png",
         "bytes_per_tier.png",
         "energy.png",
         "confusion.png",
-        "loss.png",
     ]
     for path in paths:
         assert_png(path)

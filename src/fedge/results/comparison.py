@@ -81,7 +81,8 @@ def format_comparison_table(
 def _table_section(
     rows: Sequence[Mapping[str, Any]], columns: Sequence[str], right: Sequence[str]
 ) -> str:
-    head = "".join(f'<th title="{_esc(c)}">{_esc(label(c))}</th>' for c in columns)
+    names = {"n": "Seeds"}  # in a comparison, n counts the runs of a variant
+    head = "".join(f'<th title="{_esc(c)}">{_esc(names.get(c, label(c)))}</th>' for c in columns)
     lines = []
     for row in rows:
         cells = "".join(

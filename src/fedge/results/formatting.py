@@ -125,6 +125,8 @@ def label(key: str) -> str:
     ``Data up, device–edge``, ``latency_upload_s`` -> ``Latency: upload (s)``."""
     if key in LABELS:
         return LABELS[key]
+    if "." in key:  # a config key (a comparison's varied one): the user's own words
+        return key
     if key.startswith("round_"):
         base = label(key.removeprefix("round_")).replace(" (cumulative)", "")
         head, sep, unit = base.rpartition(" (")

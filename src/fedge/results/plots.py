@@ -205,8 +205,8 @@ def _plot_bytes(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
 
 def _plot_energy(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
     keys = [("energy_j", "all tiers")]
-    keys += [(k, k.removeprefix("energy_j_")) for k in row_columns(rows)]
-    keys = [(k, label) for k, label in keys if k == "energy_j" or k.startswith("energy_j_")]
+    keys += [(k, k.removeprefix("energy_j_") + "s") for k in row_columns(rows)
+             if k.startswith("energy_j_")]  # fmt: skip
     curves = [(label, *xy_series(rows, "round", key)) for key, label in dict(keys).items()]
     curves = [c for c in curves if len(c[1])]
     if not curves:
@@ -318,11 +318,20 @@ def plot_run(
     out.mkdir(parents=True, exist_ok=True)
     if rows and "step" in rows[0] and "round" not in rows[0]:  # a study's rows
         return plot_steps(rows, out)
-    written = _plot_accuracy(rows, out) + _plot_bytes(rows, out) + _plot_energy(rows, out)
+    written = []
+    for plot in (
+        _plot_accuracy,
+        _plot_accuracy_vs_bytes,
+        _plot_loss,
+        _plot_bytes,
+        _plot_energy,
+        _plot_latency,
+        _plot_events,
+        _plot_spread,
+    ):
+        written += plot(rows, out)
     if confusion is not None and np.asarray(confusion).size:
         written.append(plot_confusion(confusion, out / "confusion.png", class_names))
-    for more in (_plot_accuracy_vs_bytes, _plot_loss, _plot_latency, _plot_events, _plot_spread):
-        written += more(rows, out)
     return written
 
 
@@ -383,11 +392,12 @@ def _band_plot(
             label=label,
         )
         if band is not None and np.isfinite(band).any():
-            ax.fill_between(x, y - band, y + band, color=line.get_color(), alpha=0.18)
+            low, high = np.clip(y - band, 0.0, 1.0), np.clip(y + band, 0.0, 1.0)
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.18)
             banded = True
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
-    ax.set_title(title + (" (band: 95% CI over seeds)" if banded else ""))
+    ax.set_title(title + (" (band: 95% CI over seeds, within [0, 1])" if banded else ""))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path)

@@ -156,8 +156,8 @@ PLOT_TITLES = {
     "accuracy_spread": "Per-device accuracy spread",
     "confusion": "Confusion matrix",
     "comparison_accuracy_vs_round": "Test accuracy by round (mean and 95% band over seeds)",
-    "comparison_accuracy_vs_sim_time": "Test accuracy by simulated time (mean over seeds)",
-    "comparison_accuracy_vs_bytes": "Test accuracy by data sent (mean over seeds)",
+    "comparison_accuracy_vs_sim_time": "Test accuracy by simulated time (mean and 95% band)",
+    "comparison_accuracy_vs_bytes": "Test accuracy by data sent (mean and 95% band)",
 }
 """The caption of each plot file (its stem); any other plot is named after its file."""
 
