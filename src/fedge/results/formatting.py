@@ -136,14 +136,19 @@ def label(key: str) -> str:
         words = sorted((p for p in parts if p in _DIRECTIONS), key=lambda p: p == "dense")
         tiers = [p for p in parts if p not in _DIRECTIONS]
         return f"Data {' '.join(_DIRECTIONS[w] for w in words)}, {'–'.join(tiers)}"
+    if key.startswith("global_"):
+        return label(key.removeprefix("global_")) + " (shared test set)"
+    return _family_label(key)
+
+
+def _family_label(key: str) -> str:
+    """Energy, airtime and latency per tier or component; else the words with a unit."""
     if key.startswith("energy_j_"):
         return f"Energy, {key.removeprefix('energy_j_')}s (J)"
     if key.startswith("airtime_s_"):
         return f"Airtime, {key.removeprefix('airtime_s_').replace('_', '–')} (s)"
     if key.startswith("latency_") and key.endswith("_s"):
         return f"Latency: {key.removeprefix('latency_').removesuffix('_s').replace('_', ' ')} (s)"
-    if key.startswith("global_"):
-        return label(key.removeprefix("global_")) + " (shared test set)"
     text = key.replace("_", " ")
     for suffix, unit in ((" s", " (s)"), (" j", " (J)"), (" ms", " (ms)"), (" mb", " (MB)")):
         if text.endswith(suffix):
