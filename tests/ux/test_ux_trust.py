@@ -287,3 +287,23 @@ def test_list_names_the_config_key_of_each_category_and_import_paths(capsys):
     assert "'package.module:attr'" in out and "atsa_paper" in out and "msfl/" in out
     # the full first paragraph of a description, not its first line only
     assert "each ant y adds Q / Z_y" in " ".join(out.split())
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--set", "rounds"], "--set: got 'rounds'; allowed: dotted.key=value"),
+        (["--set", "rounds.x=1"], "rounds is a value, not a section"),
+        (["--set", "data.validation_size=800"], "data.validation_size: got 800"),
+    ],
+)
+def test_bad_set_overrides_are_one_line(capsys, tiny_config, argv, says):
+    one_line_error(*run_cli(capsys, "run", str(tiny_config), *argv), says)
+    assert store_rows(tiny_config) == []
+
+
+def test_invalid_toml_and_no_config_are_one_line(capsys, tmp_path):
+    broken = tmp_path / "broken.toml"
+    broken.write_text("rounds = = 3\n")
+    one_line_error(*run_cli(capsys, "run", str(broken)), "broken.toml is not valid TOML", "line 1")
+    one_line_error(*run_cli(capsys, "run"), "run: got no config")
