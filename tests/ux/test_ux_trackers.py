@@ -73,3 +73,23 @@ def test_a_missing_tracker_package_is_one_line_with_the_install_hint(
     err = capsys.readouterr().err
     assert f"pip install 'fedge[{extra}]'" in err and len(err.splitlines()) == 1
     assert not (tiny_config.parent / "runs").exists()
+
+
+def test_the_progress_bar_shows_accuracy_simulated_time_and_eta(tiny_config, capsys):
+    result = run_experiment(load_config(tiny_config, ["rounds=2"]), progress=True)
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    accuracy = result.rows[-1]["accuracy"]
+    assert "2/2" in last and f"acc {accuracy:.4f} (r2)" in last
+    assert f"sim {result.rows[-1]['sim_time_s']:.2f} s" in last
+    assert "<00:00" in last  # tqdm's elapsed<remaining: the ETA
+
+
+def test_compare_shows_one_bar_over_variants_and_seeds(tiny_config, capsys):
+    from fedge.studies.compare import run_comparison
+
+    run_comparison(
+        tiny_config, ["data.alpha=0.5,5"], seeds=2, overrides=["rounds=1"], progress=True
+    )
+    err = capsys.readouterr().err.replace("\r", "\n")
+    assert "2 variants x 2 seeds" in err and "4/4" in err
