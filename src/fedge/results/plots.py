@@ -257,7 +257,8 @@ def _plot_events(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]
 
 
 def _plot_spread(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
-    """Personalized algorithms: the mean accuracy over devices and its min-max band."""
+    """Accuracy over nodes (devices of personalized algorithms, edges of multi-server FL):
+    the mean and its min-max band."""
     x, mean = xy_series(rows, "round", "accuracy")
     _, low = xy_series(rows, "round", "accuracy_min")
     _, high = xy_series(rows, "round", "accuracy_max")
@@ -265,11 +266,11 @@ def _plot_spread(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]
         return []
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
-    ax.fill_between(x, low, high, alpha=0.25, label="min – max over devices")
+    ax.fill_between(x, low, high, alpha=0.25, label="min – max over nodes")
     ax.plot(x, mean, marker="o" if len(x) <= 30 else None, markersize=3, label="mean")
     ax.set_xlabel("round")
     ax.set_ylabel("accuracy")
-    ax.set_title("Per-device accuracy spread (own test splits)")
+    ax.set_title("Accuracy spread across devices or edges")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return [_save(fig, out_dir / "accuracy_spread.png")]

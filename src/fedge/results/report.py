@@ -153,7 +153,7 @@ PLOT_TITLES = {
     "energy": "Energy per tier",
     "latency_components": "Transmission latency per component",
     "events": "Handovers, dropouts and stragglers",
-    "accuracy_spread": "Per-device accuracy spread",
+    "accuracy_spread": "Accuracy spread across devices (personalized) or edges",
     "confusion": "Confusion matrix",
     "comparison_accuracy_vs_round": "Test accuracy by round (mean and 95% band over seeds)",
     "comparison_accuracy_vs_sim_time": "Test accuracy by simulated time (mean and 95% band)",
