@@ -307,3 +307,13 @@ def test_invalid_toml_and_no_config_are_one_line(capsys, tmp_path):
     broken.write_text("rounds = = 3\n")
     one_line_error(*run_cli(capsys, "run", str(broken)), "broken.toml is not valid TOML", "line 1")
     one_line_error(*run_cli(capsys, "run"), "run: got no config")
+
+
+def test_the_run_keeps_the_config_as_written_and_it_runs_again(tiny_config):
+    config = load_config(tiny_config, ["rounds=1", "decentralized.lambda=0.3"])
+    result = run_experiment(config)
+    written = (result.run_dir / "config.toml").read_text()
+    assert "lambda = 0.3" in written and "kappa1" not in written  # only what was given
+    assert load_config(result.run_dir / "config.toml") == config
+    page = (result.run_dir / "report.html").read_text()
+    assert "As written" in page and "lambda = 0.3" in page

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
 VERSIONS_FILE = "versions.json"
 WARNINGS_FILE = "warnings.json"
+WRITTEN_CONFIG = "config.toml"
 PLOTS_DIR = "plots"
 SUMMARY_KEYS = (
     "accuracy", "precision", "recall", "f1", "loss", "rounds", "sim_time_s", "wall_time_s",
@@ -202,11 +203,17 @@ def _rounds_section(rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def _config_section(config: Mapping[str, Any]) -> str:
-    """The resolved config in the TOML the user writes (every key, defaults included)."""
+def _config_section(config: Mapping[str, Any], written: str) -> str:
+    """The config as the user wrote it (``config.toml``), then every key resolved."""
     text = to_toml(_tomlable(config)) if config else ""
-    note = '<p class="note">Every key, defaults included: save it as a .toml file to run again.</p>'
-    return f"<h2>Config</h2>\n{note}\n<pre>{_esc(text)}</pre>"
+    head = "<h2>Config</h2>\n"
+    if written:
+        head += (
+            '<p class="note">As written (file and --set); <code>fedge run '
+            f"{WRITTEN_CONFIG}</code> runs it again:</p>\n<pre>{_esc(written)}</pre>\n"
+        )
+    summary = "Every key, defaults included" if written else "Every key, defaults included:"
+    return f"{head}<details><summary>{summary}</summary>\n<pre>{_esc(text)}</pre></details>"
 
 
 def _tomlable(value: Any) -> Any:
@@ -253,7 +260,7 @@ def write_report(
         _summary_section(summary),
         _plots_section(images),
         _rounds_section(rows),
-        _config_section(config),
+        _config_section(config, _optional_text(directory / WRITTEN_CONFIG)),
         _versions_section(summary, config, record if isinstance(record, Mapping) else {}),
     ]
     template = Template(
@@ -263,6 +270,10 @@ def write_report(
     out = directory / REPORT_NAME
     atomic_write_text(out, page)
     return out
+
+
+def _optional_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
 def _optional_json(path: Path) -> Any:

@@ -16,6 +16,8 @@ import numpy as np
 from fedge.core.errors import ConfigError, FedgeError
 from fedge.experiment.config import ExperimentConfig
 from fedge.results import RunStore, write_json
+from fedge.results.files import atomic_write_text
+from fedge.system.toml_writer import to_toml
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ def open_run(
         run_dir.mkdir(parents=True, exist_ok=False)
         store.set_run_dir(run_id, str(run_dir))
         write_json(resolved, run_dir / "config.json")
+        atomic_write_text(run_dir / WRITTEN_CONFIG, written_toml(config))
         started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         record: dict[str, Any] = {"seed": config.seed, "versions": packages, "started": started}
         if data is not None:
@@ -70,6 +73,25 @@ def open_run(
             raise FedgeError(f"cannot write the run directory {run_dir}: {exc.strerror}") from None
         raise
     return run_id, run_dir
+
+
+WRITTEN_CONFIG = "config.toml"
+"""The config as the user wrote it (file and ``--set``): ``fedge run RUN_DIR/config.toml``
+runs it again; config.json holds every key, defaults included."""
+
+
+def written_toml(config: ExperimentConfig) -> str:
+    """The keys the config file and ``--set`` gave, as TOML (None values left out)."""
+    given = config.model_dump(exclude_unset=True, by_alias=True, mode="json")
+    return to_toml(_without_none(given))
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
 
 
 def check_out_dir(config: ExperimentConfig, out_dir: str | Path | None) -> Path:
