@@ -97,7 +97,7 @@ def main() -> None:
         profile = work / "chromium-profile"
         screenshot(run.run_dir / "report.html", docs / "report.png", "1280,3400", profile)
         screenshot(comparison.report, docs / "comparison.png", "1280,2200", profile)
-        screenshot(run.run_dir / "report.html", docs / "report-narrow.png", "420,1600", profile)
+        screenshot(run.run_dir / "report.html", docs / "report-narrow.png", "500,1800", profile)
 
 
 if __name__ == "__main__":

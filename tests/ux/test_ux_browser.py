@@ -28,7 +28,7 @@ FLAGS = (
     "--disable-component-update",
     "--disable-sync",
 )
-WIDTHS = {"desktop": (1366, 900), "narrow": (400, 860)}
+WIDTHS = {"desktop": (1366, 900), "narrow": (500, 860)}  # 500: headless Chromium's least
 PROBE = """
 <script>
 window.addEventListener('load', () => {

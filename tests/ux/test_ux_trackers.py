@@ -93,3 +93,25 @@ def test_compare_shows_one_bar_over_variants_and_seeds(tiny_config, capsys):
     )
     err = capsys.readouterr().err.replace("\r", "\n")
     assert "2 variants x 2 seeds" in err and "4/4" in err
+
+
+def test_a_study_feeds_the_trackers_too(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    path = tmp_path / "study.toml"
+    runs = tmp_path / "runs"
+    path.write_text(
+        'name = "s"\nstudy = "scheduling"\n[study_params]\ntasks = 20\nwindow = 10\n'
+        'scheduler = "fcfs"\n[system]\nedges = 2\ndevices = 4\n'
+        f'[output]\nprogress = false\ntensorboard = true\ndir = "{runs.as_posix()}"\n'
+        f'store = "{(runs / "s.sqlite").as_posix()}"\n'
+    )
+    config = load_config(path)
+    result = run_experiment(config)
+    events = EventAccumulator(str(result.run_dir / "tensorboard"))
+    events.Reload()
+    rows = store_rounds(config, result.run_id)
+    assert len(rows) == 2
+    makespan = [(e.step, e.value) for e in events.Scalars("makespan_s")]
+    assert makespan == [(r["round"], pytest.approx(r["makespan_s"], rel=1e-6)) for r in rows]
