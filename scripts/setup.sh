@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-EXTRAS=${FEDGE_EXTRAS:-dev,plots,grpc,ray,caching}
+EXTRAS=${FEDGE_EXTRAS:-dev,plots,grpc,ray,caching,tensorboard,mlflow}
 
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z "${FEDGE_DATA:-}" ]; then
   SUDO=""
@@ -15,6 +15,15 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z
   echo "setup: installing the Debian package dataset-fashion-mnist"
   $SUDO apt-get update -qq || true
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing the Debian package chromium (the report pages' browser check)"
+  $SUDO apt-get update -qq || true
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null || \
+    echo "setup: chromium could not be installed; the browser check will be skipped"
 fi
 
 stamp=.venv/.fedge-setup

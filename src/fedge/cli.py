@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,13 +11,46 @@ from typing import Any
 
 from fedge.core.errors import FedgeError
 
+SET_HELP = (
+    "override a config key (dotted path), repeatable; the value is TOML: numbers, true/false, "
+    "'quoted strings', [arrays], {inline = tables} (a bare word is read as a string), e.g. "
+    "--set rounds=5 --set data.partition='iid' --set federation.aggregator_params={f=1}"
+)
+RUN_EPILOG = """\
+Every run writes runs/<run id>/ (config.json, versions.json with the data folder and file
+hashes, metrics.csv, summary.json, plots/, report.html, checkpoint.pkl) and one row per round
+into the run store, an SQLite file: output.store in the config (default runs/fedge.sqlite).
+--out changes the folder of the run directories; output.tensorboard = true and
+output.mlflow_uri = "mlruns" also log each round to TensorBoard and MLflow.
+"""
+
+
+def _version() -> str:
+    import fedge
+
+    return f"fedge {fedge.__version__}"
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedge", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="fedge",
+        description="Federated and collaborative learning across devices, edge servers and "
+        "the cloud, on a simulated clock, Ray or gRPC.",
+        epilog="`fedge COMMAND --help` explains a command; `fedge list` shows every name a "
+        "config can use.",
+    )
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run = sub.add_parser("run", help="run one experiment from a TOML config, or resume one")
+    run = sub.add_parser(
+        "run",
+        help="run one experiment from a TOML config, or resume one",
+        description="Run one experiment from a TOML config (see examples/quickstart.toml), "
+        "or go on with an interrupted one.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("config", nargs="?", help="path to the experiment TOML file")
-    _add_set(run, "override a config key (dotted), repeatable")
+    _add_set(run, SET_HELP)
     run.add_argument(
         "--resume",
         metavar="RUN_DIR",
@@ -28,19 +62,25 @@ def _parser() -> argparse.ArgumentParser:
         "--engine", help="local | ray | grpc, or an import path (shortcut for --set engine=...)"
     )
     run.add_argument("--ray-address", metavar="ADDR", help="shortcut for --set ray.address=...")
-    lst = sub.add_parser("list", help="list algorithms, datasets, partitioners, models, ...")
+    lst = sub.add_parser(
+        "list",
+        help="list the names a config can use: algorithms, datasets, models, ... and recipes",
+        description="List every registered name with its description and the config key "
+        "that takes it. Every registry also takes your own object as 'package.module:attr'.",
+    )
     lst.add_argument(
         "what",
         nargs="?",
         default="all",
-        help="one of all, algorithms, engines, datasets, partitioners, models, aggregators, "
-        "server-optimizers, interserver-rules, selectors, compressors, codecs, studies",
+        help="all (default), or one of: " + ", ".join(CATEGORIES),
     )
     _add_compare(sub)
     _add_schedule(sub)
     _add_partition_model(sub)
     _add_deployment(sub)
-    rep = sub.add_parser("report", help="rebuild the plots and report.html of a run")
+    rep = sub.add_parser(
+        "report", help="rebuild the plots and report.html of a run from its directory"
+    )
     rep.add_argument("run_dir", help="a run directory written by `fedge run`")
     return p
 
@@ -63,7 +103,7 @@ def _add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="a config key (dotted) and the values to try, repeatable: every combination runs",
     )
     cmp.add_argument("--seeds", type=int, default=1, help="seeds per variant (default: 1)")
-    _add_set(cmp, "override a config key (dotted) in every variant, repeatable")
+    _add_set(cmp, "in every variant: " + SET_HELP)
     cmp.add_argument("--out", help="parent of the comparison directory (default: output.dir)")
     cmp.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -134,6 +174,25 @@ def _add_partition_model(sub: argparse._SubParsersAction[argparse.ArgumentParser
     pm.add_argument("--json", action="store_true", help="one JSON object per line and result")
 
 
+CATEGORIES = {
+    "algorithms": "algorithm",
+    "engines": "engine",
+    "datasets": "data.dataset",
+    "partitioners": "data.partition",
+    "models": "model.name",
+    "aggregators": "federation.aggregator",
+    "server-optimizers": "federation.server_optimizer",
+    "interserver-rules": "federation.interserver",
+    "selectors": "federation.selection",
+    "compressors": "[[compression]] method",
+    "codecs": "wire forms of compressed updates (chosen by the compressor)",
+    "studies": "study",
+    "schedulers": "study_params.scheduler, fedge schedule --algorithms",
+    "recipes": "examples/: configs and scripts that reproduce a paper's tables",
+}
+"""Each `fedge list` category and the config key (or command) that takes its names."""
+
+
 def _registries() -> dict[str, list[tuple[str, str]]]:
     import fedge.studies  # noqa: F401  (importing it registers the built-in studies)
     from fedge.aggregation import AGGREGATORS, INTERSERVER, SERVER_OPTIMIZERS
@@ -143,37 +202,82 @@ def _registries() -> dict[str, list[tuple[str, str]]]:
     from fedge.core.codec import CODECS
     from fedge.experiment.engines import ENGINES
     from fedge.learning import DATASETS, MODELS, PARTITIONERS
+    from fedge.orchestration.scheduling import SCHEDULERS
     from fedge.runs.study import STUDIES
     from fedge.transforms import COMPRESSORS
 
-    return {
-        "algorithms": ALGORITHMS.describe(),
-        "engines": ENGINES.describe(),
-        "datasets": DATASETS.describe(),
-        "partitioners": PARTITIONERS.describe(),
-        "models": MODELS.describe(),
-        "aggregators": AGGREGATORS.describe(),
-        "server-optimizers": SERVER_OPTIMIZERS.describe(),
-        "interserver-rules": INTERSERVER.describe(),
-        "selectors": SELECTORS.describe(),
-        "compressors": COMPRESSORS.describe(),
-        "codecs": CODECS.describe(),
-        "studies": STUDIES.describe(),
-        "caching-policies": POLICIES.describe(),
+    registries: dict[str, Any] = {
+        "algorithms": ALGORITHMS,
+        "engines": ENGINES,
+        "datasets": DATASETS,
+        "partitioners": PARTITIONERS,
+        "models": MODELS,
+        "aggregators": AGGREGATORS,
+        "server-optimizers": SERVER_OPTIMIZERS,
+        "interserver-rules": INTERSERVER,
+        "selectors": SELECTORS,
+        "compressors": COMPRESSORS,
+        "codecs": CODECS,
+        "studies": STUDIES,
+        "schedulers": SCHEDULERS,
+        "caching-policies": POLICIES,
     }
+    out = {name: reg.describe(full=True) for name, reg in registries.items()}
+    out["recipes"] = _recipes()
+    return out
+
+
+def _recipes() -> list[tuple[str, str]]:
+    """The recipe folders of the source tree's examples/ (first line of each README)."""
+    root = Path(__file__).resolve().parents[2] / "examples"
+    if not root.is_dir():
+        return [("-", "the recipes ship with the source tree (examples/), not the package")]
+    found = [(p.name, "the quickstart: FedAvg on Fashion-MNIST") for p in root.glob("*.toml")]
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        readme = folder / "README.md"
+        lines = readme.read_text(encoding="utf-8").splitlines() if readme.is_file() else []
+        title = next((ln.lstrip("# ").strip() for ln in lines if ln.strip()), "")
+        configs = ", ".join(sorted(p.name for p in folder.glob("*.toml")))
+        found.append((f"{folder.name}/", "; ".join(t for t in (title, configs) if t)))
+    return found
 
 
 def cmd_list(what: str) -> int:
+    if what != "all" and what not in CATEGORIES:
+        raise FedgeError(f"list: got {what!r}; allowed: all, " + ", ".join(CATEGORIES))
     regs = _registries()
-    if what != "all" and what not in regs:
-        raise FedgeError(f"list: got {what!r}; allowed: all, " + ", ".join(regs))
+    width = shutil.get_terminal_size((100, 24)).columns
     for name, items in regs.items():
-        if what in ("all", name):
-            print(f"{name}:")
-            width = max(len(n) for n, _ in items)
-            for n, doc in items:
-                print(f"  {n:<{width}}  {doc}")
+        if what not in ("all", name):
+            continue
+        print(f"{name} ({CATEGORIES[name]}):")
+        if not items:
+            print("  (none)")
+            continue
+        col = max(len(n) for n, _ in items)
+        for n, doc in items:
+            _print_entry(n, doc, col, width)
+        print()
+    note = (
+        "Besides these names, every registry takes your own object as 'package.module:attr' "
+        "(e.g. model.name = 'mypkg.nets:Tiny', an nn.Module class or a function returning one)."
+    )
+    import textwrap
+
+    print("\n".join(textwrap.wrap(note, max(40, width))))
     return 0
+
+
+def _print_entry(name: str, doc: str, col: int, width: int) -> None:
+    """``name  description``, the description wrapped under itself."""
+    import textwrap
+
+    indent = " " * (col + 4)
+    text = " ".join(doc.split()) or "-"
+    lines = textwrap.wrap(text, max(40, width - len(indent))) or ["-"]
+    print(f"  {name:<{col}}  {lines[0]}")
+    for line in lines[1:]:
+        print(indent + line)
 
 
 def _run_overrides(args: argparse.Namespace) -> list[str]:
@@ -319,10 +423,17 @@ def _add_deployment(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     crt.add_argument(
         "--hosts", default="localhost,127.0.0.1,::1", help="names and addresses the servers use"
     )
+    crt.add_argument(
+        "--replace",
+        default="",
+        metavar="NODES",
+        help="comma-separated node ids whose existing key and certificate are replaced "
+        "(existing ones are otherwise kept)",
+    )
     srv = sub.add_parser("serve", help="run one node of a gRPC deployment (cloud, edge, device)")
     srv.add_argument("role", choices=("cloud", "edge", "device"))
     srv.add_argument("--config", required=True, help="the experiment TOML (same on every node)")
-    _add_set(srv, "override a config key (dotted), repeatable")
+    _add_set(srv, SET_HELP)
     srv.add_argument("--id", default="cloud", help="node id; devices: several, comma-separated")
     srv.add_argument("--listen", help="host:port to serve children on (cloud and edges)")
     srv.add_argument("--parent", action="append", default=[], help="host:port, repeatable")
@@ -342,7 +453,7 @@ def _add_deployment(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     dep = sub.add_parser("deploy-local", help="run a config as gRPC processes on loopback")
     dep.add_argument("config", help="path to the experiment TOML file")
-    _add_set(dep, "override a config key (dotted), repeatable")
+    _add_set(dep, SET_HELP)
     dep.add_argument("--out", help="parent of the deployment directory (default: output.dir)")
     dep.add_argument("--certs", help="use these certificates instead of making new ones")
     dep.add_argument(
@@ -352,17 +463,35 @@ def _add_deployment(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_certs(args: argparse.Namespace) -> int:
     from fedge.deploy.local import node_ids_for_certs
-    from fedge.runtime.grpc.tls import make_certs
+    from fedge.runtime.grpc.tls import issue_certs
 
     nodes = node_ids_for_certs(args.config, args.nodes)
-    root = make_certs(args.dir, nodes, [h for h in args.hosts.split(",") if h])
-    print(f"certificates for {len(nodes)} nodes and their CA in {root}")
+    replace = [n for n in args.replace.split(",") if n]
+    hosts = [h for h in args.hosts.split(",") if h]
+    report = issue_certs(args.dir, nodes, hosts, replace)
+    for line in report.lines():
+        print(line)
+    print(f"certificates for {len(nodes)} nodes and their CA in {report.root}")
     return 0
+
+
+def check_address(flag: str, value: str) -> None:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6 literals) with a port in 0..65535."""
+    host, sep, port = value.rpartition(":")
+    allowed = "HOST:PORT with a port in 0..65535, e.g. 0.0.0.0:50051 or [::1]:50051"
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise FedgeError(f"{flag}: got {value!r}; allowed: {allowed}")
+    if host.startswith("[") != host.endswith("]") or ("[" not in host and ":" in host):
+        raise FedgeError(f"{flag}: got {value!r}; allowed: {allowed}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from fedge.deploy.local import serve_from_cli
 
+    if args.listen is not None:
+        check_address("--listen", args.listen)
+    for parent in args.parent:
+        check_address("--parent", parent)
     return serve_from_cli(args)
 
 
@@ -409,6 +538,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`fedge list | head`): nothing to say
+        sys.stdout = None
+        return 0
 
 
 if __name__ == "__main__":

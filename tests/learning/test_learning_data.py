@@ -53,7 +53,7 @@ def write_fake_fashion(folder: Path, n_train: int = 6, n_test: int = 4, gz: bool
 @pytest.fixture
 def no_fashion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An environment where no Fashion-MNIST copy can be found."""
-    monkeypatch.setenv("FEDGE_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("FEDGE_DATA", raising=False)  # a set FEDGE_DATA must hold the files
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("FEDGE_DOWNLOAD", raising=False)
     monkeypatch.setattr(fashion, "SYSTEM_DIR", tmp_path / "system")
@@ -97,7 +97,11 @@ def test_fashion_not_found_says_how_to_get_it(no_fashion: Path) -> None:
 
 
 @pytest.mark.parametrize("where", ["root", "env", "env_sub", "cache", "system"])
-def test_fashion_search_order(no_fashion: Path, where: str) -> None:
+def test_fashion_search_order(
+    no_fashion: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if where.startswith("env"):
+        monkeypatch.setenv("FEDGE_DATA", str(no_fashion / "data"))
     folders = {
         "root": no_fashion / "mine",
         "env": no_fashion / "data",
@@ -112,7 +116,8 @@ def test_fashion_search_order(no_fashion: Path, where: str) -> None:
     assert train.n_classes == 10 and len(train.class_names) == 10
 
 
-def test_fashion_normalisation(no_fashion: Path) -> None:
+def test_fashion_normalisation(no_fashion: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDGE_DATA", str(no_fashion / "data"))
     write_fake_fashion(no_fashion / "data")
     train, _ = load_fashion_mnist()
     raw = read_idx(no_fashion / "data" / "train-images-idx3-ubyte.gz")
@@ -121,7 +126,8 @@ def test_fashion_normalisation(no_fashion: Path) -> None:
     np.testing.assert_array_equal(train.labels, np.arange(6) % 10)
 
 
-def test_fashion_corrupt_file_is_named(no_fashion: Path) -> None:
+def test_fashion_corrupt_file_is_named(no_fashion: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDGE_DATA", str(no_fashion / "data"))
     folder = no_fashion / "data"
     write_fake_fashion(folder)
     (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"junk-junk"))

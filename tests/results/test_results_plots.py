@@ -47,6 +47,7 @@ def test_plot_run_writes_every_plot_with_data(tmp_path: Path) -> None:
     assert names == [
         "accuracy_vs_round.png",
         "accuracy_vs_sim_time.png",
+        "loss.png",
         "bytes_per_tier.png",
         "energy.png",
         "confusion.png",
@@ -57,11 +58,13 @@ def test_plot_run_writes_every_plot_with_data(tmp_path: Path) -> None:
 
 def test_plot_run_skips_plots_without_data(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    rows = [{"round": 1, "loss": 2.0}, {"round": 2, "loss": 1.0, "accuracy": float("nan")}]
+    rows = [{"round": 1}, {"round": 2, "accuracy": float("nan")}]
     assert plot_run(rows, tmp_path) == []
     rows[1]["accuracy"] = 0.4
     assert [p.name for p in plot_run(rows, tmp_path)] == ["accuracy_vs_round.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["accuracy_vs_round.png"]
+    rows[0]["loss"] = 2.0
+    assert [p.name for p in plot_run(rows, tmp_path)] == ["accuracy_vs_round.png", "loss.png"]
 
 
 def test_plot_comparison_overlays_runs(tmp_path: Path) -> None:

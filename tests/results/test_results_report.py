@@ -86,7 +86,7 @@ def test_rebuild_report_regenerates_plots_and_html(tmp_path: Path) -> None:
     out = rebuild_report(run_dir)
     page = out.read_text()
     assert "quickstart" in page and "0.8765" in page
-    assert page.count("data:image/png;base64,") == 5
+    assert page.count("data:image/png;base64,") == 6  # accuracy x2, bytes, energy, confusion, loss
     assert (run_dir / "plots" / "confusion.png").is_file()
 
 

@@ -103,17 +103,17 @@ def test_list_shows_every_registry(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     for name in (
-        "algorithms:",
+        "algorithms (algorithm):",
         "fedavg",
         "fedprox",
         "fedadam",
-        "datasets:",
+        "datasets (data.dataset):",
         "fashion_mnist",
-        "partitioners:",
+        "partitioners (data.partition):",
         "regional",
-        "models:",
+        "models (model.name):",
         "fedavg_cnn",
-        "aggregators:",
+        "aggregators (federation.aggregator):",
         "krum",
     ):
         assert name in out

@@ -74,7 +74,13 @@ def test_mean_curve_averages_each_evaluated_round_over_the_runs_that_have_it():
         {"round": 2, "accuracy": 0.6, "sim_time_s": 4.0},
     ]
     assert mean_curve([a, b]) == [
-        {"round": 1, "accuracy": pytest.approx(0.3), "sim_time_s": 2.0},
+        # t(0.975, 1 dof) = 12.7062; sd([0.2, 0.4]) / sqrt(2) = 0.1
+        {
+            "round": 1,
+            "accuracy": pytest.approx(0.3),
+            "accuracy_ci95": pytest.approx(1.27062, rel=1e-4),
+            "sim_time_s": 2.0,
+        },
         {"round": 2, "accuracy": 0.6, "sim_time_s": 4.0},
     ]
 

@@ -197,6 +197,8 @@ class AlgorithmSpec:
     ``global``, its rounds' records carry the global model, which each device fine-tunes
     before its own-split evaluation; ``own``, it evaluates personal models per device and
     fine-tunes them itself; ``none``, fine-tuning is refused (no global model)."""
+    unused: tuple[str, ...] = ()
+    """Keys of its section it does not read: a config that sets one gets a warning."""
 
     def section(self, config: Any) -> Section:
         """The algorithm's section from ``config`` with the variant's defaults applied

@@ -238,6 +238,15 @@ def _needs_mu(config: Any) -> None:
         raise ConfigError("training.proximal_mu", config.training.proximal_mu, allowed)
 
 
+EDGE_ONLY = ("clients_per_edge", "kappa1", "kappa2", "kappa1_rule", "kappa1_params", "handover")
+"""[federation] keys that only algorithms with edge servers read."""
+EXCHANGE_ONLY = ("interserver", "interserver_params", "malicious_edges", "malicious_mode",
+                 "malicious_scale")  # fmt: skip
+"""[federation] keys that only multi-server FL (edges exchanging models) reads."""
+CLOUD_ONLY = ("clients_per_round", "server_optimizer", "server_params")
+"""[federation] keys that only the FedAvg family (devices sampled by the cloud) reads."""
+
+
 def _family(name: str, description: str, check: Check | None = None, **defaults: Any) -> None:
     register_algorithm(
         AlgorithmSpec(
@@ -248,6 +257,7 @@ def _family(name: str, description: str, check: Check | None = None, **defaults:
             defaults,
             links=("device-cloud",),
             check=check,
+            unused=EDGE_ONLY + EXCHANGE_ONLY,
         )
     )
 
@@ -272,6 +282,7 @@ register_algorithm(
         FederationSettings,
         roles=("edge",),
         links=("device-edge", "edge-cloud"),
+        unused=EXCHANGE_ONLY + CLOUD_ONLY,
     )
 )
 register_algorithm(
@@ -285,6 +296,7 @@ register_algorithm(
         validation=True,
         check=_fixed_kappa1,
         finetune="none",
+        unused=(*CLOUD_ONLY, "kappa1_rule", "kappa1_params"),
     )
 )
 register_algorithm(
@@ -297,5 +309,6 @@ register_algorithm(
         links=("device-edge",),
         check=_fixed_kappa1,
         finetune="none",
+        unused=EXCHANGE_ONLY + CLOUD_ONLY + ("kappa1_rule", "kappa1_params"),
     )
 )

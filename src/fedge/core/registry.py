@@ -26,6 +26,8 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
         self._docs: dict[str, str] = {}
+        self._full: dict[str, str] = {}
+        """The first paragraph of each description (``describe(full=True)``)."""
         self._accepts = accepts
         self._what = what
 
@@ -44,6 +46,7 @@ class Registry(Generic[T]):
         self._items[name] = obj
         text = doc or (getattr(obj, "__doc__", None) or "")
         self._docs[name] = text.strip().splitlines()[0] if text.strip() else ""
+        self._full[name] = text.strip().split("\n\n")[0] if text.strip() else ""
 
     def get(self, name: str, field: str | None = None) -> T:
         """Look a name (or an import path) up; an unknown name raises ConfigError listing the
@@ -62,9 +65,11 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
-    def describe(self) -> list[tuple[str, str]]:
-        """(name, one-line description) pairs, sorted by name."""
-        return [(n, self._docs[n]) for n in self.names()]
+    def describe(self, full: bool = False) -> list[tuple[str, str]]:
+        """(name, one-line description) pairs, sorted by name; ``full``: the description's
+        whole first paragraph."""
+        docs = self._full if full else self._docs
+        return [(n, docs[n]) for n in self.names()]
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -12,8 +12,9 @@ from torch import nn
 
 from fedge.algorithms import ALGORITHMS, AlgorithmSpec, BuildContext, Coordinator
 from fedge.algorithms.personalization import check_personalization, finetuning, personalize
-from fedge.core.errors import ConfigError
+from fedge.core.errors import ConfigError, FedgeError
 from fedge.core.node import LazyApps, NodeApp, derive_seed
+from fedge.core.registry import resolve_import_path
 from fedge.core.settings import Section
 from fedge.core.update import ModelState
 from fedge.experiment.config import DataConfig, ExperimentConfig, SyntheticConfig
@@ -31,6 +32,8 @@ from fedge.learning import (
     state_of,
 )
 from fedge.learning._params import accepted_kwargs
+from fedge.learning.datasets import dataset_source
+from fedge.learning.partition import PartitionError
 from fedge.learning.synthetic import NAME as SYNTHETIC
 from fedge.learning.synthetic import ClientParts, SyntheticFederation
 from fedge.runtime import NodeSet, SimulatedTransport
@@ -58,6 +61,10 @@ class Experiment:
     rng: np.random.Generator
     federation: SyntheticFederation | None = None
     """A federated dataset whose clients are the devices (None: ``parts`` of ``train``)."""
+    data_source: dict[str, Any] = field(default_factory=dict)
+    """Where the dataset was read from (folder, SHA-256 of each file); see dataset_source."""
+    warnings: tuple[str, ...] = ()
+    """Settings the config gives that its algorithm does not use (see unused_settings)."""
 
     def partition_report(self) -> dict[str, Any]:
         if self.federation is not None:  # sizes only: labels would make every client
@@ -99,6 +106,8 @@ def _checked(cfg: ExperimentConfig) -> tuple[AlgorithmSpec, Section, dict[str, l
             raise ConfigError("data.synthetic", "set", f"only with data.dataset = {SYNTHETIC!r}")
     if ":" not in cfg.model.name and cfg.model.name not in MODELS:
         MODELS.get(cfg.model.name, "model.name")
+    if ":" in cfg.model.name:
+        check_model_path(cfg.model.name)
     settings = spec.section(cfg)  # the variant's defaults applied and checked
     if spec.check is not None:
         spec.check(cfg)
@@ -143,6 +152,28 @@ def _federation(cfg: ExperimentConfig, n_devices: int) -> SyntheticFederation | 
     )
 
 
+def check_model_path(path: str) -> None:
+    """A model named by import path must name an nn.Module class or a factory function."""
+    obj = resolve_import_path(path, "model.name")
+    allowed = "an nn.Module class or a function returning one, as 'package.module:attr'"
+    if isinstance(obj, type) and not issubclass(obj, nn.Module):
+        raise ConfigError("model.name", path, f"{allowed} ({obj.__name__} is not an nn.Module)")
+    if not callable(obj):
+        raise ConfigError("model.name", path, f"{allowed} (it is a {type(obj).__name__})")
+
+
+def _model(cfg: ExperimentConfig, train: ArrayDataset) -> nn.Module:
+    seed = derive_seed(cfg.seed, "init")
+    try:
+        return build_model(cfg.model.name, train.input_shape, train.n_classes, seed=seed)
+    except ConfigError as exc:
+        if exc.field != "model":
+            raise
+        raise ConfigError("model.name", exc.value, exc.allowed) from None
+    except FedgeError as exc:  # the user's factory raised
+        raise FedgeError(f"model.name: {exc}") from None
+
+
 def client_pipeline(cfg: ExperimentConfig, spec: AlgorithmSpec) -> dict[str, list[Transform]]:
     """The ``[[compression]]`` transforms per link, checked against the algorithm's links."""
     links: dict[str, list[Transform]] = {}
@@ -173,15 +204,82 @@ def _limited(cfg: ExperimentConfig, test: ArrayDataset) -> ArrayDataset:
     return test
 
 
-def _partition(cfg: ExperimentConfig, train: ArrayDataset, system: SystemModel) -> list[np.ndarray]:
-    devices = system.ids("device")
-    if len(devices) > len(train):
+def _data_source(cfg: ExperimentConfig) -> dict[str, Any]:
+    params = {"root": cfg.data.root} if cfg.data.root is not None else {}
+    return dataset_source(cfg.data.dataset, **params)
+
+
+def check_federation(cfg: ExperimentConfig, spec: AlgorithmSpec, system: SystemModel) -> None:
+    """More clients a round than devices is refused (never clamped), before data is loaded."""
+    settings = getattr(cfg, spec.settings.section)
+    wanted = getattr(settings, "clients_per_round", None)
+    if wanted is None or "clients_per_round" in spec.unused:
+        return
+    devices = len(system.ids("device"))
+    if wanted > devices:
+        raise ConfigError(
+            f"{spec.settings.section}.clients_per_round",
+            wanted,
+            f"at most system.devices = {devices} (the devices there are to sample from)",
+        )
+
+
+def check_samples(cfg: ExperimentConfig, train: ArrayDataset, devices: int) -> None:
+    """Every device must get samples: refuse more devices than training samples, or a
+    ``data.min_size`` the training set cannot give every device."""
+    n = len(train)
+    if devices > n:
         raise ConfigError(
             "system.devices",
-            len(devices),
-            f"at most {len(train)}, the training samples of {cfg.data.dataset!r} (one or more "
-            f"per device); a larger population needs a federated dataset ({SYNTHETIC!r})",
+            devices,
+            f"at most the {n} training samples of {cfg.data.dataset!r} (one or more per "
+            f"device); a larger population needs a federated dataset ({SYNTHETIC!r})",
         )
+    fn = PARTITIONERS.get(cfg.data.partition, "data.partition")
+    if "min_size" in accepted_kwargs(fn, {"min_size": 0}) and cfg.data.min_size * devices > n:
+        raise ConfigError(
+            "data.min_size",
+            cfg.data.min_size,
+            f"at most {n // devices}: {n} training samples shared by system.devices = {devices}",
+        )
+
+
+def _check_nonempty(cfg: ExperimentConfig, parts: list[np.ndarray], devices: list[str]) -> None:
+    empty = [d for d, idx in zip(devices, parts, strict=True) if len(idx) == 0]
+    if empty:
+        raise ConfigError(
+            "data.partition",
+            cfg.data.partition,
+            f"a partition that gives every device samples; {len(empty)} of {len(devices)} "
+            f"devices got none (e.g. {empty[0]}): lower system.devices or change the "
+            "partition's parameters",
+        )
+
+
+def unused_settings(cfg: ExperimentConfig, spec: AlgorithmSpec) -> tuple[str, ...]:
+    """What the config sets that its algorithm does not read: keys of its own section that
+    the algorithm declares unused, and whole sections of other algorithms. Warned about
+    rather than refused, so one config can serve ``fedge compare --vary algorithm=...``."""
+    own = spec.settings.section
+    section = getattr(cfg, own)
+    lines = [
+        f"{own}.{key} is set but algorithm {cfg.algorithm!r} does not use it"
+        for key in spec.unused
+        if key in section.model_fields_set
+    ]
+    others = sorted({ALGORITHMS.get(n).settings.section for n in ALGORITHMS} - {own})
+    for name in others:
+        given = getattr(cfg, name, None)
+        if given is not None and given.model_fields_set:
+            fields = type(given).model_fields
+            named = sorted(fields[k].alias or k for k in given.model_fields_set)
+            keys = ", ".join(f"{name}.{k}" for k in named)
+            lines.append(f"{keys} set but algorithm {cfg.algorithm!r} does not read [{name}]")
+    return tuple(lines)
+
+
+def _partition(cfg: ExperimentConfig, train: ArrayDataset, system: SystemModel) -> list[np.ndarray]:
+    devices = system.ids("device")
     edges = system.ids("edge")
     groups = [edges.index(system.attachment(d, 0.0)) for d in devices]
     offered = {
@@ -193,7 +291,21 @@ def _partition(cfg: ExperimentConfig, train: ArrayDataset, system: SystemModel) 
     }
     fn = PARTITIONERS.get(cfg.data.partition, "data.partition")
     rng = np.random.default_rng(derive_seed(cfg.seed, "partition"))
-    return fn(train.y.numpy(), len(devices), rng, **accepted_kwargs(fn, offered))
+    check_samples(cfg, train, len(devices))
+    try:
+        parts: list[np.ndarray] = fn(
+            train.y.numpy(), len(devices), rng, **accepted_kwargs(fn, offered)
+        )
+    except ConfigError as exc:  # the partitioner names its parameter; the user wrote data.<it>
+        field_name = f"data.{exc.field}" if exc.field in offered else exc.field
+        raise ConfigError(field_name, exc.value, exc.allowed) from None
+    except PartitionError as exc:
+        raise PartitionError(
+            f"data.partition: {exc} (system.devices = {len(devices)}, data.min_size = "
+            f"{cfg.data.min_size}, {len(train)} training samples)"
+        ) from None
+    _check_nonempty(cfg, parts, devices)
+    return parts
 
 
 def _split_validation(
@@ -247,18 +359,19 @@ def build(cfg: ExperimentConfig) -> Experiment:
     its apps and coordinator; the update pipeline and the engine come last."""
     spec, settings, links = _checked(cfg)
     system = build_system(cfg.system, cfg.seed)
+    check_federation(cfg, spec, system)
     federation = _federation(cfg, len(system.ids("device")))
     parts: Sequence[np.ndarray]
     if federation is None:
+        source = _data_source(cfg)
         train, test = _data(cfg)
         train, validation = _split_validation(cfg, train, len(system.ids("edge")), spec.validation)
         parts = _partition(cfg, train, system)
     else:  # the clients are the devices, made on demand; no pooled training set
+        source = {"dataset": SYNTHETIC, "generated": True}
         train, test, validation = federation.no_pool(), _limited(cfg, federation.test_set()), []
         parts = ClientParts(federation)
-    model = build_model(
-        cfg.model.name, train.input_shape, train.n_classes, seed=derive_seed(cfg.seed, "init")
-    )
+    model = _model(cfg, train)
     own_parts: Sequence[np.ndarray]
     local_tests: Sequence[np.ndarray]
     if federation is None:
@@ -305,6 +418,8 @@ def build(cfg: ExperimentConfig) -> Experiment:
         initial_state=state_of(model),
         rng=np.random.default_rng(derive_seed(cfg.seed, "coordinator")),
         federation=federation,
+        data_source=source,
+        warnings=unused_settings(cfg, spec),
     )
 
 

@@ -200,6 +200,19 @@ class OutputConfig(Section):
     store: str = "runs/fedge.sqlite"
     plots: bool = True
     progress: bool = True
+    tensorboard: bool = Field(
+        False,
+        description="also write TensorBoard event files into <run dir>/tensorboard "
+        "(extra 'tensorboard')",
+    )
+    mlflow_uri: str | None = Field(
+        None,
+        description="also log to MLflow at this tracking URI, e.g. 'mlruns' (a local folder, "
+        "no server) or http://host:5000 (extra 'mlflow')",
+    )
+    mlflow_experiment: str | None = Field(
+        None, description="the MLflow experiment name; None: the run's name"
+    )
 
 
 class ExperimentConfig(Section):
@@ -252,10 +265,18 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     overrides and validate."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
         raw = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
     except FileNotFoundError:
         raise FedgeError(f"config file {p} does not exist") from None
+    except IsADirectoryError:
+        raise FedgeError(f"config file {p} is a directory; allowed: a TOML file") from None
+    except UnicodeDecodeError as exc:
+        raise FedgeError(
+            f"config file {p} is not UTF-8 text (byte {exc.start}); allowed: a UTF-8 TOML file"
+        ) from None
+    except OSError as exc:
+        raise FedgeError(f"config file {p} cannot be read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise FedgeError(f"config file {p} is not valid TOML: {exc}") from None
     except json.JSONDecodeError as exc:

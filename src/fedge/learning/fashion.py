@@ -5,6 +5,8 @@ cache (``$XDG_CACHE_HOME`` or ``~/.cache``, then ``fedge/fashion-mnist``), and
 ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``). Files may be
 gzipped or raw. A download into the cache happens only when ``FEDGE_DOWNLOAD=1``; the
 downloaded content is checked against pinned SHA-256 digests of the decompressed files.
+An explicit ``root`` or a set ``$FEDGE_DATA`` that does not hold the files is an error, never a
+fall-back to a later folder.
 """
 
 from __future__ import annotations
@@ -122,6 +124,42 @@ def _find_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _missing(folder: Path) -> list[str]:
+    return [f"{stem}(.gz)" for stem in FILES.values() if _find_file(folder, stem) is None]
+
+
+def check_explicit(root: str | Path | None = None) -> None:
+    """An explicit ``root`` (``data.root``), else a set ``$FEDGE_DATA``, must hold the files:
+    a folder the user named is never silently replaced by another copy."""
+    if root is not None:
+        folders, what = [Path(root)], f"data.root {str(root)!r}"
+    elif os.environ.get("FEDGE_DATA"):
+        env = Path(os.environ["FEDGE_DATA"])
+        folders, what = [env, env / "fashion-mnist"], f"FEDGE_DATA {str(env)!r}"
+    else:
+        return
+    if any(not _missing(folder) for folder in folders):
+        return
+    where = folders[0] if folders[0].is_dir() else None
+    reason = f"lacks {', '.join(_missing(folders[0]))}" if where else "is not a directory"
+    raise DatasetNotFoundError(
+        f"{what} does not hold Fashion-MNIST: {folders[0]} {reason}; allowed: a folder with "
+        f"the four *-ubyte(.gz) files, or unset it to use {SYSTEM_DIR} (`sudo apt-get install "
+        "dataset-fashion-mnist`) or the user cache"
+    )
+
+
+def source(root: str | Path | None = None) -> dict[str, Any]:
+    """Where the files come from: the folder and the SHA-256 of each file as stored."""
+    check_explicit(root)
+    files = find_files(root)
+    if files is None:
+        raise _not_found(root)
+    folders = sorted({str(path.parent) for path in files.values()})
+    digests = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in files.values()}
+    return {"dataset": "fashion_mnist", "dir": folders[0], "files": digests}
+
+
 def find_files(root: str | Path | None = None) -> dict[str, Path] | None:
     """Paths of the four IDX files in the first folder that holds all of them, else None."""
     for folder in candidate_dirs(root):
@@ -190,6 +228,7 @@ def _dataset(images: np.ndarray, labels: np.ndarray, paths: tuple[Path, Path]) -
 
 def load_fashion_mnist(root: str | Path | None = None) -> tuple[ArrayDataset, ArrayDataset]:
     """(train 60000, test 10000) as N×1×28×28 float32, scaled to [0, 1] then normalised."""
+    check_explicit(root)
     files = find_files(root)
     if files is None and os.environ.get("FEDGE_DOWNLOAD") == "1":
         download()

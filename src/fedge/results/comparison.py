@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from fedge.results.files import atomic_write_text
-from fedge.results.formatting import format_table, format_value
+from fedge.results.formatting import format_table, format_value, label
+from fedge.results.recipe import ci95
 from fedge.results.report import REPORT_NAME, _esc, _plots_section
 
 COMPARISON_REPORT = "comparison.html"
@@ -32,8 +33,13 @@ def is_finite_number(value: Any) -> bool:
     return ok and math.isfinite(float(value))
 
 
+CURVE_KEYS = ("accuracy", "sim_time_s", "bytes_up", "bytes_down")
+
+
 def mean_curve(runs_rows: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """Accuracy and simulated time per evaluated round, averaged over the runs that have it."""
+    """Accuracy, simulated time and bytes per evaluated round, averaged over the runs that
+    have it, with ``accuracy_ci95`` (the Student-t 95% half-width over those runs, where
+    there are two or more) for the comparison's confidence band."""
     by_round: dict[int, list[Mapping[str, Any]]] = {}
     for rows in runs_rows:
         for row in rows:
@@ -42,9 +48,12 @@ def mean_curve(runs_rows: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[st
     curve = []
     for r in sorted(by_round):
         point: dict[str, Any] = {"round": r}
-        for key in ("accuracy", "sim_time_s"):
+        for key in CURVE_KEYS:
             values = [float(row[key]) for row in by_round[r] if is_finite_number(row.get(key))]
-            point[key] = float(np.mean(values)) if values else math.nan
+            if values or key in CURVE_KEYS[:2]:  # bytes only where the runs count them
+                point[key] = float(np.mean(values)) if values else math.nan
+            if key == "accuracy" and len(values) > 1:
+                point["accuracy_ci95"] = ci95(values)
         curve.append(point)
     return curve
 
@@ -72,7 +81,8 @@ def format_comparison_table(
 def _table_section(
     rows: Sequence[Mapping[str, Any]], columns: Sequence[str], right: Sequence[str]
 ) -> str:
-    head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
+    names = {"n": "Seeds"}  # in a comparison, n counts the runs of a variant
+    head = "".join(f'<th title="{_esc(c)}">{_esc(names.get(c, label(c)))}</th>' for c in columns)
     lines = []
     for row in rows:
         cells = "".join(
@@ -98,7 +108,8 @@ def _runs_section(directory: Path, runs: Sequence[Mapping[str, Any]]) -> str:
         )
     head = "<tr><th>variant</th><th>seed</th><th>run</th><th>run directory</th></tr>"
     body = "\n".join(lines)
-    return f"<h2>Runs</h2>\n<table>\n<thead>{head}</thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+    table = f"<table>\n<thead>{head}</thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+    return f'<h2>Runs</h2>\n<div class="scroll">{table}</div>'
 
 
 def write_comparison_report(
@@ -109,10 +120,17 @@ def write_comparison_report(
     images: Sequence[Path],
     runs: Sequence[Mapping[str, Any]],
     right: Sequence[str] = (),
+    about: Sequence[tuple[str, str]] = (),
 ) -> Path:
-    """Write ``directory/comparison.html``: the table, the embedded plots and the runs."""
+    """Write ``directory/comparison.html``: what was compared (``about``: label, text
+    pairs), the table, the embedded plots and the runs."""
+    facts = "\n".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in about)
     sections = [
         f"<h1>{_esc(title)}</h1>",
+        f'<h2>The comparison</h2>\n<div class="scroll"><table class="facts">\n{facts}\n'
+        "</table></div>"
+        if about
+        else "",
         _table_section(rows, columns, right),
         _plots_section(images),
         _runs_section(Path(directory), runs),
@@ -120,7 +138,7 @@ def write_comparison_report(
     template = Template(
         resources.files("fedge.results").joinpath("report_template.html").read_text("utf-8")
     )
-    page = template.substitute(title=_esc(title), body="\n".join(sections))
+    page = template.substitute(title=_esc(title), body="\n".join(x for x in sections if x))
     out = Path(directory) / COMPARISON_REPORT
     atomic_write_text(out, page)
     return out

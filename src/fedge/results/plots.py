@@ -80,6 +80,10 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+STYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "x", "P", "*")
+
+
 def _line_plot(
     path: Path,
     curves: Sequence[Curve],
@@ -88,10 +92,21 @@ def _line_plot(
     title: str,
     legend: bool = False,
 ) -> Path:
+    """Curves that coincide stay visible: each has its own dash, marker and a width that
+    shrinks from the first to the last, so a later line is drawn inside an earlier one."""
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
-    for label, x, y in curves:
-        ax.plot(x, y, marker="o" if len(x) <= 30 else None, markersize=3, label=label)
+    for i, (label, x, y) in enumerate(curves):
+        ax.plot(
+            x,
+            y,
+            linestyle=STYLES[i % len(STYLES)],
+            linewidth=max(1.0, 2.6 - 0.5 * i) if len(curves) > 1 else 1.6,
+            marker=MARKERS[i % len(MARKERS)] if len(x) <= 30 else None,
+            markersize=max(3.0, 6.0 - i),
+            fillstyle="none" if i else "full",
+            label=label,
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -134,15 +149,45 @@ def _byte_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def _plot_accuracy(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
     written = []
-    for x_key, xlabel, name in (
-        ("round", "round", "accuracy_vs_round.png"),
-        ("sim_time_s", "simulated time (s)", "accuracy_vs_sim_time.png"),
+    for x_key, xlabel, name, title in (
+        ("round", "round", "accuracy_vs_round.png", "Test accuracy by round"),
+        (
+            "sim_time_s",
+            "simulated time (s)",
+            "accuracy_vs_sim_time.png",
+            "Test accuracy by simulated time",
+        ),
     ):
         x, y = xy_series(rows, x_key, "accuracy")
         if len(x):
             curve = ("accuracy", x, y)
-            written.append(_line_plot(out_dir / name, [curve], xlabel, "accuracy", "Accuracy"))
+            written.append(_line_plot(out_dir / name, [curve], xlabel, "accuracy", title))
     return written
+
+
+def _plot_accuracy_vs_bytes(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    sent = [
+        {**row, "bytes_sent": row["bytes_up"] + row.get("bytes_down", 0)}
+        for row in rows
+        if _number(row.get("bytes_up")) is not None
+    ]
+    x, y = xy_series(sent, "bytes_sent", "accuracy")
+    if not len(x):
+        return []
+    title = "Test accuracy by data sent (up + down, all tiers)"
+    path = out_dir / "accuracy_vs_bytes.png"
+    return [_line_plot(path, [("accuracy", x / 1e6, y)], "data sent (MB)", "accuracy", title)]
+
+
+def _plot_loss(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    curves = [
+        (label, *xy_series(rows, "round", key))
+        for key, label in (("loss", "test loss"), ("train_loss", "training loss"))
+    ]
+    curves = [c for c in curves if len(c[1])]
+    if not curves:
+        return []
+    return [_line_plot(out_dir / "loss.png", curves, "round", "loss", "Loss by round")]
 
 
 def _plot_bytes(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
@@ -153,40 +198,108 @@ def _plot_bytes(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
             curves.append((_tier_label(key), x, y / 1e6))
     if not curves:
         return []
-    title = "Cumulative bytes per tier"
+    title = "Data sent per tier (cumulative)"
     path = out_dir / "bytes_per_tier.png"
     return [_line_plot(path, curves, "round", "MB", title, legend=True)]
 
 
 def _plot_energy(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
-    x, y = xy_series(rows, "round", "energy_j")
-    if not len(x):
+    keys = [("energy_j", "all tiers")]
+    keys += [(k, k.removeprefix("energy_j_") + "s") for k in row_columns(rows)
+             if k.startswith("energy_j_")]  # fmt: skip
+    curves = [(label, *xy_series(rows, "round", key)) for key, label in dict(keys).items()]
+    curves = [c for c in curves if len(c[1])]
+    if not curves:
         return []
-    curve = [("energy", x, y)]
-    return [_line_plot(out_dir / "energy.png", curve, "round", "energy (J)", "Cumulative energy")]
+    title = "Energy per tier (cumulative)"
+    return [_line_plot(out_dir / "energy.png", curves, "round", "energy (J)", title)]
+
+
+LATENCY_COMPONENTS = {
+    "round_latency_upload_s": "device upload",
+    "round_latency_exchange_s": "edge–edge exchange",
+    "round_latency_cloud_up_s": "edge → cloud",
+    "round_latency_cloud_down_s": "cloud → edge",
+    "round_latency_handover_s": "handover relay",
+    "round_latency_d2d_s": "device–device",
+}
+
+
+def _nonzero_curves(rows: Sequence[Mapping[str, Any]], labels: Mapping[str, str]) -> list[Curve]:
+    curves = [(label, *xy_series(rows, "round", key)) for key, label in labels.items()]
+    return [c for c in curves if len(c[1]) and np.any(c[2] != 0)]
+
+
+def _plot_latency(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    curves = _nonzero_curves(rows, LATENCY_COMPONENTS)
+    if not curves:
+        return []
+    title = "Transmission latency per component (slowest transfer, per round)"
+    path = out_dir / "latency_components.png"
+    return [_line_plot(path, curves, "round", "latency (s)", title, legend=True)]
+
+
+EVENTS = {
+    "handovers": "handovers",
+    "round_handover_redirected": "updates redirected",
+    "round_handover_lost": "updates lost in handover",
+    "round_dropped": "dropouts",
+    "round_late": "stragglers (past the deadline)",
+}
+
+
+def _plot_events(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    curves = _nonzero_curves(rows, EVENTS)
+    if not curves:
+        return []
+    title = "Handovers, dropouts and stragglers per round"
+    return [_line_plot(out_dir / "events.png", curves, "round", "count", title, legend=True)]
+
+
+def _plot_spread(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    """Accuracy over nodes (devices of personalized algorithms, edges of multi-server FL):
+    the mean and its min-max band."""
+    x, mean = xy_series(rows, "round", "accuracy")
+    _, low = xy_series(rows, "round", "accuracy_min")
+    _, high = xy_series(rows, "round", "accuracy_max")
+    if not len(x) or len(low) != len(x) or len(high) != len(x):
+        return []
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    ax.fill_between(x, low, high, alpha=0.25, label="min – max over nodes")
+    ax.plot(x, mean, marker="o" if len(x) <= 30 else None, markersize=3, label="mean")
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Accuracy spread across devices or edges")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return [_save(fig, out_dir / "accuracy_spread.png")]
 
 
 def plot_confusion(
     matrix: np.ndarray, out_path: Path, class_names: Sequence[str] | None = None
 ) -> Path:
-    """A confusion matrix (rows: true class, columns: predicted), counts annotated if small."""
+    """A confusion matrix (rows: true class, columns: predicted), coloured by the share of
+    each true class (row %), so classes of any size read alike; cells show the counts."""
     m = np.asarray(matrix, dtype=float)
     n = m.shape[0]
     names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
-    size = min(4.0 + 0.35 * n, 12.0)
-    fig = _new_figure(size + 1.0, size)
+    totals = m.sum(axis=1, keepdims=True)
+    share = np.divide(m, totals, out=np.zeros_like(m), where=totals > 0) * 100
+    size = min(4.5 + 0.45 * n, 13.0)
+    fig = _new_figure(size + 1.2, size)
     ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(m, cmap="Blues")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("% of the true class")
     ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize="small")
     ax.set_yticks(range(n), names, fontsize="small")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("Confusion matrix")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix (counts; colour: % of the true class)")
     if n <= 20:
-        threshold = m.max() / 2 if m.size else 0.0
         for (i, j), count in np.ndenumerate(m):
-            color = "white" if count > threshold else "black"
+            color = "white" if share[i, j] > 50 else "black"
             text = f"{count:.0f}" if float(count).is_integer() else f"{count:.2f}"
             ax.text(j, i, text, ha="center", va="center", color=color, fontsize="x-small")
     return _save(fig, out_path)
@@ -206,29 +319,89 @@ def plot_run(
     out.mkdir(parents=True, exist_ok=True)
     if rows and "step" in rows[0] and "round" not in rows[0]:  # a study's rows
         return plot_steps(rows, out)
-    written = _plot_accuracy(rows, out) + _plot_bytes(rows, out) + _plot_energy(rows, out)
+    written = []
+    for plot in (
+        _plot_accuracy,
+        _plot_accuracy_vs_bytes,
+        _plot_loss,
+        _plot_bytes,
+        _plot_energy,
+        _plot_latency,
+        _plot_events,
+        _plot_spread,
+    ):
+        written += plot(rows, out)
     if confusion is not None and np.asarray(confusion).size:
         written.append(plot_confusion(confusion, out / "confusion.png", class_names))
     return written
 
 
 def plot_comparison(series: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: Path) -> list[Path]:
-    """Overlay several runs' accuracy curves (vs round, and vs simulated time when known)."""
+    """Overlay several runs' accuracy curves (vs round, simulated time and data sent when
+    known); a curve whose rows carry ``accuracy_ci95`` gets its 95% band around it."""
     if not plotting_available():
         return []
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for x_key, xlabel, name in (
-        ("round", "round", "comparison_accuracy_vs_round.png"),
-        ("sim_time_s", "simulated time (s)", "comparison_accuracy_vs_sim_time.png"),
+    for x_key, xlabel, name, title in (
+        ("round", "round", "comparison_accuracy_vs_round.png", "Test accuracy by round"),
+        (
+            "sim_time_s",
+            "simulated time (s)",
+            "comparison_accuracy_vs_sim_time.png",
+            "Test accuracy by simulated time",
+        ),
+        (
+            "bytes_sent",
+            "data sent (MB)",
+            "comparison_accuracy_vs_bytes.png",
+            "Test accuracy by data sent",
+        ),
     ):
-        curves = [(label, *xy_series(rows, x_key, "accuracy")) for label, rows in series.items()]
-        curves = [c for c in curves if len(c[1])]
+        curves = []
+        for label, rows in series.items():
+            points = [_with_sent(row) for row in rows]
+            x, y = xy_series(points, x_key, "accuracy")
+            if len(x):
+                _, band = xy_series(points, x_key, "accuracy_ci95")
+                scale = 1e6 if x_key == "bytes_sent" else 1.0
+                curves.append((label, x / scale, y, band if len(band) == len(x) else None))
         if curves:
-            title = "Accuracy by run"
-            written.append(_line_plot(out / name, curves, xlabel, "accuracy", title, legend=True))
+            written.append(_band_plot(out / name, curves, xlabel, title))
     return written
+
+
+def _with_sent(row: Mapping[str, Any]) -> dict[str, Any]:
+    up, down = _number(row.get("bytes_up")), _number(row.get("bytes_down"))
+    return {**row, "bytes_sent": up + (down or 0.0)} if up is not None else dict(row)
+
+
+def _band_plot(
+    path: Path, curves: Sequence[tuple[str, np.ndarray, np.ndarray, Any]], xlabel: str, title: str
+) -> Path:
+    fig = _new_figure()
+    ax = fig.add_subplot(1, 1, 1)
+    banded = False
+    for i, (label, x, y, band) in enumerate(curves):
+        (line,) = ax.plot(
+            x,
+            y,
+            linestyle=STYLES[i % len(STYLES)],
+            marker=MARKERS[i % len(MARKERS)] if len(x) <= 30 else None,
+            markersize=4,
+            label=label,
+        )
+        if band is not None and np.isfinite(band).any():
+            low, high = np.clip(y - band, 0.0, 1.0), np.clip(y + band, 0.0, 1.0)
+            ax.fill_between(x, low, high, color=line.get_color(), alpha=0.18)
+            banded = True
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title + (" (band: 95% CI over seeds, within [0, 1])" if banded else ""))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
 
 
 def plot_steps(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:

@@ -149,6 +149,12 @@ class RunStore:
             (status, _dumps(summary), _now(), run_id),
         )
 
+    def delete_run(self, run_id: str) -> None:
+        """Forget a run and its rounds (a run that failed before its first round)."""
+        with self._lock, self._conn:
+            self._conn.execute("DELETE FROM rounds WHERE run_id = ?", (run_id,))
+            self._conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
     def reopen(self, run_id: str, kept_rounds: int) -> None:
         """Mark a run ``running`` again to resume it after round ``kept_rounds``: the rows of
         later rounds (logged after its last checkpoint) and its summary are dropped."""

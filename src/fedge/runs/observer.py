@@ -11,7 +11,8 @@ from fedge.algorithms.base import EVAL_BATCH, RoundRecord
 from fedge.core.update import ModelState
 from fedge.experiment.build import Experiment
 from fedge.learning import EvalResult, evaluate, load_state
-from fedge.results import RunStore
+from fedge.results import RunStore, format_value
+from fedge.results.trackers import Trackers
 
 PER_ROUND_COUNTS = (
     "handover_redirected",
@@ -32,6 +33,18 @@ Checkpointer = Callable[[RoundRecord, dict[str, Any]], None]
 """Called after each round with the record and the observer's snapshot (its own state)."""
 
 
+def progress_note(rows: list[dict[str, Any]]) -> str:
+    """What the progress bar shows beside its count and ETA: the latest accuracy (and the
+    round it is from) and the simulated time so far."""
+    parts = []
+    evaluated = next((row for row in reversed(rows) if "accuracy" in row), None)
+    if evaluated is not None:
+        parts.append(f"acc {evaluated['accuracy']:.4f} (r{evaluated['round']})")
+    if rows and "sim_time_s" in rows[-1]:
+        parts.append(f"sim {format_value('sim_time_s', rows[-1]['sim_time_s'])} s")
+    return ", ".join(parts)
+
+
 class RoundObserver:
     """Evaluates, records and displays each round; stops at the target accuracy; hands each
     round to the checkpointer once it is logged."""
@@ -43,9 +56,12 @@ class RoundObserver:
         run_id: str,
         bar: Any,
         checkpoint: Checkpointer | None = None,
+        trackers: Trackers | None = None,
     ) -> None:
         self.exp, self.store, self.run_id, self.bar = exp, store, run_id, bar
         self.checkpoint = checkpoint
+        self.trackers = trackers
+        """TensorBoard / MLflow, fed the same rows as the store."""
         self.state: ModelState = exp.initial_state
         """The global model after the last round observed."""
         self.rows: list[dict[str, Any]] = []
@@ -101,10 +117,11 @@ class RoundObserver:
         row["wall_time_s"] = time.perf_counter() - self.started_s
         self.rows.append(row)
         self.store.log_round(self.run_id, r, row)
+        if self.trackers is not None:
+            self.trackers.log_round(r, row)
         if self.bar is not None:
             self.bar.update(1)
-            if evaluated:
-                self.bar.set_postfix(acc=f"{row['accuracy']:.4f}", sim=f"{row['sim_time_s']:.0f}s")
+            self.bar.set_postfix_str(progress_note(self.rows), refresh=True)
         target = cfg.target_accuracy
         reached = evaluated and target is not None and row["accuracy"] >= target
         stop = bool(reached and cfg.stop_at_target)

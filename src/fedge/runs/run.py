@@ -16,10 +16,11 @@ from fedge.experiment.build import Experiment, build
 from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.engines import ENGINES, set_threads
 from fedge.results import PLOTS_DIR, RunStore, plot_run, write_json, write_report, write_rows_csv
+from fedge.results.trackers import check_trackers, close_trackers, open_trackers
 from fedge.runs import resume
 from fedge.runs.checkpoint import CHECKPOINT_NAME, References
 from fedge.runs.observer import Checkpointer, RoundObserver
-from fedge.runs.result import RunResult, open_run
+from fedge.runs.result import RunResult, check_out_dir, discard_run, open_run
 from fedge.runs.study import run_study
 
 SUMMARY_KEYS = (
@@ -98,19 +99,46 @@ def run_experiment(
     if launch is not None and prepare is None:
         result: RunResult = launch(config, out_dir, echo)
         return result
+    check_out_dir(config, out_dir)
+    check_trackers(config.output)
     set_threads(config)
     exp = build(config)
     if prepare is not None:
         prepare(exp)
     refs = resume.references(exp) if engine.resumable else None
     store = RunStore(config.output.store)
-    run_id, run_dir = open_run(store, config, out_dir)
-    write_json(exp.partition_report(), run_dir / "partition.json")
-    if started is not None:
-        started(run_dir)
+    run_id, run_dir = open_run(store, config, out_dir, exp.data_source)
+    try:
+        write_json(exp.partition_report(), run_dir / "partition.json")
+        _announce_warnings(exp, run_dir, echo)
+        if started is not None:
+            started(run_dir)
+    except BaseException:
+        discard_run(store, run_id, run_dir)
+        store.close()
+        raise
     with resume.RunLock(run_dir):
         session = _Session(exp, store, run_id, run_dir, refs)
         return _execute(session, exp.initial_state, 1, None, progress, echo)
+
+
+WARNINGS_FILE = "warnings.json"
+"""The run's warnings (settings its algorithm does not use), also shown in its report."""
+
+
+def _announce_warnings(exp: Experiment, run_dir: Path, echo: Callable[[str], None] | None) -> None:
+    """Say each of the build's warnings once, and keep them with the run."""
+    if not exp.warnings:
+        return
+    write_json(list(exp.warnings), run_dir / WARNINGS_FILE)
+    for line in exp.warnings:
+        (echo or _stderr)(f"warning: {line}")
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
 
 
 def resume_experiment(
@@ -174,11 +202,14 @@ def _execute(
     if saved is not None:
         observer.restore(saved)
     try:
+        observer.trackers = open_trackers(
+            config.output, config.model_dump(), config.name, s.run_id, s.run_dir
+        )
         if first_round <= config.rounds:
             coordinator = exp.coordinator
             coordinator.run(exp.transport, state, exp.rng, config.rounds, observer, first_round)
     except BaseException as exc:
-        _stopped(s, observer, exc, echo)
+        _stopped(s, observer, exc, echo, fresh=first_round == 1)
         raise
     finally:
         exp.nodes.close()
@@ -191,6 +222,8 @@ def _execute(
     except BaseException as exc:
         _stopped(s, observer, exc, echo)
         raise
+    if observer.trackers is not None:
+        observer.trackers.finish("finished", summary, s.run_dir)
     s.store.finish(s.run_id, summary)
     s.store.close()
     if echo is not None:
@@ -199,10 +232,21 @@ def _execute(
 
 
 def _stopped(
-    s: _Session, observer: RoundObserver, exc: BaseException, echo: Callable[[str], None] | None
+    s: _Session,
+    observer: RoundObserver,
+    exc: BaseException,
+    echo: Callable[[str], None] | None,
+    fresh: bool = False,
 ) -> None:
-    """Mark the run interrupted (Ctrl-C) or failed, and say how to go on when it can."""
+    """Mark the run interrupted (Ctrl-C) or failed, and say how to go on when it can; a
+    ``fresh`` run that stopped before its first round leaves nothing behind."""
     status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    if observer.trackers is not None:
+        close_trackers(observer.trackers, status, s.run_dir)
+    if fresh and not observer.rows:
+        discard_run(s.store, s.run_id, s.run_dir)
+        s.store.close()
+        return
     s.store.finish(s.run_id, {}, status=status)
     s.store.close()
     if echo is not None and observer.rows and (s.run_dir / CHECKPOINT_NAME).is_file():

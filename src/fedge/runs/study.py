@@ -29,7 +29,8 @@ from fedge.core.settings import Section, config_error
 from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.systems import build_system
 from fedge.results import PLOTS_DIR, RunStore, plot_run, write_json, write_report, write_rows_csv
-from fedge.runs.result import RunResult, open_run
+from fedge.results.trackers import Trackers, check_trackers, close_trackers, open_trackers
+from fedge.runs.result import RunResult, discard_run, open_run
 from fedge.system.clock import SimClock
 from fedge.system.model import SystemModel
 
@@ -142,18 +143,26 @@ def run_study(
     spec, settings = check_study(config)
     system = build_system(config.system, config.seed)
     store = RunStore(config.output.store)
+    check_trackers(config.output)
     run_id, run_dir = open_run(store, config, out_dir)
     rng = np.random.default_rng(derive_seed(config.seed, "study", spec.name))
     ctx = StudyContext(config, settings, system, SimClock(0.0), rng, run_dir)
+    trackers = Trackers()
     try:
-        rows = _steps(spec, ctx, store, run_id, progress)
+        trackers = open_trackers(config.output, config.model_dump(), config.name, run_id, run_dir)
+        rows = _steps(spec, ctx, store, run_id, progress, trackers)
         summary = {**summarise(rows, spec.summed), **ctx.summary}
         _write_outputs(config, run_dir, rows, summary)
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        store.finish(run_id, {}, status=status)
+        close_trackers(trackers, status, run_dir)
+        if not store.rounds(run_id):  # stopped before its first step: nothing to keep
+            discard_run(store, run_id, run_dir)
+        else:
+            store.finish(run_id, {}, status=status)
         store.close()
         raise
+    trackers.finish("finished", summary, run_dir)
     store.finish(run_id, summary)
     store.close()
     if echo is not None:
@@ -162,7 +171,12 @@ def run_study(
 
 
 def _steps(
-    spec: StudySpec, ctx: StudyContext, store: RunStore, run_id: str, progress: bool | None
+    spec: StudySpec,
+    ctx: StudyContext,
+    store: RunStore,
+    run_id: str,
+    progress: bool | None,
+    trackers: Trackers,
 ) -> list[dict[str, Any]]:
     """Every row of the study, each completed with step, clock time and wall time and
     logged to the store as it comes."""
@@ -179,6 +193,7 @@ def _steps(
             row = {"step": step, **values, "sim_time_s": ctx.clock.now()}
             row["wall_time_s"] = time.perf_counter() - started_s
             store.log_round(run_id, step, row)
+            trackers.log_round(step, row)
             rows.append(row)
             if bar is not None:
                 bar.update(1)

@@ -213,18 +213,40 @@ def _run_all(
     total = sum(len(configs) for _, configs in planned)
     done = 0
     results = []
+    bar = _comparison_bar(planned, total, progress)
     for variant, configs in planned:
         runs = []
         for config in configs:
             done += 1
-            if echo is not None:
+            if echo is not None and bar is None:
                 echo(f"[{done}/{total}] {variant.label}, seed={config.seed}")
-            runs.append(run_experiment(config, out_dir=runs_dir, progress=progress))
+            if bar is not None:
+                bar.set_postfix_str(f"{variant.label}, seed={config.seed}", refresh=True)
+            inner = False if bar is not None else progress
+            runs.append(run_experiment(config, out_dir=runs_dir, progress=inner))
+            if bar is not None:
+                bar.update(1)
         summaries = [_summary(run) for run in runs]
         keys = METRICS if configs[0].study is None else study_metrics(summaries)
         stats = summarise(summaries, keys)
         results.append(VariantResult(variant, [c.seed for c in configs], runs, stats))
+    if bar is not None:
+        bar.close()
     return results
+
+
+def _comparison_bar(planned: Planned, total: int, progress: bool | None) -> Any:
+    """One bar over every (variant, seed) run, with its ETA; the runs' own bars stay off.
+    None when progress is off (``--no-progress`` or ``output.progress = false``)."""
+    enabled = planned[0][1][0].output.progress if progress is None else progress
+    if not enabled or not total:
+        return None
+    from tqdm import tqdm
+
+    variants = len(planned)
+    seeds = len(planned[0][1])
+    desc = f"{variants} variants x {seeds} seeds"
+    return tqdm(total=total, desc=desc, unit="run", dynamic_ncols=True)
 
 
 def present_metrics(results: Sequence[VariantResult]) -> list[str]:
@@ -336,5 +358,38 @@ def run_comparison(
     rows, columns = table_rows(results)
     title = f"Comparison: {base.name}"
     right = ["n", *present_metrics(results)]
-    report = write_comparison_report(directory, title, rows, columns, images, runs, right)
+    about = _about(config_path, base, varies, seeds)
+    report = write_comparison_report(directory, title, rows, columns, images, runs, right, about)
     return ComparisonResult(directory, results, images, report)
+
+
+def _about(
+    config_path: str | Path, base: ExperimentConfig, varies: Sequence[str], seeds: int
+) -> list[tuple[str, str]]:
+    """What a comparison was, for the head of its page."""
+    import fedge
+
+    facts = [
+        ("Config", str(config_path)),
+        ("Varied", "; ".join(varies) or "nothing (seeds only)"),
+        ("Seeds per variant", f"{seeds} (from seed {base.seed})"),
+    ]
+    if base.study is None:
+        facts += [
+            ("Algorithm", base.algorithm),
+            ("Dataset", f"{base.data.dataset}, partition {base.data.partition}"),
+            ("Model", base.model.name),
+            ("Rounds", str(base.rounds)),
+        ]
+    else:
+        facts.append(("Study", base.study))
+    facts += [
+        ("Engine", base.engine),
+        (
+            "Topology",
+            f"{base.system.topology}: {base.system.edges} edges, {base.system.devices} devices",
+        ),
+        ("Date", time.strftime("%Y-%m-%d %H:%M:%S %Z")),
+        ("fedge", fedge.__version__),
+    ]
+    return facts

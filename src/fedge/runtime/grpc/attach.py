@@ -5,7 +5,9 @@ exponential backoff (``retry_initial_s`` doubling up to ``retry_max_s``, with ji
 it has been attached, a parent it cannot reach for ``failover_s`` is given up for the next
 of the list (a device whose edge died re-attaches to a neighbour edge), where it stays; before
 its first attachment it waits up to ``connect_timeout_s`` for its home (processes start at
-different speeds). Requests run on an
+different speeds). A parent that refuses the child for a permanent reason (its certificate
+names another node, the parent does not know it, another protocol) is dropped from the list
+without retries; when none is left the child stops with ``ParentRefused``. Requests run on an
 executor thread, so a long handler (an edge coordinating its devices) never blocks the
 stream. A request that fails is answered with an ERROR frame and logged.
 """
@@ -20,8 +22,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
+import grpc
 from grpc import aio
 
+from fedge.core.errors import FedgeError
 from fedge.core.message import Message
 from fedge.core.node import NodeApp
 from fedge.core.transport import Transport
@@ -30,6 +34,18 @@ from fedge.runtime.grpc.settings import GrpcSettings, pause
 from fedge.runtime.grpc.tls import NodeCerts
 
 log = logging.getLogger("fedge.grpc")
+PERMANENT = (
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
+"""Refusals that trying again cannot cure (identity mismatch, unknown node, protocol)."""
+
+
+class ParentRefused(FedgeError):
+    """Every parent of a child refused it for a permanent reason: it stops, not retries."""
+
+
 Rewrite = Callable[[Message], Message]
 Observe = Callable[[Message, Message], None]
 
@@ -70,7 +86,16 @@ class Attachment:
         failing_since_s = time.monotonic()
         while not stop.is_set():
             address = self.parents[index]
-            if await self._session(address, stop):
+            try:
+                established = await self._session(address, stop)
+            except ParentRefused as exc:  # this parent never will: drop it, else stop
+                del self.parents[index]
+                if not self.parents:
+                    raise
+                log.error("%s", exc)
+                index %= len(self.parents)
+                continue
+            if established:
                 delay_s, patience_s = self.settings.retry_initial_s, self.settings.failover_s
                 failing_since_s = time.monotonic()
                 continue
@@ -112,6 +137,12 @@ class Attachment:
             await self._serve(stream, outgoing, stop)
         except (aio.AioRpcError, TimeoutError) as exc:
             detail = exc.details() if isinstance(exc, aio.AioRpcError) else "timed out"
+            if isinstance(exc, aio.AioRpcError) and exc.code() in PERMANENT:
+                raise ParentRefused(
+                    f"{self.app.node_id}: parent {address} refused it ({exc.code().name}: "
+                    f"{detail}); not reconnecting: check the node id, its certificate and the "
+                    "config every node shares"
+                ) from None
             log.info("%s: stream to %s ended: %s", self.app.node_id, address, detail)
         finally:
             if self.connected_to is not None:

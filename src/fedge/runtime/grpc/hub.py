@@ -85,10 +85,16 @@ class Hub:
         )
         service = grpc.method_handlers_generic_handler("fedge.v1.Node", {"Attach": handler})
         server.add_generic_rpc_handlers((service,))
-        if self._certs is not None:
-            port = server.add_secure_port(address, self._certs.server())
-        else:
-            port = server.add_insecure_port(address)
+        try:
+            if self._certs is not None:
+                port = server.add_secure_port(address, self._certs.server())
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError:  # grpc cannot bind: a bad host, or an address of another machine
+            raise FedgeError(
+                f"--listen: cannot listen on {address!r}; allowed: HOST:PORT of this machine "
+                "that is free (e.g. 0.0.0.0:50051, or port 0 for any free port)"
+            ) from None
         port = int(port)
         if port == 0:
             raise FedgeError(f"cannot listen on {address}")

@@ -25,7 +25,7 @@ from fedge.core.message import Message
 from fedge.core.node import NodeApp, NodeContext
 from fedge.core.transport import Transport
 from fedge.core.update import Update
-from fedge.runtime.grpc.attach import Attachment
+from fedge.runtime.grpc.attach import Attachment, ParentRefused
 from fedge.runtime.grpc.hub import Authorize, Hub
 from fedge.runtime.grpc.settings import GrpcSettings, LoopThread, pause
 from fedge.runtime.grpc.tls import NodeCerts
@@ -49,6 +49,8 @@ class NodeProcess:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedge-node")
         self._stop = self._loop.submit(_event()).result()
         self._stopped = threading.Event()
+        self.failure: BaseException | None = None
+        """Why an attachment stopped for good (ParentRefused), if one did."""
         self.hub: Hub | None = None
         self.attachments: list[Attachment] = []
         self._running: list[Future[None]] = []
@@ -86,8 +88,16 @@ class NodeProcess:
             downstream,
         )
         self.attachments.append(attachment)
-        self._running.append(self._loop.submit(attachment.run(self._stop)))
+        running = self._loop.submit(attachment.run(self._stop))
+        running.add_done_callback(self._ended)
+        self._running.append(running)
         return attachment
+
+    def _ended(self, running: Future[None]) -> None:
+        """An attachment refused for good stops the process (``wait`` raises it)."""
+        if not running.cancelled() and isinstance(running.exception(), ParentRefused):
+            self.failure = running.exception()
+            self._stopped.set()
 
     def own_thread(self) -> Executor:
         """A further single thread for requests that must not wait behind the others."""
@@ -110,8 +120,12 @@ class NodeProcess:
         return message.reply("bye")
 
     def wait(self, timeout_s: float | None = None) -> bool:
-        """Block until a ``shutdown`` arrived (True) or ``timeout_s`` passed (False)."""
-        return self._stopped.wait(timeout_s)
+        """Block until a ``shutdown`` arrived (True) or ``timeout_s`` passed (False); raises
+        ``ParentRefused`` when a child of this process was refused for good."""
+        stopped = self._stopped.wait(timeout_s)
+        if self.failure is not None:
+            raise self.failure
+        return stopped
 
     def close(self) -> None:
         """Close every stream (children see them end at once), then stop the loop."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -82,33 +83,105 @@ def _cert(
     return builder.sign(signer, hashes.SHA256())
 
 
+@dataclass(frozen=True)
+class CertsReport:
+    """What ``issue_certs`` did in a directory: the CA it reused or made, and the node
+    certificates it created, kept (valid and signed by that CA) or replaced."""
+
+    root: Path
+    ca_reused: bool
+    created: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+    replaced: tuple[str, ...] = ()
+
+    def lines(self) -> list[str]:
+        """One line per fact, for the command line."""
+        out = [f"CA: {'kept' if self.ca_reused else 'created'} {self.root / CA_CERT}"]
+        for verb, nodes in (
+            ("created", self.created),
+            ("kept", self.kept),
+            ("replaced", self.replaced),
+        ):
+            if nodes:
+                out.append(f"{verb} ({len(nodes)}): {', '.join(nodes)}")
+        return out
+
+
 def make_certs(
     directory: str | Path, node_ids: Sequence[str], hosts: Sequence[str] = DEFAULT_HOSTS
 ) -> Path:
     """Write ``ca.pem`` / ``ca.key`` and ``<node>.pem`` / ``<node>.key`` for every node.
 
-    An existing CA in ``directory`` is reused, so certificates can be added later.
+    An existing CA in ``directory`` is reused, so certificates can be added later; existing
+    node certificates of that CA are kept (see ``issue_certs``).
     """
+    return issue_certs(directory, node_ids, hosts).root
+
+
+def issue_certs(
+    directory: str | Path,
+    node_ids: Sequence[str],
+    hosts: Sequence[str] = DEFAULT_HOSTS,
+    replace: Sequence[str] = (),
+) -> CertsReport:
+    """Certificates for ``node_ids`` in ``directory``, never silently rotating a key: a
+    node's existing certificate is kept when the CA signed it, replaced when the user names
+    the node in ``replace`` (or when it is not the CA's, e.g. after a new CA), else created."""
     root = Path(directory)
+    if root.exists() and not root.is_dir():
+        raise FedgeError(f"certs: {root} is a file; allowed: a directory (new or existing)")
     root.mkdir(parents=True, exist_ok=True)
     bad = [n for n in node_ids if not n or "/" in n or n.startswith(".")]
     if bad:
         raise FedgeError(f"node ids {bad!r} cannot name certificate files")
+    unknown = [n for n in replace if n not in node_ids]
+    if unknown:
+        raise FedgeError(f"certs --replace: {unknown!r} are not among the nodes {list(node_ids)}")
+    ca_reused = (root / CA_KEY).exists() and (root / CA_CERT).exists()
     ca_key, ca_cert = _load_or_make_ca(root)
+    done: dict[str, list[str]] = {"created": [], "kept": [], "replaced": []}
     for node in node_ids:
+        exists = (root / f"{node}.pem").exists() and (root / f"{node}.key").exists()
+        if exists and node not in replace and _signed_by(root / f"{node}.pem", ca_cert):
+            done["kept"].append(node)
+            continue
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _cert(node, key, ca_cert.subject, ca_key, hosts)
         _write_key(key, root / f"{node}.key")
         (root / f"{node}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return root
+        done["replaced" if exists else "created"].append(node)
+    return CertsReport(root, ca_reused, *(tuple(done[k]) for k in ("created", "kept", "replaced")))
+
+
+def _signed_by(path: Path, ca: x509.Certificate) -> bool:
+    """Whether the certificate in ``path`` is readable and was issued by ``ca``."""
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def _load_or_make_ca(root: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     if (root / CA_KEY).exists() and (root / CA_CERT).exists():
-        key = serialization.load_pem_private_key((root / CA_KEY).read_bytes(), None)
+        try:
+            key = serialization.load_pem_private_key((root / CA_KEY).read_bytes(), None)
+        except (ValueError, TypeError) as exc:
+            raise FedgeError(
+                f"{root / CA_KEY}: not a readable PEM private key ({exc}); allowed: the CA key "
+                "written by `fedge certs`, or remove ca.key and ca.pem to make a new CA"
+            ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise FedgeError(f"{root / CA_KEY} is not an EC private key")
-        return key, x509.load_pem_x509_certificate((root / CA_CERT).read_bytes())
+        try:
+            cert = x509.load_pem_x509_certificate((root / CA_CERT).read_bytes())
+        except ValueError as exc:
+            raise FedgeError(
+                f"{root / CA_CERT}: not a readable PEM certificate ({exc}); allowed: the CA "
+                "certificate written by `fedge certs`"
+            ) from None
+        return key, cert
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _cert("fedge test CA", key, _name("fedge test CA"), key, ca=True)
     _write_key(key, root / CA_KEY)
