@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fedge.core.message import Message
-from fedge.core.transport import SYNC
+from fedge.core.transport import ABSENT, SYNC
 from fedge.runtime.local import NodeSet
 from fedge.system.clock import SimClock
 from fedge.system.energy import EnergyLedger
@@ -160,7 +160,7 @@ class SimulatedTransport:
     def _deliver(self, message: Message, start_s: float, order: int) -> _Arrival | None:
         if not self._system.is_available(message.dst, message.round):
             self._ledger.counters["dropped"] += 1
-            return None
+            return self._absent(message, start_s, order)
         down = self._charge(message, start_s)
         child = self.at(message.dst, start_s + down)
         reply, work = self._nodes.deliver(message, child)
@@ -175,8 +175,16 @@ class SimulatedTransport:
         moved_to = self._moved(message, done_s)
         if moved_to is not None:
             self._hand_over(message, reply, moved_to, done_s)
-            return None
+            return self._absent(message, done_s, order)
         return _Arrival(done_s + self._charge(reply, done_s), order, reply)
+
+    def _absent(self, message: Message, time_s: float, order: int) -> _Arrival | None:
+        """No reply will come: a sender that asked (``report_absent``, asynchronous protocols
+        that must free the device's slot) learns it at ``time_s`` from an ``absent`` reply
+        that costs nothing (the device refused the task, or it left for another edge)."""
+        if not message.payload.get("report_absent"):
+            return None
+        return _Arrival(time_s, order, message.reply(ABSENT))
 
     def _charge(self, message: Message, start_s: float) -> float:
         """Charge a message's transfer and return its time; free to and from ``SYNC``."""
@@ -203,9 +211,10 @@ class SimulatedTransport:
         if request.payload.get("on_handover") == "drop":
             self._ledger.counters["handover_lost"] += 1
             return
-        moved = Message(
-            reply.src, edge, "handover", reply.round, {**reply.payload, "origin_edge": request.src}
-        )
+        payload = {**reply.payload, "origin_edge": request.src}
+        if "version" in request.payload:  # the model version the work started from
+            payload["version"] = request.payload["version"]
+        moved = Message(reply.src, edge, "handover", reply.round, payload)
         up = self._system.transfer(moved.src, moved.dst, moved.nbytes(), t_s)
         self._ledger.charge_transfer(up, self._system)
         self._ledger.note_latency("handover", reply.round, up.time_s)
