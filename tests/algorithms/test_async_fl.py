@@ -309,3 +309,23 @@ def test_staleness_function_validation_names_the_parameter():
     with pytest.raises(ConfigError, match=r"staleness_params\.a"):
         check_staleness("polynomial", {"a": -1})
     assert math.isclose(staleness_weight("polynomial", {"a": 2.0}, 1), 0.25)
+
+
+def test_the_16_device_latency_example_matches_independent_arithmetic():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "examples" / "async" / "latency16.py"
+    spec = importlib.util.spec_from_file_location("async_latency16", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    means = module.device_types(0)
+    sync_s, async_s = module.clock_times(means, 0.0, 5.0, 0)
+    assert sync_s == pytest.approx(10 * (400 + 2 * 5), rel=1e-4)  # the slowest, every round
+    # deterministic times: the 160th arrival of devices that restart as soon as they deliver
+    heap = [(m + 10.0, m) for m in means]
+    heapq.heapify(heap)
+    for _ in range(160):
+        t, m = heapq.heappop(heap)
+        heapq.heappush(heap, (t + m + 10.0, m))
+    assert async_s == pytest.approx(t, rel=1e-4)
