@@ -329,3 +329,25 @@ def test_the_16_device_latency_example_matches_independent_arithmetic():
         t, m = heapq.heappop(heap)
         heapq.heappush(heap, (t + m + 10.0, m))
     assert async_s == pytest.approx(t, rel=1e-4)
+
+
+@pytest.mark.grpc
+@pytest.mark.slow
+def test_fedbuff_runs_unchanged_on_the_grpc_engine(tmp_path, capsys):
+    from pathlib import Path
+
+    from deploy_helpers import deploy_config
+
+    from fedge.results import read_rows_csv
+
+    config = deploy_config(tmp_path)
+    sets = ["algorithm='fedbuff'", "asynchronous.concurrency=4", "asynchronous.buffer_size=3"]
+    argv = ["deploy-local", str(config), "--set", "rounds=2", "--out", str(tmp_path / "d")]
+    for item in sets:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    run_dir = Path(out.strip().splitlines()[-1].removeprefix("run: "))
+    rows = read_rows_csv(run_dir / "metrics.csv")
+    assert [r["version"] for r in rows] == [1.0, 2.0]
+    assert all(r["applied"] == 3.0 and r["staleness_max"] >= 0 for r in rows)
