@@ -211,6 +211,7 @@ def strip_wall(rows):
     ]
 
 
+@pytest.mark.slow
 def test_async_runs_are_deterministic_and_report_version_staleness_and_time(tiny_config, tmp_path):
     a = run_experiment(load_config(tiny_config, ASYNC), out_dir=tmp_path / "a")
     b = run_experiment(load_config(tiny_config, ASYNC), out_dir=tmp_path / "b")
@@ -337,7 +338,6 @@ def test_fedbuff_runs_unchanged_on_the_grpc_engine(tmp_path, capsys):
     from pathlib import Path
 
     from deploy_helpers import deploy_config
-
     from fedge.results import read_rows_csv
 
     config = deploy_config(tmp_path)
@@ -351,3 +351,31 @@ def test_fedbuff_runs_unchanged_on_the_grpc_engine(tmp_path, capsys):
     rows = read_rows_csv(run_dir / "metrics.csv")
     assert [r["version"] for r in rows] == [1.0, 2.0]
     assert all(r["applied"] == 3.0 and r["staleness_max"] >= 0 for r in rows)
+
+
+@pytest.mark.grpc
+def test_the_grpc_transport_answers_absent_for_a_failed_request_that_asks():
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from fedge.runtime.grpc.transport import GrpcTransport
+
+    class Hub:
+        settings = SimpleNamespace(call_timeout_s=5.0)
+
+        def call(self, message):
+            done: Future = Future()
+            if message.dst == "dev1":
+                done.set_exception(ConnectionError("the device went away"))
+            else:
+                done.set_result(message.reply("update"))
+            return done
+
+    transport = GrpcTransport(Hub(), "cloud")
+    asks = {"report_absent": True}
+    transport.submit([Message("cloud", d, "train", 1, asks) for d in ("dev0", "dev1")])
+    kinds = sorted((r.src, r.kind) for r in (transport.next_reply(), transport.next_reply()))
+    assert kinds == [("dev0", "update"), ("dev1", "absent")]
+    assert transport.next_reply() is None
+    transport.submit([Message("cloud", "dev1", "train", 2)])  # not asked: nothing comes back
+    assert transport.next_reply() is None
