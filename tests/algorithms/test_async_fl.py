@@ -221,6 +221,8 @@ def test_async_runs_are_deterministic_and_report_version_staleness_and_time(tiny
     assert all(r["staleness_mean"] <= r["staleness_max"] for r in a.rows)
     times = [r["sim_time_s"] for r in a.rows]
     assert times == sorted(times) and times[0] > 0
+    # every request whose device dropped out came back absent and freed its slot
+    assert sum(r["absent"] for r in a.rows) == a.rows[-1]["dropped"] > 0
 
 
 def test_time_budget_stops_the_run(tiny_config, tmp_path):
