@@ -2,6 +2,7 @@
 importing this package registers every algorithm."""
 
 from fedge.algorithms.apps import LocalTrainer, trainer_app
+from fedge.algorithms.asynchronous import AsyncEdge, AsyncFL, AsyncServer, AsyncSettings
 from fedge.algorithms.base import (
     ALGORITHMS,
     AlgorithmSpec,
@@ -29,6 +30,10 @@ __all__ = [
     "SELECTORS",
     "AlgorithmSpec",
     "Assembly",
+    "AsyncEdge",
+    "AsyncFL",
+    "AsyncServer",
+    "AsyncSettings",
     "BuildContext",
     "CloudTail",
     "ClusterSettings",

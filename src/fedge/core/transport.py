@@ -17,6 +17,10 @@ TIERS = ("cloud", "edge", "device")
 SYNC = "sync"
 """The virtual node that drives decentralized protocols: the synchronous round barrier
 (the simulated transport charges nothing for its messages)."""
+ABSENT = "absent"
+"""Kind of the reply a transport returns, when the request's payload sets ``report_absent``,
+for a request that will get no reply: its node was unavailable or handed the work over to
+another edge (asynchronous protocols free the node's slot)."""
 
 
 @runtime_checkable

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedge.algorithms.asynchronous import AsyncSettings
 from fedge.algorithms.clustered import ClusterSettings
 from fedge.algorithms.decentralized import PeerSettings
 from fedge.algorithms.federation import FederationSettings
@@ -161,6 +162,8 @@ class SystemConfig(Section):
     speed_min_mps: float = Field(20.0, ge=0)
     speed_max_mps: float = Field(33.0, ge=0)
     dropout_prob: float = Field(0.0, ge=0, le=1)
+    straggler_prob: float = Field(0.0, ge=0, le=1, description="per device and request")
+    straggler_slowdown: float = Field(1.0, ge=1, description="a straggler's compute factor")
     out_of_coverage: Literal["error", "nearest"] = "error"
     wan: WanConfig = WanConfig()
     backhaul: BackhaulConfig = BackhaulConfig()
@@ -242,6 +245,7 @@ class ExperimentConfig(Section):
     split: SplitSettings = SplitSettings()
     personalization: PersonalizationSettings = PersonalizationSettings()
     clustering: ClusterSettings = ClusterSettings()
+    asynchronous: AsyncSettings = AsyncSettings()
     system: SystemConfig = SystemConfig()
     ray: RayConfig = RayConfig()
     grpc: GrpcSettings = GrpcSettings()

@@ -178,7 +178,12 @@ def build_system(cfg: SystemConfig, seed: int) -> SystemModel:
     rng = np.random.default_rng(derive_seed(seed, "system"))
     topo = _topology(cfg, rng)
     mobility = _mobility(cfg, topo, rng)
-    availability = Availability(dropout_prob=cfg.dropout_prob, seed=derive_seed(seed, "avail"))
+    availability = Availability(
+        dropout_prob=cfg.dropout_prob,
+        seed=derive_seed(seed, "avail"),
+        straggler_prob=cfg.straggler_prob,
+        straggler_slowdown=cfg.straggler_slowdown,
+    )
     system = SystemModel(
         topo,
         mobility,

@@ -42,7 +42,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fedge.core.message import Message
-from fedge.core.transport import SYNC
+from fedge.core.transport import ABSENT, SYNC
 from fedge.runtime.local import NodeSet
 from fedge.system.clock import SimClock
 from fedge.system.energy import EnergyLedger
@@ -160,17 +160,16 @@ class SimulatedTransport:
     def _deliver(self, message: Message, start_s: float, order: int) -> _Arrival | None:
         if not self._system.is_available(message.dst, message.round):
             self._ledger.counters["dropped"] += 1
-            return None
+            return self._absent(message, start_s, order)
         down = self._charge(message, start_s)
-        handled = self._handle(message, start_s + down)
-        if handled is None:
-            return None
-        reply, done_s = handled
+        reply, done_s = self._handle(message, start_s + down)
+        if reply is None:  # handed over to the edge it moved to
+            return self._absent(message, done_s, order)
         return _Arrival(done_s + self._charge(reply, done_s), order, reply)
 
-    def _handle(self, message: Message, arrive_s: float) -> tuple[Message, float] | None:
+    def _handle(self, message: Message, arrive_s: float) -> tuple[Message | None, float]:
         """Run the receiver's handler from ``arrive_s`` and charge its compute; the reply
-        and when it leaves, or None when a moved device's reply was handed over."""
+        (None when a moved device's reply was handed over) and when it leaves."""
         child = self.at(message.dst, arrive_s)
         reply, work = self._nodes.deliver(message, child)
         cost = self._system.compute(message.dst, work.flops, message.round)
@@ -184,7 +183,7 @@ class SimulatedTransport:
         moved_to = self._moved(message, done_s)
         if moved_to is not None:
             self._hand_over(message, reply, moved_to, done_s)
-            return None
+            return None, done_s
         return reply, done_s
 
     def _deliver_all(
@@ -198,15 +197,21 @@ class SimulatedTransport:
             return [self._deliver(m, start_s, first + i) for i, m in enumerate(messages)]
         out: list[_Arrival | None] = [None] * len(messages)
         sent = [i for i, m in enumerate(messages) if self._system.is_available(m.dst, m.round)]
-        if len(sent) < len(messages):
-            self._ledger.counters["dropped"] += len(messages) - len(sent)
+        for i in sorted(set(range(len(messages))) - set(sent)):
+            self._ledger.counters["dropped"] += 1
+            out[i] = self._absent(messages[i], start_s, first + i)
         downs = self._charge_all([messages[i] for i in sent], [start_s] * len(sent))
         handled = [
             (i, self._handle(messages[i], start_s + d)) for i, d in zip(sent, downs, strict=True)
         ]
-        done = [(i, h) for i, h in handled if h is not None]
-        ups = self._charge_all([h[0] for _, h in done], [h[1] for _, h in done])
-        for (i, (reply, done_s)), up in zip(done, ups, strict=True):
+        done: list[tuple[int, Message, float]] = []
+        for i, (reply, done_s) in handled:
+            if reply is None:  # handed over to the edge it moved to
+                out[i] = self._absent(messages[i], done_s, first + i)
+            else:
+                done.append((i, reply, done_s))
+        ups = self._charge_all([r for _, r, _ in done], [t for _, _, t in done])
+        for (i, reply, done_s), up in zip(done, ups, strict=True):
             out[i] = _Arrival(done_s + up, first + i, reply)
         return out
 
@@ -219,6 +224,14 @@ class SimulatedTransport:
             self._ledger.charge_transfer(cost, self._system, messages[i])
             times[i] = cost.time_s
         return times
+
+    def _absent(self, message: Message, time_s: float, order: int) -> _Arrival | None:
+        """No reply will come: a sender that asked (``report_absent``, asynchronous protocols
+        that must free the device's slot) learns it at ``time_s`` from an ``absent`` reply
+        that costs nothing (the device refused the task, or it left for another edge)."""
+        if not message.payload.get("report_absent"):
+            return None
+        return _Arrival(time_s, order, message.reply(ABSENT))
 
     def _charge(self, message: Message, start_s: float) -> float:
         """Charge a message's transfer and return its time; free to and from ``SYNC``."""
@@ -245,9 +258,10 @@ class SimulatedTransport:
         if request.payload.get("on_handover") == "drop":
             self._ledger.counters["handover_lost"] += 1
             return
-        moved = Message(
-            reply.src, edge, "handover", reply.round, {**reply.payload, "origin_edge": request.src}
-        )
+        payload = {**reply.payload, "origin_edge": request.src}
+        if "version" in request.payload:  # the model version the work started from
+            payload["version"] = request.payload["version"]
+        moved = Message(reply.src, edge, "handover", reply.round, payload)
         up = self._system.transfer(moved.src, moved.dst, moved.nbytes(), t_s)
         self._ledger.charge_transfer(up, self._system)
         self._ledger.note_latency("handover", reply.round, up.time_s)

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 from fedge.core.message import Message
+from fedge.core.transport import ABSENT
 from fedge.runtime.grpc.hub import Hub
 
 log = logging.getLogger("fedge.grpc")
@@ -39,6 +40,8 @@ class GrpcTransport:
         self._node_id = node_id
         self._started_s = time.monotonic() if started_s is None else started_s
         self._outstanding: deque[Future[Message]] = deque()
+        self._asked: dict[Future[Message], Message] = {}
+        """Submitted requests that set ``report_absent``: a failed call answers ``absent``."""
         self._late = 0
         self._failed = 0
 
@@ -80,7 +83,11 @@ class GrpcTransport:
         return out
 
     def submit(self, messages: Sequence[Message]) -> None:
-        self._outstanding.extend(self._hub.call(m) for m in messages)
+        for message in messages:
+            call = self._hub.call(message)
+            if message.payload.get("report_absent"):
+                self._asked[call] = message
+            self._outstanding.append(call)
 
     def next_reply(self) -> Message | None:
         while self._outstanding:
@@ -89,9 +96,12 @@ class GrpcTransport:
                 return None
             call = next(iter(done))
             self._outstanding.remove(call)
+            asked = self._asked.pop(call, None)
             replies = self._results({call})
             if replies:
                 return replies[0]
+            if asked is not None:  # its node failed or left: the sender frees its slot
+                return asked.reply(ABSENT)
         return None
 
     def now(self) -> float:
