@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -11,7 +11,7 @@ import numpy as np
 from torch import nn
 
 from fedge.core.errors import ConfigError
-from fedge.core.node import NodeApp
+from fedge.core.node import Middleware, NodeApp
 from fedge.core.registry import Registry
 from fedge.core.settings import Section
 from fedge.core.transport import Transport
@@ -150,6 +150,9 @@ class Assembly:
     apps: dict[str, NodeApp]
     coordinator: Coordinator
     driver: str = "cloud"
+    finish: Mapping[str, Sequence[Middleware]] = field(default_factory=dict)
+    """Middleware per node that runs last on its replies, after the client pipeline
+    (secure aggregation masks the update that compression already shaped)."""
 
 
 Check = Callable[[Any], None]
@@ -180,6 +183,8 @@ class AlgorithmSpec:
     """Devices keep a share of their samples as their own test split."""
     check: Check | None = None
     """Checks across sections (run before any work), e.g. FedProx needs proximal_mu > 0."""
+    secure: bool = False
+    """Its servers average device updates and can do so securely (``[secure_aggregation]``)."""
 
     def section(self, config: Any) -> Section:
         """The algorithm's section from ``config`` with the variant's defaults applied

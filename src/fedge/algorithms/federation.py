@@ -9,7 +9,8 @@ section is validated, before any data is loaded.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -27,12 +28,16 @@ from fedge.algorithms.base import (
 from fedge.algorithms.fedavg import FedAvg
 from fedge.algorithms.hierarchical import EdgeServer, HierarchicalFL, kappa1_bounds
 from fedge.algorithms.multiserver import Exchange, MultiServerFL
+from fedge.algorithms.secure_settings import SecureAggregationSettings, scale_bits_for
 from fedge.algorithms.selection import SelectionHint, make_selector
 from fedge.core.errors import ConfigError
-from fedge.core.node import NodeApp
+from fedge.core.node import NodeApp, derive_seed
 from fedge.core.settings import Section
 from fedge.core.update import ModelState
 from fedge.learning import ArrayDataset
+
+if TYPE_CHECKING:
+    from fedge.algorithms.secure import SecureAggregation
 
 Params = dict[str, float | int | str]
 
@@ -112,6 +117,40 @@ def with_cloud(apps: dict[str, NodeApp], coordinator: Any) -> Assembly:
     return Assembly({**apps, "cloud": NodeApp("cloud", "cloud")}, coordinator)
 
 
+def secure_aggregation(ctx: BuildContext, cohort: int) -> SecureAggregation | None:
+    """The server side of secure aggregation for cohorts of up to ``cohort`` devices, when
+    ``[secure_aggregation]`` is enabled; the ring is checked against the cohort and the
+    largest device weight (its sample count) here, before any round runs."""
+    s: SecureAggregationSettings = ctx.config.secure_aggregation
+    if not s.enabled:
+        return None
+    from fedge.algorithms.secure import SecureAggregation
+
+    largest = float(max((len(idx) for idx in ctx.parts), default=1))
+    if s.max_weight is not None and s.max_weight < largest:
+        raise ConfigError(
+            "secure_aggregation.max_weight",
+            s.max_weight,
+            f">= {largest:g} (the largest device's sample count, its FedAvg weight)",
+        )
+    scale = scale_bits_for(s, cohort, s.max_weight or largest)
+    return SecureAggregation(s, scale, derive_seed(ctx.seed, "secagg"))
+
+
+def secured(ctx: BuildContext, assembly: Assembly) -> Assembly:
+    """The assembly with the devices' secure-aggregation handlers and masking middleware
+    (unchanged when ``[secure_aggregation]`` is off)."""
+    if not ctx.config.secure_aggregation.enabled:
+        return assembly
+    from fedge.algorithms.secure import SecAggDevice, install_device
+
+    device = SecAggDevice()
+    devices = ctx.system.ids("device")
+    for d in devices:
+        install_device(assembly.apps[d], device)
+    return replace(assembly, finish={d: [device.mask] for d in devices})
+
+
 def _optimizer(s: FederationSettings) -> dict[str, Any]:
     out: dict[str, Any] = {"server_params": dict(s.server_params)}
     if s.server_optimizer is not None:
@@ -141,8 +180,9 @@ def assemble_fedavg(ctx: BuildContext) -> Assembly:
         deadline_s=s.deadline_s,
         **_optimizer(s),
         **_selection(ctx),
+        secure=secure_aggregation(ctx, min(s.clients_per_round, len(ctx.parts))),
     )
-    return with_cloud(device_apps(ctx), coordinator)
+    return secured(ctx, with_cloud(device_apps(ctx), coordinator))
 
 
 def edge_apps(ctx: BuildContext, exchange: bool) -> dict[str, NodeApp]:
@@ -158,13 +198,15 @@ def edge_apps(ctx: BuildContext, exchange: bool) -> dict[str, NodeApp]:
         raise ConfigError(
             "federation.malicious_edges", unknown, "edge ids among " + ", ".join(edges)
         )
+    cohort = s.clients_per_edge or len(ctx.system.ids("device"))
     inner = FedAvg(
-        clients_per_round=s.clients_per_edge or len(ctx.system.ids("device")),
+        clients_per_round=cohort,
         aggregator=s.aggregator,
         aggregator_params=dict(s.aggregator_params),
         deadline_s=s.deadline_s,
         on_handover="redirect" if s.handover else "drop",
         **_selection(ctx),
+        secure=secure_aggregation(ctx, min(cohort, len(ctx.parts))),
     )
     evaluate = ctx.evaluator()
     server = EdgeServer(inner, evaluate, absorb_handovers=not exchange)
@@ -198,7 +240,8 @@ def assemble_hierarchical(ctx: BuildContext) -> Assembly:
         kappa1_rule=s.kappa1_rule,
         kappa1_params=dict(s.kappa1_params),
     )
-    return with_cloud({**device_apps(ctx), **edge_apps(ctx, exchange=False)}, coordinator)
+    apps = {**device_apps(ctx), **edge_apps(ctx, exchange=False)}
+    return secured(ctx, with_cloud(apps, coordinator))
 
 
 def multiserver(exchange: bool) -> Callable[[BuildContext], Assembly]:
@@ -214,7 +257,8 @@ def multiserver(exchange: bool) -> Callable[[BuildContext], Assembly]:
             exchange=exchange,
             evaluate_every=s.evaluate_every,
         )
-        return with_cloud({**device_apps(ctx), **edge_apps(ctx, exchange)}, coordinator)
+        apps = {**device_apps(ctx), **edge_apps(ctx, exchange)}
+        return secured(ctx, with_cloud(apps, coordinator))
 
     return assemble
 
@@ -242,6 +286,7 @@ def _family(name: str, description: str, check: Check | None = None, **defaults:
             defaults,
             links=("device-cloud",),
             check=check,
+            secure=True,
         )
     )
 
@@ -266,6 +311,7 @@ register_algorithm(
         FederationSettings,
         roles=("edge",),
         links=("device-edge", "edge-cloud"),
+        secure=True,
     )
 )
 register_algorithm(
@@ -278,6 +324,7 @@ register_algorithm(
         links=("device-edge", "edge-edge"),
         validation=True,
         check=_fixed_kappa1,
+        secure=True,
     )
 )
 register_algorithm(
@@ -289,5 +336,6 @@ register_algorithm(
         roles=("edge",),
         links=("device-edge",),
         check=_fixed_kappa1,
+        secure=True,
     )
 )

@@ -10,6 +10,7 @@ import numpy as np
 from torch import nn
 
 from fedge.algorithms import ALGORITHMS, AlgorithmSpec, BuildContext, Coordinator
+from fedge.algorithms.secure_settings import check_secure
 from fedge.core.errors import ConfigError
 from fedge.core.node import NodeApp, derive_seed
 from fedge.core.settings import Section
@@ -81,6 +82,7 @@ def _checked(cfg: ExperimentConfig) -> tuple[AlgorithmSpec, Section, dict[str, l
     settings = spec.section(cfg)  # the variant's defaults applied and checked
     if spec.check is not None:
         spec.check(cfg)
+    check_secure(cfg, spec.secure, "edge" in spec.roles)
     return spec, settings, client_pipeline(cfg, spec)
 
 
@@ -203,6 +205,9 @@ def build(cfg: ExperimentConfig) -> Experiment:
     if links:
         for app in apps.values():
             app.use(ClientPipeline(links, system.tier))
+    for node, middleware in assembly.finish.items():
+        for finish in middleware:
+            apps[node].use(finish)
     rebuild = partial(node_apps, portable_paths(cfg))
     nodes = node_set(cfg, apps, derive_seed(cfg.seed, "apps"), rebuild)
     return Experiment(

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedge.algorithms.decentralized import PeerSettings
 from fedge.algorithms.federation import FederationSettings
+from fedge.algorithms.secure_settings import SecureAggregationSettings
 from fedge.algorithms.split import SplitSettings
 from fedge.core.errors import ConfigError, FedgeError
 from fedge.core.settings import config_error
@@ -196,6 +197,7 @@ class ExperimentConfig(Section):
     system: SystemConfig = SystemConfig()
     ray: RayConfig = RayConfig()
     grpc: GrpcSettings = GrpcSettings()
+    secure_aggregation: SecureAggregationSettings = SecureAggregationSettings()
     output: OutputConfig = OutputConfig()
     compression: list[CompressionConfig] = Field(
         default_factory=list, description="compressors per link, applied in order"
