@@ -28,7 +28,7 @@ from fedge.core.transport import Transport
 from fedge.core.update import ModelState, Update
 
 if TYPE_CHECKING:
-    from fedge.algorithms.secure import SecureAggregation
+    from fedge.algorithms.secure_settings import SecureRound
 
 
 @dataclass
@@ -50,9 +50,9 @@ class FedAvg(RoundLoop):
     selection_hint: SelectionHint | None = None
     """The devices' example counts and local training, for selectors that need them
     (deadline_aware; power_of_choice by data size); set by whoever builds the federation."""
-    secure: SecureAggregation | None = None
-    """Secure aggregation (``[secure_aggregation]``): the round's devices train inside its
-    protocol and the server learns only the weighted sum of their updates."""
+    secure: SecureRound | None = None
+    """Secure or homomorphic aggregation (``[secure_aggregation]``): the round's devices
+    train inside its protocol and the server learns only the weighted sum of their updates."""
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:

@@ -37,7 +37,7 @@ from fedge.core.update import ModelState
 from fedge.learning import ArrayDataset
 
 if TYPE_CHECKING:
-    from fedge.algorithms.secure import SecureAggregation
+    from fedge.algorithms.secure_settings import SecureRound
 
 Params = dict[str, float | int | str]
 
@@ -117,10 +117,10 @@ def with_cloud(apps: dict[str, NodeApp], coordinator: Any) -> Assembly:
     return Assembly({**apps, "cloud": NodeApp("cloud", "cloud")}, coordinator)
 
 
-def secure_aggregation(ctx: BuildContext, cohort: int) -> SecureAggregation | None:
-    """The server side of secure aggregation for cohorts of up to ``cohort`` devices, when
-    ``[secure_aggregation]`` is enabled; the ring is checked against the cohort and the
-    largest device weight (its sample count) here, before any round runs."""
+def secure_aggregation(ctx: BuildContext, cohort: int) -> SecureRound | None:
+    """The server side of secure (or homomorphic) aggregation for cohorts of up to
+    ``cohort`` devices, when ``[secure_aggregation]`` is enabled; the ring is checked against
+    the cohort and the largest device weight (its sample count) here, before any round."""
     s: SecureAggregationSettings = ctx.config.secure_aggregation
     if not s.enabled:
         return None
@@ -134,18 +134,30 @@ def secure_aggregation(ctx: BuildContext, cohort: int) -> SecureAggregation | No
             f">= {largest:g} (the largest device's sample count, its FedAvg weight)",
         )
     scale = scale_bits_for(s, cohort, s.max_weight or largest)
+    if s.mode == "paillier":
+        from fedge.algorithms.homomorphic import HomomorphicAggregation
+
+        return HomomorphicAggregation(s, scale)
     return SecureAggregation(s, scale, derive_seed(ctx.seed, "secagg"))
 
 
 def secured(ctx: BuildContext, assembly: Assembly) -> Assembly:
     """The assembly with the devices' secure-aggregation handlers and masking middleware
     (unchanged when ``[secure_aggregation]`` is off)."""
-    if not ctx.config.secure_aggregation.enabled:
+    s: SecureAggregationSettings = ctx.config.secure_aggregation
+    if not s.enabled:
         return assembly
+    devices = ctx.system.ids("device")
+    if s.mode == "paillier":
+        from fedge.algorithms.homomorphic import HEDevice, install_he_device
+
+        keeper = HEDevice(s.key_bits)
+        for d in devices:
+            install_he_device(assembly.apps[d], keeper)
+        return replace(assembly, finish={d: [keeper.encrypt] for d in devices})
     from fedge.algorithms.secure import SecAggDevice, install_device
 
     device = SecAggDevice()
-    devices = ctx.system.ids("device")
     for d in devices:
         install_device(assembly.apps[d], device)
     return replace(assembly, finish={d: [device.mask] for d in devices})

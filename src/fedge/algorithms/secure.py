@@ -60,7 +60,7 @@ TAIL = 2
 """Entries appended to the update vector: 1 (sums to Σ w) and the training loss."""
 
 
-def _u8(data: bytes | Sequence[bytes]) -> torch.Tensor:
+def as_u8(data: bytes | Sequence[bytes]) -> torch.Tensor:
     """Bytes (or equal-length byte strings, one per row) as a uint8 tensor."""
     if isinstance(data, bytes):
         return torch.frombuffer(bytearray(data), dtype=torch.uint8)
@@ -70,7 +70,7 @@ def _u8(data: bytes | Sequence[bytes]) -> torch.Tensor:
     return flat.reshape(len(data), -1)
 
 
-def _rows(t: torch.Tensor) -> list[bytes]:
+def byte_rows(t: torch.Tensor) -> list[bytes]:
     return [bytes(row.numpy().tobytes()) for row in t.reshape(t.shape[0], -1)]
 
 
@@ -90,14 +90,14 @@ class SecAggDevice:
     def keys(self, message: Message, ctx: NodeContext) -> Message:
         c, s = sa.generate_keypair(), sa.generate_keypair()
         ctx.state["secagg"] = {"round": message.round, "c": c, "s": s}
-        return message.reply("secagg_keys", {"keys": _u8(c.public + s.public)})
+        return message.reply("secagg_keys", {"keys": as_u8(c.public + s.public)})
 
     def share(self, message: Message, ctx: NodeContext) -> Message:
         mine = self._mine(message, ctx)
         p = message.payload
         ids: list[str] = list(p["ids"])
         points = dict(zip(ids, (int(x) for x in p["points"]), strict=True))
-        keys = dict(zip(ids, _rows(p["keys"]), strict=True))
+        keys = dict(zip(ids, byte_rows(p["keys"]), strict=True))
         b = sa.new_seed()
         t = int(p["t"])
         s_shares = sa.shamir_split(sa.secret_int(mine["s"].private), list(points.values()), t)
@@ -112,7 +112,7 @@ class SecAggDevice:
             key = sa.agree(mine["c"].private, keys[v][: sa.KEY_BYTES], "share")
             to.append(v)
             blobs.append(sa.encrypt(key, plain, _aad(message.round, ctx.node_id, v)))
-        return message.reply("secagg_shares", {"to": to, "ct": _u8(blobs)})
+        return message.reply("secagg_shares", {"to": to, "ct": as_u8(blobs)})
 
     @staticmethod
     def _mine(message: Message, ctx: NodeContext) -> dict[str, Any]:
@@ -129,12 +129,12 @@ class SecAggDevice:
         if request.kind != "train" or plan is None or "update" not in reply.payload:
             return reply
         mine = self._mine(request, ctx)
-        for src, blob in zip(plan["from"], _rows(plan["ct"]), strict=True):
+        for src, blob in zip(plan["from"], byte_rows(plan["ct"]), strict=True):
             key = sa.agree(mine["c"].private, mine["keys"][src][: sa.KEY_BYTES], "share")
             mine["held"][src] = sa.decrypt(key, blob, _aad(request.round, src, ctx.node_id))
         fp = sa.FixedPoint(int(plan["bits"]), int(plan["scale_bits"]), float(plan["clip"]))
         update: Update = reply.payload["update"]
-        z, _clipped = fp.encode(_vector(update, reference_model(request)), update.weight)
+        z, _clipped = fp.encode(update_vector(update, reference_model(request)), update.weight)
         pairs = {
             v: sa.agree(mine["s"].private, mine["keys"][v][sa.KEY_BYTES :], "mask")
             for v in plan["peers"]
@@ -160,15 +160,15 @@ class SecAggDevice:
         s_from = [v for v in dropped if v in held]
         out = {
             "b_from": b_from,
-            "b": _u8([held[v][half:] for v in b_from]),
+            "b": as_u8([held[v][half:] for v in b_from]),
             "s_from": s_from,
-            "s": _u8([held[v][:half] for v in s_from]),
+            "s": as_u8([held[v][:half] for v in s_from]),
         }
         ctx.state.pop("secagg", None)
         return message.reply("secagg_unmasked", out)
 
 
-def _vector(update: Update, reference: ModelState | None) -> np.ndarray:
+def update_vector(update: Update, reference: ModelState | None) -> np.ndarray:
     """The update's delta from the model the request carried, then 1 and its loss."""
     state = update.state
     if update.kind == "state" and reference is not None:
@@ -270,7 +270,13 @@ class SecureAggregation:
         self.fail_below("train", cohort, u3, here)
         shares = self._unmask(transport, cohort, u2, u3, r, rng)
         vector = self._recover(cohort, keys, masked, shares, u2, u3, here)
-        return self._result(vector, reference, transport.node_id, r, len(u2), len(u3), shares)
+        agg, summary = mean_update(vector, reference, transport.node_id, r)
+        metrics = {
+            "participants": float(len(u3)),
+            "secagg_dropped_before_masking": float(len(u2) - len(u3)),
+            "secagg_dropped_after_masking": float(len(u3) - len(shares)),
+        }
+        return agg, summary, metrics
 
     def _advertise(self, transport: Transport, cohort: Cohort, r: int) -> dict[str, bytes]:
         here = transport.node_id
@@ -288,7 +294,7 @@ class SecureAggregation:
             body = {
                 "ids": ids,
                 "points": [cohort.points[v] for v in ids],
-                "keys": _u8([keys[v] for v in ids]),
+                "keys": as_u8([keys[v] for v in ids]),
                 "t": cohort.t,
             }
             msgs.append(Message(transport.node_id, u, "secagg_share", r, body))
@@ -315,7 +321,7 @@ class SecureAggregation:
             box = {v: blob for v, blob in routed[u].items() if v in u2}
             plan = {
                 "from": list(box),
-                "ct": torch.stack(list(box.values())) if box else _u8([]),
+                "ct": torch.stack(list(box.values())) if box else as_u8([]),
                 "peers": [v for v in cohort.holders(u, u2) if v != u],
                 "bits": self.settings.bits,
                 "scale_bits": self.scale_bits,
@@ -391,34 +397,25 @@ class SecureAggregation:
         total = sa.unmask(sa.ring_sum(vectors, bits), self_seeds, orphans, bits)
         return sa.FixedPoint(bits, self.scale_bits, self.settings.clip).decode(total)
 
-    def _result(
-        self,
-        vector: np.ndarray,
-        reference: ModelState,
-        node: str,
-        r: int,
-        n2: int,
-        n3: int,
-        shares: Mapping[str, Message],
-    ) -> tuple[Aggregate, Update, dict[str, float]]:
-        total_w, loss_sum = float(vector[-2]), float(vector[-1])
-        mean = torch.from_numpy(vector[:-TAIL] / total_w)
-        keys = float_keys(reference)
-        mean_delta = unflatten(mean, reference, keys)
-        for k in reference:
-            if k not in keys:  # integer buffers keep the reference's value
-                mean_delta[k] = reference[k].clone()
-        summary = Update(
-            mean_delta,
-            total_w,
-            kind="delta",
-            metrics={"train_loss": loss_sum / total_w},
-            origin=node,
-            round=r,
-        )
-        metrics = {
-            "participants": float(n3),
-            "secagg_dropped_before_masking": float(n2 - n3),
-            "secagg_dropped_after_masking": float(n3 - len(shares)),
-        }
-        return Aggregate(reference, mean_delta, "delta"), summary, metrics
+
+def mean_update(
+    vector: np.ndarray, reference: ModelState, node: str, r: int
+) -> tuple[Aggregate, Update]:
+    """From the decoded sums (Σ w·Δ, Σ w, Σ w·loss): the mean delta as an ``Aggregate``
+    and a summary update carrying Σ w and the weighted mean loss."""
+    total_w, loss_sum = float(vector[-2]), float(vector[-1])
+    mean = torch.from_numpy(vector[:-TAIL] / total_w)
+    keys = float_keys(reference)
+    mean_delta = unflatten(mean, reference, keys)
+    for k in reference:
+        if k not in keys:  # integer buffers keep the reference's value
+            mean_delta[k] = reference[k].clone()
+    summary = Update(
+        mean_delta,
+        total_w,
+        kind="delta",
+        metrics={"train_loss": loss_sum / total_w},
+        origin=node,
+        round=r,
+    )
+    return Aggregate(reference, mean_delta, "delta"), summary

@@ -22,12 +22,18 @@ Choices stated here:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import Field, model_validator
 
 from fedge.core.errors import ConfigError
 from fedge.core.settings import Section
+from fedge.core.transport import Transport
+from fedge.core.update import ModelState, Update
+
+if TYPE_CHECKING:
+    from fedge.aggregation.pipeline import Aggregate
 
 MIN_SCALE_BITS = 8
 """Fewest fractional bits of the fixed-point encoding (a step of 2^-8 of a weighted entry)."""
@@ -90,11 +96,40 @@ class SecureAggregationSettings(Section):
             raise ConfigError(
                 "secure_aggregation.degree", self.degree, "an even number >= 2, or 0 (automatic)"
             )
+        if self.dropout_after_masking and self.mode == "paillier":
+            raise ConfigError(
+                "secure_aggregation.dropout_after_masking",
+                self.dropout_after_masking,
+                "0 for mode 'paillier' (it has no unmasking stage)",
+            )
         if self.degree and self.mode != "secagg+":
             raise ConfigError(
                 "secure_aggregation.degree", self.degree, f"0 for mode {self.mode!r} (secagg+ only)"
             )
         return self
+
+
+class SecureRound(Protocol):
+    """What a FedAvg round calls in place of collect-and-average: the server side of secure
+    aggregation (``fedge.algorithms.secure``) or of homomorphic aggregation
+    (``fedge.algorithms.homomorphic``)."""
+
+    def run(
+        self,
+        transport: Transport,
+        chosen: Sequence[str],
+        payload: Mapping[str, Any],
+        reference: ModelState,
+        r: int,
+        deadline_s: float | None,
+    ) -> tuple[Aggregate, Update, dict[str, float]]:
+        """The protocol over ``chosen``: the mean delta, a summary update (Σ w, mean loss)
+        and the protocol's metrics."""
+        ...
+
+    def empty_metrics(self) -> dict[str, float]:
+        """The protocol's metrics of a round without devices."""
+        ...
 
 
 def threshold_of(settings: SecureAggregationSettings, holders: int) -> int:
