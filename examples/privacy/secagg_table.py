@@ -83,13 +83,20 @@ def _bytes(sizes: dict[str, list[int]], way: str) -> float:
     return float(sum(sum(v) for k, v in sizes.items() if k.startswith(way)))
 
 
-def secagg_row(n: int, dim: int, dropout: float, mode: str, threshold: float) -> dict[str, Any]:
+def secagg_row(
+    n: int, dim: int, dropout: float, mode: str, threshold: float, degree: int = 0
+) -> dict[str, Any]:
     """One round of ``mode`` over ``n`` devices; bytes per device and the round's time."""
     reference = {"w": torch.zeros(dim)}
     algo, transport, plain_sizes = _federation(n, dim, None)
     algo.round(transport, reference, np.random.default_rng(0), 1)
     settings = SecureAggregationSettings(
-        enabled=True, mode=mode, dropout_after_masking=dropout, bits=32, threshold=threshold
+        enabled=True,
+        mode=mode,
+        dropout_after_masking=dropout,
+        bits=32,
+        threshold=threshold,
+        degree=degree if mode == "secagg+" else 0,
     )
     algo, transport, sizes = _federation(n, dim, settings)
     start = time.process_time()
@@ -155,7 +162,12 @@ def main() -> None:
     parser.add_argument("--dropouts", default="0,0.1,0.3")
     parser.add_argument("--he-dim", type=int, default=650, help="entries for Paillier")
     parser.add_argument("--he-n", type=int, default=10)
-    parser.add_argument("--he-keys", default="1024,2048")
+    parser.add_argument("--he-keys", default="1024,2048", help="Paillier key sizes; '' skips")
+    parser.add_argument(
+        "--modes",
+        default="secagg:0.6667,secagg+:0.6667,secagg+:0.55",
+        help="mode:threshold[:degree] entries (degree 0: automatic)",
+    )
     args = parser.parse_args()
     print(f"secure aggregation, {args.dim} entries, 32-bit ring, weight {WEIGHT:g} a device\n")
     print(
@@ -174,6 +186,8 @@ def main() -> None:
                     f"{row['cpu_s']:.2f} | {row['recovered']:.0f} | {row['status']} |",
                     flush=True,
                 )
+    if not args.he_keys:
+        return
     print(f"\nPaillier (phe), {args.he_n} devices, {args.he_dim} entries, 32-bit ring, packed\n")
     print(
         "| key bits | ciphertexts a device | ciphertext kB a device | expansion vs fp32 | "
@@ -188,8 +202,6 @@ def main() -> None:
             f"{row['aggregate_s']:.4f} | {row['decrypt_s']:.2f} |",
             flush=True,
         )
-    degrees = ", ".join(f"{n}: {sa.default_degree(n)}" for n in map(int, args.cohorts.split(",")))
-    print(f"\nSecAgg+ neighbours per device (n: k): {degrees}")
 
 
 if __name__ == "__main__":
