@@ -175,12 +175,13 @@ def main() -> None:
         "expansion vs fp32 | expansion vs 16-bit | round CPU (s) | recovered | status |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for mode, threshold in (("secagg", 2 / 3), ("secagg+", 2 / 3), ("secagg+", 0.55)):
+    for entry in args.modes.split(","):
+        mode, threshold, degree = [*entry.split(":"), "0"][:3]
         for n in (int(x) for x in args.cohorts.split(",")):
             for dropout in (float(x) for x in args.dropouts.split(",")):
-                row = secagg_row(n, args.dim, dropout, mode, threshold)
+                row = secagg_row(n, args.dim, dropout, mode, float(threshold), int(degree))
                 print(
-                    f"| {row['mode']} | {threshold:.2f} | {n} | {dropout:.0%} | "
+                    f"| {row['mode']} | {float(threshold):.2f} | {n} | {dropout:.0%} | "
                     f"{row['up_kb']:.1f} | {row['extra_down_kb']:.1f} | "
                     f"{row['expansion_fp32']:.3f} | {row['expansion_16bit']:.2f} | "
                     f"{row['cpu_s']:.2f} | {row['recovered']:.0f} | {row['status']} |",
