@@ -220,3 +220,34 @@ def test_cli_exits_2_on_a_bad_threshold(tiny_config: Path) -> None:
     )
     assert out.returncode == 2
     assert "secure_aggregation.threshold" in out.stderr and "Traceback" not in out.stderr
+
+
+def _drop_train_replies(exp: Experiment, lost: set[str]) -> None:
+    """Lose the ``train`` replies of ``lost`` (late or crashed after the share stage)."""
+    send = exp.transport.send
+
+    def lossy(messages, deadline_s=None):  # type: ignore[no-untyped-def]
+        replies = send(messages, deadline_s)
+        return [m for m in replies if not (m.kind == "update" and m.src in lost)]
+
+    exp.transport.send = lossy  # type: ignore[method-assign]
+
+
+def test_devices_lost_before_masking_have_their_pair_masks_removed() -> None:
+    cohort = ["federation.clients_per_round=9"]
+    probe = _build(*cohort)
+    seen = _record(probe)
+    _one_round(probe)
+    chosen = [m.dst for m, _ in seen if m.kind == "train"]
+    lost = set(chosen[:2])
+    plain = _build(*cohort)
+    _drop_train_replies(plain, lost)
+    expected, plain_metrics = _one_round(plain)
+    exp = _build(*cohort, *SECURE, "secure_aggregation.dropout_after_masking=0.15")
+    _drop_train_replies(exp, lost)
+    state, metrics = _one_round(exp)
+    assert metrics["secagg_dropped_before_masking"] == 2
+    assert metrics["secagg_dropped_after_masking"] == 1
+    assert metrics["participants"] == plain_metrics["participants"] == 7
+    weight = float(sum(len(exp.parts[int(d.removeprefix("dev"))]) for d in chosen[2:]))
+    assert _max_diff(state, expected) <= _step_bound(exp, metrics, weight)
