@@ -17,6 +17,7 @@ import argparse
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -165,8 +166,9 @@ def main() -> None:
     parser.add_argument("--he-keys", default="1024,2048", help="Paillier key sizes; '' skips")
     parser.add_argument(
         "--modes",
-        default="secagg:0.6667,secagg+:0.6667,secagg+:0.55",
-        help="mode:threshold[:degree] entries (degree 0: automatic)",
+        default="secagg:2/3,secagg+:2/3,secagg+:0.55",
+        help="mode:threshold[:degree] entries (threshold a decimal or a fraction such as 2/3; "
+        "degree 0: automatic)",
     )
     args = parser.parse_args()
     print(f"secure aggregation, {args.dim} entries, 32-bit ring, weight {WEIGHT:g} a device\n")
@@ -179,9 +181,10 @@ def main() -> None:
         mode, threshold, degree = [*entry.split(":"), "0"][:3]
         for n in (int(x) for x in args.cohorts.split(",")):
             for dropout in (float(x) for x in args.dropouts.split(",")):
-                row = secagg_row(n, args.dim, dropout, mode, float(threshold), int(degree))
+                share = float(Fraction(threshold))
+                row = secagg_row(n, args.dim, dropout, mode, share, int(degree))
                 print(
-                    f"| {row['mode']} | {float(threshold):.2f} | {n} | {dropout:.0%} | "
+                    f"| {row['mode']} | {share:.2f} | {n} | {dropout:.0%} | "
                     f"{row['up_kb']:.1f} | {row['extra_down_kb']:.1f} | "
                     f"{row['expansion_fp32']:.3f} | {row['expansion_16bit']:.2f} | "
                     f"{row['cpu_s']:.2f} | {row['recovered']:.0f} | {row['status']} |",
