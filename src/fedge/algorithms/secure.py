@@ -102,7 +102,7 @@ class SecAggDevice:
         t = int(p["t"])
         s_shares = sa.shamir_split(sa.secret_int(mine["s"].private), list(points.values()), t)
         b_shares = sa.shamir_split(sa.secret_int(b), list(points.values()), t)
-        mine.update(b=b, keys=keys, held={}, points=points)
+        mine.update(b=b, keys=keys, held={}, points=points, t=t)
         to, blobs = [], []
         for v in ids:
             plain = sa.share_bytes(s_shares[points[v]]) + sa.share_bytes(b_shares[points[v]])
@@ -154,8 +154,12 @@ class SecAggDevice:
         survivors, dropped = list(message.payload["survivors"]), list(message.payload["dropped"])
         if set(survivors) & set(dropped):
             raise sa.SecAggError(f"{ctx.node_id}: asked for both secrets of a device")
-        half = sa.SHARE_BYTES
         held: dict[str, bytes] = mine["held"]
+        if sum(v in held for v in survivors) < mine["t"]:  # Bonawitz: refuse below t
+            raise sa.SecAggError(
+                f"{ctx.node_id}: only {len(survivors)} survivors named, below t={mine['t']}"
+            )
+        half = sa.SHARE_BYTES
         b_from = [v for v in survivors if v in held]
         s_from = [v for v in dropped if v in held]
         out = {
