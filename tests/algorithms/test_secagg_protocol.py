@@ -251,3 +251,17 @@ def test_devices_lost_before_masking_have_their_pair_masks_removed() -> None:
     assert metrics["participants"] == plain_metrics["participants"] == 7
     weight = float(sum(len(exp.parts[int(d.removeprefix("dev"))]) for d in chosen[2:]))
     assert _max_diff(state, expected) <= _step_bound(exp, metrics, weight)
+
+
+def test_masking_comes_after_compression() -> None:
+    topk = "compression=[{link='device-cloud', method='topk', ratio=0.1}]"
+    plain = _build(topk)
+    expected, _ = _one_round(plain)
+    exp = _build(topk, *SECURE)
+    seen = _record(exp)
+    state, metrics = _one_round(exp)
+    chosen = [m.dst for m, _ in seen if m.kind == "train"]
+    weight = float(sum(len(exp.parts[int(d.removeprefix("dev"))]) for d in chosen))
+    assert _max_diff(state, expected) <= _step_bound(exp, metrics, weight)
+    masked = [r.payload["update"] for m, r in seen if m.kind == "train"]
+    assert all(u.encoding is None and "masked" in u.state for u in masked)  # dense on the ring

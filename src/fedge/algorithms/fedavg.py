@@ -10,7 +10,7 @@ arrive before the deadline and applies the server optimizer.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -126,6 +126,9 @@ class FedAvg(RoundLoop):
             empty = {"participants": 0.0, "train_loss": float("nan")}
             return state, {**metrics, **empty, **self.secure.empty_metrics()}, []
         agg, summary, extra = self.secure.run(transport, chosen, payload, state, r, self.deadline_s)
+        # finalize stages (noise, accounting) see one update, the sum's, with its count
+        counted = {**summary.metrics, "participants": extra["participants"]}
+        summary = replace(summary, metrics=counted)
         state = self.pipeline.finalize(agg, [summary], rng)
         return state, {**metrics, "train_loss": summary.metrics["train_loss"], **extra}, [summary]
 
