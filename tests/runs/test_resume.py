@@ -163,6 +163,7 @@ CASES = {
     "msfl": ["algorithm='msfl'", "rounds=4"],
     "dpmn": ["algorithm='dpmn'", "rounds=4", "system.devices=6"],
     "splitfed": ["algorithm='splitfed'", "rounds=3"],
+    "secure_aggregation": ["secure_aggregation.enabled=true", "rounds=4"],
     "hierarchical_compressed": [
         "algorithm='hierarchical'",
         "rounds=4",

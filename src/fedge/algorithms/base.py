@@ -11,7 +11,7 @@ import numpy as np
 from torch import nn
 
 from fedge.core.errors import ConfigError
-from fedge.core.node import NodeApp
+from fedge.core.node import Middleware, NodeApp
 from fedge.core.registry import Registry
 from fedge.core.settings import Section
 from fedge.core.transport import Transport
@@ -162,6 +162,9 @@ class Assembly:
     apps: Mapping[str, NodeApp]
     coordinator: Coordinator
     driver: str = "cloud"
+    finish: Mapping[str, Sequence[Middleware]] = field(default_factory=dict)
+    """Middleware per node that runs last on its replies, after the client pipeline
+    (secure aggregation masks the update that compression already shaped)."""
 
 
 Check = Callable[[Any], None]
@@ -199,6 +202,8 @@ class AlgorithmSpec:
     fine-tunes them itself; ``none``, fine-tuning is refused (no global model)."""
     unused: tuple[str, ...] = ()
     """Keys of its section it does not read: a config that sets one gets a warning."""
+    secure: bool = False
+    """Its servers average device updates and can do so securely (``[secure_aggregation]``)."""
 
     def section(self, config: Any) -> Section:
         """The algorithm's section from ``config`` with the variant's defaults applied

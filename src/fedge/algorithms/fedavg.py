@@ -10,8 +10,8 @@ arrive before the deadline and applies the server optimizer.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from fedge.core.errors import ConfigError
 from fedge.core.message import Message
 from fedge.core.transport import Transport
 from fedge.core.update import ModelState, Update
+
+if TYPE_CHECKING:
+    from fedge.algorithms.secure_settings import SecureRound
 
 
 @dataclass
@@ -47,6 +50,9 @@ class FedAvg(RoundLoop):
     selection_hint: SelectionHint | None = None
     """The devices' example counts and local training, for selectors that need them
     (deadline_aware; power_of_choice by data size); set by whoever builds the federation."""
+    secure: SecureRound | None = None
+    """Secure or homomorphic aggregation (``[secure_aggregation]``): the round's devices
+    train inside its protocol and the server learns only the weighted sum of their updates."""
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
@@ -90,6 +96,8 @@ class FedAvg(RoundLoop):
         if overrides:
             payload["train"] = overrides
         chosen = self.select(transport, rng, r, payload)
+        if self.secure is not None:
+            return self._secure_round(transport, state, rng, r, chosen, payload)
         msgs = [Message(transport.node_id, d, "train", r, payload) for d in chosen]
         updates = [m.payload["update"] for m in transport.send(msgs, self.deadline_s)]
         state = self.pipeline.run(state, updates, rng)
@@ -99,6 +107,30 @@ class FedAvg(RoundLoop):
             "train_loss": weighted_metric(updates, "train_loss"),
         }
         return state, metrics, updates
+
+    def _secure_round(
+        self,
+        transport: Transport,
+        state: ModelState,
+        rng: np.random.Generator,
+        r: int,
+        chosen: list[str],
+        payload: dict[str, Any],
+    ) -> tuple[ModelState, dict[str, float], list[Update]]:
+        """The round through secure aggregation: its mean delta goes to the pipeline's
+        finalize stages and server optimizer; the one update returned is the sum's summary
+        (total weight, mean training loss)."""
+        assert self.secure is not None
+        metrics: dict[str, float] = {"selected": float(len(chosen))}
+        if not chosen:
+            empty = {"participants": 0.0, "train_loss": float("nan")}
+            return state, {**metrics, **empty, **self.secure.empty_metrics()}, []
+        agg, summary, extra = self.secure.run(transport, chosen, payload, state, r, self.deadline_s)
+        # finalize stages (noise, accounting) see one update, the sum's, with its count
+        counted = {**summary.metrics, "participants": extra["participants"]}
+        summary = replace(summary, metrics=counted)
+        state = self.pipeline.finalize(agg, [summary], rng)
+        return state, {**metrics, "train_loss": summary.metrics["train_loss"], **extra}, [summary]
 
     def step(
         self, transport: Transport, state: ModelState, rng: np.random.Generator, r: int, rounds: int

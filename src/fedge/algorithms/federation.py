@@ -9,7 +9,8 @@ section is validated, before any data is loaded.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Literal
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -27,12 +28,16 @@ from fedge.algorithms.base import (
 from fedge.algorithms.fedavg import FedAvg
 from fedge.algorithms.hierarchical import EdgeServer, HierarchicalFL, kappa1_bounds
 from fedge.algorithms.multiserver import Exchange, MultiServerFL
+from fedge.algorithms.secure_settings import SecureAggregationSettings, scale_bits_for
 from fedge.algorithms.selection import SelectionHint, make_selector
 from fedge.core.errors import ConfigError
-from fedge.core.node import LazyApps, NodeApp
+from fedge.core.node import LazyApps, NodeApp, derive_seed, each_app
 from fedge.core.settings import Section
 from fedge.core.update import ModelState
 from fedge.learning import ArrayDataset
+
+if TYPE_CHECKING:
+    from fedge.algorithms.secure_settings import SecureRound
 
 Params = dict[str, float | int | str]
 
@@ -118,6 +123,55 @@ def with_cloud(apps: dict[str, NodeApp], coordinator: Any) -> Assembly:
     return Assembly({**apps, "cloud": NodeApp("cloud", "cloud")}, coordinator)
 
 
+def secure_aggregation(ctx: BuildContext, cohort: int) -> SecureRound | None:
+    """The server side of secure (or homomorphic) aggregation for cohorts of up to
+    ``cohort`` devices, when ``[secure_aggregation]`` is enabled; the ring is checked against
+    the cohort and the largest device weight (its sample count) here, before any round."""
+    s: SecureAggregationSettings = ctx.config.secure_aggregation
+    if not s.enabled:
+        return None
+    from fedge.algorithms.secure import SecureAggregation
+
+    largest = float(max((len(idx) for idx in ctx.parts), default=1))
+    if s.max_weight is not None and s.max_weight < largest:
+        raise ConfigError(
+            "secure_aggregation.max_weight",
+            s.max_weight,
+            f">= {largest:g} (the largest device's sample count, its FedAvg weight)",
+        )
+    scale = scale_bits_for(s, cohort, s.max_weight or largest)
+    if s.mode == "paillier":
+        from fedge.algorithms.homomorphic import HomomorphicAggregation
+
+        return HomomorphicAggregation(s, scale)
+    return SecureAggregation(s, scale, derive_seed(ctx.seed, "secagg"))
+
+
+def secured(ctx: BuildContext, assembly: Assembly) -> Assembly:
+    """The assembly with the devices' secure-aggregation handlers and masking middleware
+    (unchanged when ``[secure_aggregation]`` is off)."""
+    s: SecureAggregationSettings = ctx.config.secure_aggregation
+    if not s.enabled:
+        return assembly
+    devices = ctx.system.ids("device")
+    if s.mode == "paillier":
+        from fedge.algorithms.homomorphic import HEDevice, install_he_device
+
+        keeper = HEDevice(s.key_bits)
+        each_app(assembly.apps, lambda app: _on_device(app, install_he_device, keeper))
+        return replace(assembly, finish={d: [keeper.encrypt] for d in devices})
+    from fedge.algorithms.secure import SecAggDevice, install_device
+
+    device = SecAggDevice()
+    each_app(assembly.apps, lambda app: _on_device(app, install_device, device))
+    return replace(assembly, finish={d: [device.mask] for d in devices})
+
+
+def _on_device(app: NodeApp, install: Callable[[NodeApp, Any], None], side: Any) -> None:
+    if app.tier == "device":
+        install(app, side)
+
+
 def _optimizer(s: FederationSettings) -> dict[str, Any]:
     out: dict[str, Any] = {"server_params": dict(s.server_params)}
     if s.server_optimizer is not None:
@@ -147,8 +201,9 @@ def assemble_fedavg(ctx: BuildContext) -> Assembly:
         deadline_s=s.deadline_s,
         **_optimizer(s),
         **_selection(ctx),
+        secure=secure_aggregation(ctx, min(s.clients_per_round, len(ctx.parts))),
     )
-    return Assembly(device_apps(ctx), coordinator)
+    return secured(ctx, Assembly(device_apps(ctx), coordinator))
 
 
 def edge_apps(ctx: BuildContext, exchange: bool) -> dict[str, NodeApp]:
@@ -164,13 +219,15 @@ def edge_apps(ctx: BuildContext, exchange: bool) -> dict[str, NodeApp]:
         raise ConfigError(
             "federation.malicious_edges", unknown, "edge ids among " + ", ".join(edges)
         )
+    cohort = s.clients_per_edge or len(ctx.system.ids("device"))
     inner = FedAvg(
-        clients_per_round=s.clients_per_edge or len(ctx.system.ids("device")),
+        clients_per_round=cohort,
         aggregator=s.aggregator,
         aggregator_params=dict(s.aggregator_params),
         deadline_s=s.deadline_s,
         on_handover="redirect" if s.handover else "drop",
         **_selection(ctx),
+        secure=secure_aggregation(ctx, min(cohort, len(ctx.parts))),
     )
     evaluate = ctx.evaluator()
     server = EdgeServer(inner, evaluate, absorb_handovers=not exchange)
@@ -204,7 +261,7 @@ def assemble_hierarchical(ctx: BuildContext) -> Assembly:
         kappa1_rule=s.kappa1_rule,
         kappa1_params=dict(s.kappa1_params),
     )
-    return Assembly(device_apps(ctx, edge_apps(ctx, exchange=False)), coordinator)
+    return secured(ctx, Assembly(device_apps(ctx, edge_apps(ctx, exchange=False)), coordinator))
 
 
 def multiserver(exchange: bool) -> Callable[[BuildContext], Assembly]:
@@ -220,7 +277,7 @@ def multiserver(exchange: bool) -> Callable[[BuildContext], Assembly]:
             exchange=exchange,
             evaluate_every=s.evaluate_every,
         )
-        return Assembly(device_apps(ctx, edge_apps(ctx, exchange)), coordinator)
+        return secured(ctx, Assembly(device_apps(ctx, edge_apps(ctx, exchange)), coordinator))
 
     return assemble
 
@@ -258,6 +315,7 @@ def _family(name: str, description: str, check: Check | None = None, **defaults:
             links=("device-cloud",),
             check=check,
             unused=EDGE_ONLY + EXCHANGE_ONLY,
+            secure=True,
         )
     )
 
@@ -283,6 +341,7 @@ register_algorithm(
         roles=("edge",),
         links=("device-edge", "edge-cloud"),
         unused=EXCHANGE_ONLY + CLOUD_ONLY,
+        secure=True,
     )
 )
 register_algorithm(
@@ -297,6 +356,7 @@ register_algorithm(
         check=_fixed_kappa1,
         finetune="none",
         unused=(*CLOUD_ONLY, "kappa1_rule", "kappa1_params"),
+        secure=True,
     )
 )
 register_algorithm(
@@ -310,5 +370,6 @@ register_algorithm(
         check=_fixed_kappa1,
         finetune="none",
         unused=EXCHANGE_ONLY + CLOUD_ONLY + ("kappa1_rule", "kappa1_params"),
+        secure=True,
     )
 )

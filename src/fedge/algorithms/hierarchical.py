@@ -60,16 +60,22 @@ class EdgeServer:
         downstream = ctx.downstream
         assert downstream is not None, "an edge needs a downstream transport"
         updates: list[Update] = []
+        participants = 0.0
         for k in range(int(p["edge_rounds"])):
             index = int(p["first_round"]) + k
-            state, _, updates = self.inner.round(downstream, state, ctx.rng, index, p.get("train"))
+            state, inner, updates = self.inner.round(
+                downstream, state, ctx.rng, index, p.get("train")
+            )
+            participants = inner["participants"]
         if self.absorb_handovers and ctx.state.get("inbox"):
+            before = len(updates)
             state, updates = _absorb(state, updates, ctx.state.pop("inbox"))
+            participants += len(updates) - before
         ctx.state["model"] = state
         weight = float(sum(u.weight for u in updates))
         metrics = {
             "train_loss": weighted_metric(updates, "train_loss"),
-            "participants": float(len(updates)),
+            "participants": float(participants),
         }
         out: dict[str, Any] = {}
         if p.get("return_model", True) and updates:

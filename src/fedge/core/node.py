@@ -171,3 +171,13 @@ class LazyApps(Mapping[str, NodeApp]):
         for app in (*self._eager.values(), *self._made.values()):
             hook(app)
         self._on_make.append(hook)
+
+
+def each_app(apps: Mapping[str, NodeApp], hook: Callable[[NodeApp], object]) -> None:
+    """Run ``hook`` on every app of ``apps``: now, or for a :class:`LazyApps` on its eager
+    apps now and on each lazy one when it is made (so a large population stays lazy)."""
+    if isinstance(apps, LazyApps):
+        apps.on_make(hook)
+        return
+    for app in apps.values():
+        hook(app)

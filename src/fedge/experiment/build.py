@@ -12,8 +12,9 @@ from torch import nn
 
 from fedge.algorithms import ALGORITHMS, AlgorithmSpec, BuildContext, Coordinator
 from fedge.algorithms.personalization import check_personalization, finetuning, personalize
+from fedge.algorithms.secure_settings import check_secure
 from fedge.core.errors import ConfigError, FedgeError
-from fedge.core.node import LazyApps, NodeApp, derive_seed
+from fedge.core.node import Middleware, NodeApp, derive_seed, each_app
 from fedge.core.registry import resolve_import_path
 from fedge.core.settings import Section
 from fedge.core.update import ModelState
@@ -112,6 +113,7 @@ def _checked(cfg: ExperimentConfig) -> tuple[AlgorithmSpec, Section, dict[str, l
     if spec.check is not None:
         spec.check(cfg)
     check_personalization(cfg, spec)
+    check_secure(cfg, spec.secure, "edge" in spec.roles)
     return spec, settings, client_pipeline(cfg, spec)
 
 
@@ -172,6 +174,12 @@ def _model(cfg: ExperimentConfig, train: ArrayDataset) -> nn.Module:
         raise ConfigError("model.name", exc.value, exc.allowed) from None
     except FedgeError as exc:  # the user's factory raised
         raise FedgeError(f"model.name: {exc}") from None
+
+
+def _finish(app: NodeApp, finish: Mapping[str, Sequence[Middleware]]) -> None:
+    """Install the middleware the assembly wants last on ``app`` (after the client pipeline)."""
+    for middleware in finish.get(app.node_id, ()):
+        app.use(middleware)
 
 
 def client_pipeline(cfg: ExperimentConfig, spec: AlgorithmSpec) -> dict[str, list[Transform]]:
@@ -398,11 +406,9 @@ def build(cfg: ExperimentConfig) -> Experiment:
     assembly = personalize(ctx, spec, spec.assemble(ctx))
     apps = assembly.apps
     if links:
-        if isinstance(apps, LazyApps):
-            apps.on_make(lambda app: app.use(ClientPipeline(links, system.tier)))
-        else:
-            for app in apps.values():
-                app.use(ClientPipeline(links, system.tier))
+        each_app(apps, lambda app: app.use(ClientPipeline(links, system.tier)))
+    if assembly.finish:
+        each_app(apps, lambda app: _finish(app, assembly.finish))
     rebuild = partial(node_apps, portable_paths(cfg))
     nodes = node_set(cfg, apps, derive_seed(cfg.seed, "apps"), rebuild)
     return Experiment(

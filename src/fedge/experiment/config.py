@@ -23,6 +23,7 @@ from fedge.algorithms.clustered import ClusterSettings
 from fedge.algorithms.decentralized import PeerSettings
 from fedge.algorithms.federation import FederationSettings
 from fedge.algorithms.personalization import PersonalizationSettings
+from fedge.algorithms.secure_settings import SecureAggregationSettings
 from fedge.algorithms.split import SplitSettings
 from fedge.caching.settings import CachingSettings
 from fedge.core.errors import ConfigError, FedgeError
@@ -249,6 +250,7 @@ class ExperimentConfig(Section):
     system: SystemConfig = SystemConfig()
     ray: RayConfig = RayConfig()
     grpc: GrpcSettings = GrpcSettings()
+    secure_aggregation: SecureAggregationSettings = SecureAggregationSettings()
     output: OutputConfig = OutputConfig()
     compression: list[CompressionConfig] = Field(
         default_factory=list, description="compressors per link, applied in order"
