@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         default="all",
         help="one of all, algorithms, engines, datasets, partitioners, models, aggregators, "
-        "server-optimizers, interserver-rules, selectors, compressors, codecs, studies",
+        "server-optimizers, interserver-rules, selectors, compressors, codecs, studies, attacks",
     )
     _add_compare(sub)
     _add_schedule(sub)
@@ -144,6 +144,7 @@ def _registries() -> dict[str, list[tuple[str, str]]]:
     from fedge.learning import DATASETS, MODELS, PARTITIONERS
     from fedge.runs.study import STUDIES
     from fedge.transforms import COMPRESSORS
+    from fedge.transforms.attacks import ATTACKS
 
     return {
         "algorithms": ALGORITHMS.describe(),
@@ -158,6 +159,7 @@ def _registries() -> dict[str, list[tuple[str, str]]]:
         "compressors": COMPRESSORS.describe(),
         "codecs": CODECS.describe(),
         "studies": STUDIES.describe(),
+        "attacks": ATTACKS.describe(),
     }
 
 

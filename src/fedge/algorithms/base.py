@@ -29,6 +29,8 @@ class RoundRecord:
     metrics: Mapping[str, float]
     evaluated: bool = False
     """True when ``metrics`` already hold the evaluation (e.g. edges evaluated their models)."""
+    flagged: tuple[str, ...] = ()
+    """Participants that the aggregators' detection has flagged so far (every tier)."""
 
 
 Observer = Callable[[RoundRecord], bool]
@@ -124,6 +126,8 @@ class BuildContext:
     model: nn.Module
     profile: ModelProfile
     seed: int
+    attackers: frozenset[str] = frozenset()
+    """Nodes configured to attack (``[[attack]]``): for reports that keep to honest nodes."""
 
     def evaluator(self, data: ArrayDataset | None = None) -> Evaluator:
         """Evaluates a state with the shared model on ``data`` (default: the test set)."""

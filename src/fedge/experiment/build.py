@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -10,10 +11,20 @@ import numpy as np
 from torch import nn
 
 from fedge.algorithms import ALGORITHMS, AlgorithmSpec, BuildContext, Coordinator
+from fedge.algorithms.base import EVAL_BATCH
 from fedge.core.errors import ConfigError
 from fedge.core.node import NodeApp, derive_seed
 from fedge.core.settings import Section
 from fedge.core.update import ModelState
+from fedge.experiment.attack import (
+    PlannedAttack,
+    attack_links,
+    attackers,
+    backdoor_probe,
+    check_attacks,
+    choose_attackers,
+    poison_data,
+)
 from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.engines import ENGINES, node_set, portable_paths
 from fedge.experiment.systems import build_system
@@ -24,7 +35,9 @@ from fedge.learning import (
     ArrayDataset,
     build_model,
     class_histogram,
+    evaluate,
     load_dataset,
+    load_state,
     profile,
     state_of,
 )
@@ -52,15 +65,25 @@ class Experiment:
     coordinator: Coordinator
     initial_state: ModelState
     rng: np.random.Generator
+    attacks: list[PlannedAttack] = field(default_factory=list)
+    """The ``[[attack]]`` entries with the nodes drawn for each."""
+    probes: list[Callable[[ModelState], dict[str, float]]] = field(default_factory=list)
+    """Extra figures of an evaluated global model (the backdoor's success rate)."""
 
     def partition_report(self) -> dict[str, Any]:
         hist = class_histogram(self.train.y.numpy(), self.parts, self.train.n_classes)
         devices = self.system.ids("device")
-        return {
+        report: dict[str, Any] = {
             "partition": self.config.data.partition,
             "class_names": list(self.train.class_names),
             "devices": {d: row.tolist() for d, row in zip(devices, hist, strict=True)},
         }
+        if self.attacks:
+            report["attacks"] = [a.report() for a in self.attacks]
+        return report
+
+    def attackers(self) -> frozenset[str]:
+        return attackers(self.attacks)
 
 
 def check_names(cfg: ExperimentConfig) -> AlgorithmSpec:
@@ -81,7 +104,9 @@ def _checked(cfg: ExperimentConfig) -> tuple[AlgorithmSpec, Section, dict[str, l
     settings = spec.section(cfg)  # the variant's defaults applied and checked
     if spec.check is not None:
         spec.check(cfg)
-    return spec, settings, client_pipeline(cfg, spec)
+    links = client_pipeline(cfg, spec)
+    check_attacks(cfg, spec)
+    return spec, settings, links
 
 
 def client_pipeline(cfg: ExperimentConfig, spec: AlgorithmSpec) -> dict[str, list[Transform]]:
@@ -177,8 +202,10 @@ def build(cfg: ExperimentConfig) -> Experiment:
     its apps and coordinator; the update pipeline and the engine come last."""
     spec, settings, links = _checked(cfg)
     system = build_system(cfg.system, cfg.seed)
+    plans = choose_attackers(check_attacks(cfg, spec), system, cfg.seed)
     train, test = _data(cfg)
-    train, validation = _split_validation(cfg, train, len(system.ids("edge")), spec.validation)
+    needs_validation = spec.validation or cfg.defence.detection != "none"
+    train, validation = _split_validation(cfg, train, len(system.ids("edge")), needs_validation)
     parts = _partition(cfg, train, system)
     model = build_model(
         cfg.model.name, train.input_shape, train.n_classes, seed=derive_seed(cfg.seed, "init")
@@ -197,12 +224,16 @@ def build(cfg: ExperimentConfig) -> Experiment:
         model=model,
         profile=profile(model, train.input_shape),
         seed=cfg.seed,
+        attackers=attackers(plans),
     )
     assembly = spec.assemble(ctx)
     apps = assembly.apps
-    if links:
-        for app in apps.values():
-            app.use(ClientPipeline(links, system.tier))
+    poison_data(plans, apps, train, cfg.seed)
+    own_links = attack_links(plans, spec, links)
+    for node, app in apps.items():
+        app_links = own_links.get(node, links)
+        if app_links:
+            app.use(ClientPipeline(app_links, system.tier))
     rebuild = partial(node_apps, portable_paths(cfg))
     nodes = node_set(cfg, apps, derive_seed(cfg.seed, "apps"), rebuild)
     return Experiment(
@@ -217,7 +248,20 @@ def build(cfg: ExperimentConfig) -> Experiment:
         coordinator=assembly.coordinator,
         initial_state=state_of(model),
         rng=np.random.default_rng(derive_seed(cfg.seed, "coordinator")),
+        attacks=plans,
+        probes=_probes(plans, test, model),
     )
+
+
+def _probes(
+    plans: list[PlannedAttack], test: ArrayDataset, model: nn.Module
+) -> list[Callable[[ModelState], dict[str, float]]]:
+    def accuracy(state: ModelState, data: ArrayDataset) -> float:
+        load_state(model, state)
+        return evaluate(model, data, batch_size=EVAL_BATCH).accuracy
+
+    probe = backdoor_probe(plans, test, accuracy)
+    return [] if probe is None else [probe]
 
 
 def node_apps(cfg: ExperimentConfig) -> dict[str, NodeApp]:
