@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedge.studies.compare import Stat, summarise
+
 ATTACKS = ("sign_flip", "gaussian", "scaled", "label_flip", "backdoor", "free_rider")
 DEFENCES = ("mean", "median", "trimmed_mean", "multikrum", "norm_bound", "detection")
 FIGURES = (
@@ -23,11 +25,20 @@ FIGURES = (
 )
 
 
-def _cell(metrics: dict[str, Any], key: str) -> str:
-    stat = metrics.get(key)
+def _cell(stats: dict[str, Stat], key: str) -> str:
+    stat = stats.get(key)
     if stat is None:
         return "–"
-    return f"{stat['mean']:.3f} ± {stat['ci95']:.3f}"
+    return f"{stat.mean:.3f} ± {stat.ci95:.3f}"
+
+
+def _stats(compare_dir: Path, entry: dict[str, Any]) -> dict[str, Stat]:
+    """Mean and 95% CI over the variant's runs, from each run's summary.json."""
+    summaries = [
+        json.loads((compare_dir / "runs" / run / "summary.json").read_text())
+        for run in entry["runs"]
+    ]
+    return summarise(summaries, [key for key, _ in FIGURES])
 
 
 def rows(root: Path) -> list[list[str]]:
@@ -37,7 +48,8 @@ def rows(root: Path) -> list[list[str]]:
         attack, defence = slug.split("-")[:2]
         for entry in json.loads(path.read_text()):
             share = entry["variant"].get("attack.0.share", "")
-            figures = [_cell(entry["metrics"], key) for key, _ in FIGURES]
+            stats = _stats(path.parent, entry)
+            figures = [_cell(stats, key) for key, _ in FIGURES]
             out.append([attack, defence, f"{share}", str(entry["n"]), *figures])
     return sorted(out, key=_order)
 

@@ -112,3 +112,20 @@ def test_cli_exits_2_on_a_bad_attack(tiny_config):
     )
     assert proc.returncode == 2
     assert "attack[0].share" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_hfl_edge_attacker_poisons_its_uplink_to_the_cloud(tiny_config):
+    sets = [
+        "algorithm='hierarchical'",
+        attack(kind="scaled", nodes=["edge1"], tier="edge", scale=-2.0),
+    ]
+    exp = build(load_config(tiny_config, sets))
+    honest = build(load_config(tiny_config, ["algorithm='hierarchical'"]))
+    payload = {"model": Update(exp.initial_state, round=1), "edge_rounds": 1, "first_round": 1}
+    sent, kept = (
+        e.transport.send([Message("cloud", "edge1", "edge_train", 1, payload)])[0].payload["update"]
+        for e in (exp, honest)
+    )
+    ref = flatten(exp.initial_state)
+    assert sent.kind == "delta" and kept.kind == "state"
+    assert torch.allclose(flatten(sent.state), -2.0 * (flatten(kept.state) - ref), atol=1e-5)

@@ -31,7 +31,7 @@ from fedge.results.comparison import (
 )
 from fedge.results.recipe import ci95
 from fedge.runs.result import RunResult
-from fedge.runs.run import run_experiment
+from fedge.runs.run import ROBUSTNESS_KEYS, run_experiment
 from fedge.runs.study import check_study
 
 METRICS = (
@@ -220,7 +220,9 @@ def _run_all(
                 echo(f"[{done}/{total}] {variant.label}, seed={config.seed}")
             runs.append(run_experiment(config, out_dir=runs_dir, progress=progress))
         summaries = [_summary(run) for run in runs]
-        keys = METRICS if configs[0].study is None else study_metrics(summaries)
+        keys = (
+            (*METRICS, *ROBUSTNESS_KEYS) if configs[0].study is None else study_metrics(summaries)
+        )
         stats = summarise(summaries, keys)
         results.append(VariantResult(variant, [c.seed for c in configs], runs, stats))
     return results
