@@ -18,7 +18,8 @@ RULES=federation.interserver=wa,ba,sa,dwaa,spaa
 {
   compare rules-dirichlet --vary "$RULES" "${DIRICHLET[@]}" > "$OUT.rules-dirichlet.txt"
   compare malicious --vary federation.interserver=wa,ba,dwaa,spaa \
-    --set "federation.malicious_edges=['edge1']" > "$OUT.malicious.txt"
+    --set "attack=[{kind='gaussian', std=10.0, relative=true, replace=true, tier='edge', nodes=['edge1']}]" \
+    > "$OUT.malicious.txt"
 } &
 wait
 tail -n +1 "$OUT".*.txt

@@ -205,6 +205,7 @@ def _registries() -> dict[str, list[tuple[str, str]]]:
     from fedge.orchestration.scheduling import SCHEDULERS
     from fedge.runs.study import STUDIES
     from fedge.transforms import COMPRESSORS
+    from fedge.transforms.attacks import ATTACKS
 
     registries: dict[str, Any] = {
         "algorithms": ALGORITHMS,
@@ -221,6 +222,7 @@ def _registries() -> dict[str, list[tuple[str, str]]]:
         "studies": STUDIES,
         "schedulers": SCHEDULERS,
         "caching-policies": POLICIES,
+        "attacks": ATTACKS,
     }
     out = {name: reg.describe(full=True) for name, reg in registries.items()}
     out["recipes"] = _recipes()

@@ -89,9 +89,7 @@ def test_a_malicious_edge_hurts_wa_but_not_ba(tiny_config):
     attack = [
         *MSFL,
         "rounds=2",
-        "federation.malicious_edges=['edge1']",
-        "federation.malicious_mode='scaled'",
-        "federation.malicious_scale=-5.0",
+        "attack=[{kind = 'scaled', scale = -5.0, tier = 'edge', nodes = ['edge1']}]",
     ]
     acc = {}
     for rule in ("wa", "ba"):
@@ -105,5 +103,23 @@ def test_a_malicious_edge_hurts_wa_but_not_ba(tiny_config):
 def test_unknown_malicious_edge_is_rejected(tiny_config):
     from fedge.core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="malicious_edges"):
-        build(load_config(tiny_config, [*MSFL, "federation.malicious_edges=['edge9']"]))
+    bad = "attack=[{kind = 'gaussian', tier = 'edge', nodes = ['edge9']}]"
+    with pytest.raises(ConfigError, match=r"attack\[0\]\.nodes"):
+        build(load_config(tiny_config, [*MSFL, bad]))
+
+
+def test_a_malicious_edge_poisons_only_what_it_publishes_to_peers(tiny_config):
+    """The edge's own model stays honest; its peers receive the configured poison."""
+    entry = "attack=[{kind = 'scaled', scale = -5.0, tier = 'edge', nodes = ['edge1']}]"
+    exp = build(load_config(tiny_config, [*MSFL, entry]))
+    exp.coordinator.run(exp.transport, exp.initial_state, exp.rng, 1)
+    from fedge.core.message import Message
+
+    published = exp.nodes.apps["edge1"].state["published"]
+    ask = Message("edge0", "edge1", "get_model", 1)
+    sent = exp.transport.send([ask])[0].payload["model"]
+    assert sent.kind == "state"
+    assert torch.allclose(flatten(sent.state), -5.0 * flatten(published))
+    honest = Message("edge1", "edge0", "get_model", 1)
+    kept = exp.transport.send([honest])[0].payload["model"]
+    assert torch.equal(flatten(kept.state), flatten(exp.nodes.apps["edge0"].state["published"]))

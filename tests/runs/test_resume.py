@@ -170,6 +170,15 @@ CASES = {
         "compression=[{link='device-edge', method='topk', ratio=0.05},"
         " {link='edge-cloud', method='qsgd', levels=7}]",
     ],
+    "hierarchical_attacked_defended": [  # detection histories travel in checkpoints
+        "algorithm='hierarchical'",
+        "rounds=4",
+        "data.validation_size=30",
+        "defence.detection='validation'",
+        "defence.norm_bound=2.0",
+        "attack=[{kind='sign_flip', share=0.3, scale=3.0},"
+        " {kind='backdoor', nodes=['dev0'], boost=2.0}]",
+    ],
 }
 
 

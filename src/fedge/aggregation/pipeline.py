@@ -130,6 +130,13 @@ class ServerPipeline:
             return agg.state()
         return self.optimizer.step(agg.reference, agg.delta())
 
+    def flagged(self) -> list[str]:
+        """Participants a prepare stage has flagged and excludes (``flagged`` attribute)."""
+        out: list[str] = []
+        for stage in self.prepare_stages:
+            out += [p for p in getattr(stage, "flagged", ()) if p not in out]
+        return out
+
     def run(
         self, reference: ModelState, updates: Sequence[Update], rng: np.random.Generator
     ) -> ModelState:
@@ -137,6 +144,8 @@ class ServerPipeline:
         if not updates:
             return reference
         prepared = self.prepare(updates, reference, rng)
+        if not prepared:  # a prepare stage excluded every update (detection)
+            return reference
         return self.finalize(self.aggregate(prepared, reference, rng), prepared, rng)
 
 

@@ -29,6 +29,8 @@ class RoundRecord:
     metrics: Mapping[str, float]
     evaluated: bool = False
     """True when ``metrics`` already hold the evaluation (e.g. edges evaluated their models)."""
+    flagged: tuple[str, ...] = ()
+    """Participants that the aggregators' detection has flagged so far (every tier)."""
 
 
 Observer = Callable[[RoundRecord], bool]
@@ -133,6 +135,9 @@ class BuildContext:
         if self.clients is not None:
             return self.clients[i]
         return self.train.view(self.parts[i])
+
+    attackers: frozenset[str] = frozenset()
+    """Nodes configured to attack (``[[attack]]``): for reports that keep to honest nodes."""
 
     def evaluator(self, data: ArrayDataset | None = None) -> Evaluator:
         """Evaluates a state with the shared model on ``data`` (default: the test set)."""

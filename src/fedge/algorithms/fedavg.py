@@ -136,4 +136,4 @@ class FedAvg(RoundLoop):
         self, transport: Transport, state: ModelState, rng: np.random.Generator, r: int, rounds: int
     ) -> RoundRecord:
         state, metrics = self.round(transport, state, rng, r)[:2]
-        return RoundRecord(r, state, metrics)
+        return RoundRecord(r, state, metrics, flagged=tuple(self.pipeline.flagged()))

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
 from pydantic import Field, model_validator
 
 from fedge.aggregation import INTERSERVER, SERVER_OPTIMIZERS, Score, make_server_optimizer
 from fedge.aggregation._params import check_params
+from fedge.aggregation.defence import DefenceSettings, defence_stages
 from fedge.aggregation.mean import check_aggregator
+from fedge.aggregation.pipeline import ServerPipeline
 from fedge.algorithms.apps import LocalTrainer, trainer_app
 from fedge.algorithms.base import (
     AlgorithmSpec,
@@ -59,14 +62,24 @@ class FederationSettings(Section):
     evaluate_every: int = Field(1, ge=1)
     interserver: str = "spaa"
     handover: bool = Field(True, description="edges keep updates of vehicles that moved in")
-    malicious_edges: list[str] = Field(default_factory=list)
-    malicious_mode: Literal["random", "scaled"] = "random"
-    malicious_scale: float = 10.0
     interserver_params: Params = Field(default_factory=dict)
     selection: str = Field("random", description="random | deadline_aware | power_of_choice")
     selection_params: Params = Field(default_factory=dict)
     kappa1_rule: str = Field("fixed", description="fixed | adacomm (hierarchical FL)")
     kappa1_params: Params = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data: Any) -> Any:
+        for key in ("malicious_edges", "malicious_mode", "malicious_scale"):
+            if isinstance(data, dict) and key in data:
+                allowed = (
+                    "nothing: a malicious edge is an [[attack]] table now, e.g. "
+                    "kind = 'gaussian', std = 10.0, relative = true, replace = true, "
+                    "tier = 'edge', nodes = ['edge1'] (or kind = 'scaled', scale = -5.0)"
+                )
+                raise ConfigError(f"federation.{key}", data[key], allowed)
+        return data
 
     @model_validator(mode="after")
     def _check_params(self) -> FederationSettings:
@@ -116,6 +129,37 @@ def validator(ctx: BuildContext, data: ArrayDataset) -> Callable[[ModelState], S
         return Score(result["accuracy"], result["loss"])
 
     return score
+
+
+def validation_loss(
+    ctx: BuildContext, data: ArrayDataset | None
+) -> Callable[[ModelState], float] | None:
+    """A model's loss on ``data`` (None without a split)."""
+    if data is None or len(data) == 0:
+        return None
+    evaluate_on = ctx.evaluator(data)
+    return lambda state: float(evaluate_on(state)["loss"])
+
+
+def server_validation(ctx: BuildContext) -> ArrayDataset | None:
+    """The cloud's validation split: every held-out split together (``data.validation_size``
+    per edge), None when nothing was held out."""
+    if not ctx.validation:
+        return None
+    first = ctx.validation[0]
+    x = torch.cat([v.x for v in ctx.validation])
+    y = torch.cat([v.y for v in ctx.validation])
+    return ArrayDataset(x, y, first.n_classes, first.name, first.class_names)
+
+
+def defend(
+    ctx: BuildContext, pipeline: ServerPipeline, tier: str, validation: ArrayDataset | None
+) -> None:
+    """Put the ``[defence]`` stages of ``tier`` in front of ``pipeline``'s aggregator."""
+    settings: DefenceSettings = getattr(ctx.config, "defence", DefenceSettings())
+    if settings.active:
+        stages = defence_stages(settings, tier, validation_loss(ctx, validation))
+        pipeline.prepare_stages.extend(stages)
 
 
 def with_cloud(apps: dict[str, NodeApp], coordinator: Any) -> Assembly:
@@ -203,6 +247,7 @@ def assemble_fedavg(ctx: BuildContext) -> Assembly:
         **_selection(ctx),
         secure=secure_aggregation(ctx, min(s.clients_per_round, len(ctx.parts))),
     )
+    defend(ctx, coordinator.pipeline, "cloud", server_validation(ctx))
     return secured(ctx, Assembly(device_apps(ctx), coordinator))
 
 
@@ -214,28 +259,26 @@ def edge_apps(ctx: BuildContext, exchange: bool) -> dict[str, NodeApp]:
     """
     s: FederationSettings = ctx.settings
     edges = ctx.system.ids("edge")
-    unknown = [e for e in s.malicious_edges if e not in edges]
-    if unknown:
-        raise ConfigError(
-            "federation.malicious_edges", unknown, "edge ids among " + ", ".join(edges)
-        )
-    cohort = s.clients_per_edge or len(ctx.system.ids("device"))
-    inner = FedAvg(
-        clients_per_round=cohort,
-        aggregator=s.aggregator,
-        aggregator_params=dict(s.aggregator_params),
-        deadline_s=s.deadline_s,
-        on_handover="redirect" if s.handover else "drop",
-        **_selection(ctx),
-        secure=secure_aggregation(ctx, min(cohort, len(ctx.parts))),
-    )
     evaluate = ctx.evaluator()
-    server = EdgeServer(inner, evaluate, absorb_handovers=not exchange)
-    handlers = {"edge_train": server.train, "handover": server.handover}
-    apps = {e: NodeApp(e, "edge", dict(handlers)) for e in edges}
+    apps: dict[str, NodeApp] = {}
+    for i, edge in enumerate(edges):  # one server per edge: each keeps its own defence state
+        cohort = s.clients_per_edge or len(ctx.system.ids("device"))
+        inner = FedAvg(
+            clients_per_round=cohort,
+            aggregator=s.aggregator,
+            aggregator_params=dict(s.aggregator_params),
+            deadline_s=s.deadline_s,
+            on_handover="redirect" if s.handover else "drop",
+            **_selection(ctx),
+            secure=secure_aggregation(ctx, min(cohort, len(ctx.parts))),
+        )
+        own = ctx.validation[i] if i < len(ctx.validation) else None
+        defend(ctx, inner.pipeline, "edge", own)
+        server = EdgeServer(inner, evaluate, absorb_handovers=not exchange)
+        handlers = {"edge_train": server.train, "handover": server.handover}
+        apps[edge] = NodeApp(edge, "edge", dict(handlers))
     if not exchange:
         return apps
-    poison = (s.malicious_mode, s.malicious_scale)
     for edge, val in zip(edges, ctx.validation, strict=False):
         ex = Exchange(
             s.interserver,
@@ -243,7 +286,7 @@ def edge_apps(ctx: BuildContext, exchange: bool) -> dict[str, NodeApp]:
             validator(ctx, val),
             evaluate,
             len(val) * ctx.profile.flops_forward,
-            poison if edge in s.malicious_edges else None,
+            report=edge not in ctx.attackers,
         )
         apps[edge].on("get_model", ex.get_model).on("exchange", ex.exchange)
     return apps
@@ -261,6 +304,7 @@ def assemble_hierarchical(ctx: BuildContext) -> Assembly:
         kappa1_rule=s.kappa1_rule,
         kappa1_params=dict(s.kappa1_params),
     )
+    defend(ctx, coordinator.pipeline, "cloud", server_validation(ctx))
     return secured(ctx, Assembly(device_apps(ctx, edge_apps(ctx, exchange=False)), coordinator))
 
 
@@ -297,8 +341,7 @@ def _needs_mu(config: Any) -> None:
 
 EDGE_ONLY = ("clients_per_edge", "kappa1", "kappa2", "kappa1_rule", "kappa1_params", "handover")
 """[federation] keys that only algorithms with edge servers read."""
-EXCHANGE_ONLY = ("interserver", "interserver_params", "malicious_edges", "malicious_mode",
-                 "malicious_scale")  # fmt: skip
+EXCHANGE_ONLY = ("interserver", "interserver_params")
 """[federation] keys that only multi-server FL (edges exchanging models) reads."""
 CLOUD_ONLY = ("clients_per_round", "server_optimizer", "server_params")
 """[federation] keys that only the FedAvg family (devices sampled by the cloud) reads."""

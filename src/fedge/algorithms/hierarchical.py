@@ -84,6 +84,9 @@ class EdgeServer:
             )
         if p.get("evaluate") and self.evaluate is not None:
             out["eval"] = dict(self.evaluate(state))
+        flagged = self.inner.pipeline.flagged()
+        if flagged:  # the edge's detection (``[defence]``) excludes these devices
+            out["flagged"] = flagged
         ctx.state["published"] = state
         ctx.state["weight"] = weight or ctx.state.get("weight", 0.0)
         out["metrics"] = metrics
@@ -221,7 +224,15 @@ class HierarchicalFL(RoundLoop):
             "kappa1": float(kappa1),
         }
         self.adapt_kappa1(metrics["train_loss"])
-        return RoundRecord(r, state, metrics)
+        return RoundRecord(r, state, metrics, flagged=flagged_in(replies, self.pipeline.flagged()))
+
+
+def flagged_in(replies: Sequence[Message], own: Sequence[str]) -> tuple[str, ...]:
+    """Participants flagged by this aggregator (``own``) and by the edges that replied."""
+    out = list(own)
+    for m in replies:
+        out += [p for p in m.payload.get("flagged", ()) if p not in out]
+    return tuple(out)
 
 
 def edge_eval_summary(evals: Sequence[Mapping[str, float]]) -> dict[str, float]:

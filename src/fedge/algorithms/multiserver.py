@@ -9,7 +9,7 @@ collects the edges' metrics; no model goes to the cloud after the initial broadc
 Interpretations: the edges publish their trained models before any exchange starts, so every
 edge mixes the models of the same round (no edge sees a peer's already-mixed model); each
 edge evaluates its model on the global test set for reporting (mean, min and max across
-honest edges: a malicious edge, which sends poisoned models to its peers, is left out); the
+honest edges: an edge configured to attack, ``[[attack]]`` with tier "edge", is left out); the
 validation split of an edge is described in ``fedge.experiment.build``.
 """
 
@@ -23,12 +23,16 @@ import numpy as np
 
 from fedge.aggregation import Candidate, Score, interserver
 from fedge.algorithms.base import RoundRecord
-from fedge.algorithms.hierarchical import Evaluator, HierarchicalFL, edge_eval_summary
+from fedge.algorithms.hierarchical import (
+    Evaluator,
+    HierarchicalFL,
+    edge_eval_summary,
+    flagged_in,
+)
 from fedge.core.message import Message
 from fedge.core.node import NodeContext
 from fedge.core.transport import Transport
 from fedge.core.update import ModelState, Update, Work, as_state
-from fedge.transforms.attacks import poison_state
 
 
 @dataclass
@@ -43,13 +47,12 @@ class Exchange:
     """Evaluates a model on the test set for reporting."""
     validation_flops: float = 0.0
     """FLOPs of one validation pass, charged to the edge per candidate scored."""
-    poison: tuple[str, float] | None = None
-    """A malicious edge: (mode, scale) of the model it sends to its peers."""
+    report: bool = True
+    """Whether this edge's test accuracy counts in the round's figures (False for an edge
+    configured to attack: the figures are those of the honest edges)."""
 
     def get_model(self, message: Message, ctx: NodeContext) -> Message:
         state = ctx.state["published"]
-        if self.poison is not None:
-            state = poison_state(state, self.poison[0], self.poison[1], ctx.rng)
         weight = float(ctx.state.get("weight", 0.0))
         model = Update(state, weight, origin=ctx.node_id, round=message.round)
         return message.reply("model", {"model": model})
@@ -88,7 +91,7 @@ class Exchange:
                 "handed_over": float(len(arrived)),
             },
         }
-        if message.payload.get("evaluate") and self.evaluate is not None and not self.poison:
+        if message.payload.get("evaluate") and self.evaluate is not None and self.report:
             out["eval"] = dict(self.evaluate(result.state))
         return message.reply("exchanged", out)
 
@@ -134,7 +137,8 @@ class MultiServerFL(HierarchicalFL):
         )
         metrics["participants"] = sum(m.payload["metrics"]["participants"] for m in trained)
         metrics["edges"] = float(len(trained))
-        return RoundRecord(r, initial, metrics, evaluated=due)
+        flagged = flagged_in(trained, ())
+        return RoundRecord(r, initial, metrics, evaluated=due, flagged=flagged)
 
 
 __all__ = ["Exchange", "MultiServerFL", "Score"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -11,6 +11,7 @@ import numpy as np
 from torch import nn
 
 from fedge.algorithms import ALGORITHMS, AlgorithmSpec, BuildContext, Coordinator
+from fedge.algorithms.base import EVAL_BATCH
 from fedge.algorithms.personalization import check_personalization, finetuning, personalize
 from fedge.algorithms.secure_settings import check_secure
 from fedge.core.errors import ConfigError, FedgeError
@@ -18,6 +19,15 @@ from fedge.core.node import Middleware, NodeApp, derive_seed, each_app
 from fedge.core.registry import resolve_import_path
 from fedge.core.settings import Section
 from fedge.core.update import ModelState
+from fedge.experiment.attack import (
+    PlannedAttack,
+    attack_links,
+    attackers,
+    backdoor_probe,
+    check_attacks,
+    choose_attackers,
+    poison_data,
+)
 from fedge.experiment.config import DataConfig, ExperimentConfig, SyntheticConfig
 from fedge.experiment.engines import ENGINES, node_set, portable_paths
 from fedge.experiment.systems import build_system
@@ -28,7 +38,9 @@ from fedge.learning import (
     ArrayDataset,
     build_model,
     class_histogram,
+    evaluate,
     load_dataset,
+    load_state,
     profile,
     state_of,
 )
@@ -66,6 +78,10 @@ class Experiment:
     """Where the dataset was read from (folder, SHA-256 of each file); see dataset_source."""
     warnings: tuple[str, ...] = ()
     """Settings the config gives that its algorithm does not use (see unused_settings)."""
+    attacks: list[PlannedAttack] = field(default_factory=list)
+    """The ``[[attack]]`` entries with the nodes drawn for each."""
+    probes: list[Callable[[ModelState], dict[str, float]]] = field(default_factory=list)
+    """Extra figures of an evaluated global model (the backdoor's success rate)."""
 
     def partition_report(self) -> dict[str, Any]:
         if self.federation is not None:  # sizes only: labels would make every client
@@ -80,11 +96,17 @@ class Experiment:
             }
         hist = class_histogram(self.train.y.numpy(), self.parts, self.train.n_classes)
         devices = self.system.ids("device")
-        return {
+        report: dict[str, Any] = {
             "partition": self.config.data.partition,
             "class_names": list(self.train.class_names),
             "devices": {d: row.tolist() for d, row in zip(devices, hist, strict=True)},
         }
+        if self.attacks:
+            report["attacks"] = [a.report() for a in self.attacks]
+        return report
+
+    def attackers(self) -> frozenset[str]:
+        return attackers(self.attacks)
 
 
 def check_names(cfg: ExperimentConfig) -> AlgorithmSpec:
@@ -114,7 +136,9 @@ def _checked(cfg: ExperimentConfig) -> tuple[AlgorithmSpec, Section, dict[str, l
         spec.check(cfg)
     check_personalization(cfg, spec)
     check_secure(cfg, spec.secure, "edge" in spec.roles)
-    return spec, settings, client_pipeline(cfg, spec)
+    links = client_pipeline(cfg, spec)
+    check_attacks(cfg, spec)
+    return spec, settings, links
 
 
 def _check_federated(cfg: ExperimentConfig, spec: AlgorithmSpec) -> None:
@@ -174,6 +198,12 @@ def _model(cfg: ExperimentConfig, train: ArrayDataset) -> nn.Module:
         raise ConfigError("model.name", exc.value, exc.allowed) from None
     except FedgeError as exc:  # the user's factory raised
         raise FedgeError(f"model.name: {exc}") from None
+
+
+def _pipeline(app: NodeApp, links: dict[str, list[Transform]], system: SystemModel) -> None:
+    """Install the client pipeline of ``links`` (an attacker's own, or everyone's) on ``app``."""
+    if links:
+        app.use(ClientPipeline(links, system.tier))
 
 
 def _finish(app: NodeApp, finish: Mapping[str, Sequence[Middleware]]) -> None:
@@ -368,12 +398,15 @@ def build(cfg: ExperimentConfig) -> Experiment:
     spec, settings, links = _checked(cfg)
     system = build_system(cfg.system, cfg.seed)
     check_federation(cfg, spec, system)
+    plans = choose_attackers(check_attacks(cfg, spec), system, cfg.seed)
     federation = _federation(cfg, len(system.ids("device")))
     parts: Sequence[np.ndarray]
     if federation is None:
         source = _data_source(cfg)
         train, test = _data(cfg)
-        train, validation = _split_validation(cfg, train, len(system.ids("edge")), spec.validation)
+        needs_validation = spec.validation or cfg.defence.detection != "none"
+        n_edges = len(system.ids("edge"))
+        train, validation = _split_validation(cfg, train, n_edges, needs_validation)
         parts = _partition(cfg, train, system)
     else:  # the clients are the devices, made on demand; no pooled training set
         source = {"dataset": SYNTHETIC, "generated": True}
@@ -402,11 +435,13 @@ def build(cfg: ExperimentConfig) -> Experiment:
         profile=profile(model, train.input_shape),
         seed=cfg.seed,
         clients=None if federation is None else federation.clients(),
+        attackers=attackers(plans),
     )
     assembly = personalize(ctx, spec, spec.assemble(ctx))
     apps = assembly.apps
-    if links:
-        each_app(apps, lambda app: app.use(ClientPipeline(links, system.tier)))
+    poison_data(plans, apps, train, cfg.seed)
+    own_links = attack_links(plans, spec, links)
+    each_app(apps, lambda app: _pipeline(app, own_links.get(app.node_id, links), system))
     if assembly.finish:
         each_app(apps, lambda app: _finish(app, assembly.finish))
     rebuild = partial(node_apps, portable_paths(cfg))
@@ -426,7 +461,20 @@ def build(cfg: ExperimentConfig) -> Experiment:
         federation=federation,
         data_source=source,
         warnings=unused_settings(cfg, spec),
+        attacks=plans,
+        probes=_probes(plans, test, model),
     )
+
+
+def _probes(
+    plans: list[PlannedAttack], test: ArrayDataset, model: nn.Module
+) -> list[Callable[[ModelState], dict[str, float]]]:
+    def accuracy(state: ModelState, data: ArrayDataset) -> float:
+        load_state(model, state)
+        return evaluate(model, data, batch_size=EVAL_BATCH).accuracy
+
+    probe = backdoor_probe(plans, test, accuracy)
+    return [] if probe is None else [probe]
 
 
 def node_apps(cfg: ExperimentConfig) -> Mapping[str, NodeApp]:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedge.aggregation.defence import DefenceSettings
 from fedge.algorithms.asynchronous import AsyncSettings
 from fedge.algorithms.clustered import ClusterSettings
 from fedge.algorithms.decentralized import PeerSettings
@@ -30,6 +31,7 @@ from fedge.core.errors import ConfigError, FedgeError
 from fedge.core.settings import config_error
 from fedge.learning.training import TrainConfig
 from fedge.runtime.grpc_settings import GrpcSettings
+from fedge.transforms.attacks import AttackConfig
 
 Positive = Field(gt=0)
 
@@ -265,6 +267,12 @@ class ExperimentConfig(Section):
             raise ConfigError("caching", "[caching]", "only with study = 'caching'")
         return self
 
+    attack: list[AttackConfig] = Field(
+        default_factory=list,
+        description="attacks by kind on a share or a list of nodes (fedge list attacks)",
+    )
+    defence: DefenceSettings = DefenceSettings()
+
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read a TOML file (or the JSON a run stores as config.json), apply ``key=value``
@@ -299,21 +307,37 @@ def parse_config(raw: Mapping[str, Any]) -> ExperimentConfig:
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """``a.b=value`` sets raw[a][b]; the value is read as TOML (numbers, booleans,
-    strings, arrays), and as a plain string when it is not valid TOML."""
+    strings, arrays), and as a plain string when it is not valid TOML. A number indexes an
+    array of tables: ``attack.0.share=0.2`` sets the first ``[[attack]]`` table's share."""
     out: dict[str, Any] = _deep_copy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError("--set", item, "dotted.key=value, e.g. rounds=2")
         parts = key.strip().split(".")
-        node = out
+        node: Any = out
         for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError("--set", item, f"{part} is a value, not a section")
-            node = child
+            node = _child(node, part, item)
+        if isinstance(node, list):
+            raise ConfigError("--set", item, "a key of the indexed table, e.g. attack.0.share")
         node[parts[-1]] = _parse_value(text.strip())
     return out
+
+
+def _child(node: Any, part: str, item: str) -> Any:
+    """The section (or array of tables) ``part`` inside ``node``, copied before it changes."""
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node) or not isinstance(node[int(part)], dict):
+            allowed = f"an index of an existing table (0..{len(node) - 1})"
+            raise ConfigError("--set", item, allowed)
+        node[int(part)] = _deep_copy(node[int(part)])
+        return node[int(part)]
+    child = node.setdefault(part, {})
+    if isinstance(child, list):
+        node[part] = child = list(child)
+    elif not isinstance(child, dict):
+        raise ConfigError("--set", item, f"{part} is a value, not a section")
+    return child
 
 
 def _parse_value(text: str) -> Any:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fedge.aggregation.defence import detection_scores
 from fedge.algorithms.base import EVAL_BATCH, RoundRecord
 from fedge.core.update import ModelState
 from fedge.experiment.build import Experiment
@@ -107,7 +108,12 @@ class RoundObserver:
         row: dict[str, Any] = {"round": r}
         if due and not record.evaluated:
             row.update(self.evaluate(record).as_dict())
+            for probe in self.exp.probes:
+                row.update(probe(record.state))
         row.update(record.metrics)
+        if cfg.defence.detection != "none":
+            row.update(detection_scores(record.flagged, sorted(self.exp.attackers())))
+            row["flagged_ids"] = " ".join(record.flagged)
         evaluated = "accuracy" in row
         row.update(self.exp.transport.stats())
         previous = self.rows[-1] if self.rows else {}

@@ -38,6 +38,8 @@ SUMMARY_KEYS = (
 )
 
 
+ROBUSTNESS_KEYS = ("attack_success_rate", "flagged", "detection_precision", "detection_recall")
+"""Figures of attacked or defended runs, taken from the last evaluated round when present."""
 SPREAD_PREFIXES = ("accuracy_", "global_")
 """Evaluation figures across nodes (min / max over edges or devices, the global test set)."""
 SUMMED_PREFIXES = (
@@ -279,6 +281,7 @@ def _summarise(observer: RoundObserver) -> dict[str, Any]:
     final = evaluated[-1] if evaluated else {}
     summary: dict[str, Any] = {k: final.get(k, math.nan) for k in SUMMARY_KEYS[:5]}
     summary.update({k: v for k, v in final.items() if k.startswith(SPREAD_PREFIXES)})
+    summary.update({k: final[k] for k in ROBUSTNESS_KEYS if k in final})
     summary["rounds"] = last["round"]
     for key, value in last.items():
         if key.startswith(SUMMED_PREFIXES):

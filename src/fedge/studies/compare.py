@@ -32,7 +32,7 @@ from fedge.results.comparison import (
 from fedge.results.plots import plot_lines
 from fedge.results.recipe import ci95
 from fedge.runs.result import RunResult
-from fedge.runs.run import run_experiment
+from fedge.runs.run import ROBUSTNESS_KEYS, run_experiment
 from fedge.runs.study import check_study, find_study
 
 METRICS = (
@@ -227,7 +227,9 @@ def _run_all(
             if bar is not None:
                 bar.update(1)
         summaries = [_summary(run) for run in runs]
-        keys = METRICS if configs[0].study is None else study_metrics(summaries)
+        keys = (
+            (*METRICS, *ROBUSTNESS_KEYS) if configs[0].study is None else study_metrics(summaries)
+        )
         stats = summarise(summaries, keys)
         results.append(VariantResult(variant, [c.seed for c in configs], runs, stats))
     if bar is not None:

@@ -2,9 +2,13 @@
 
 A link is named by the tiers of the sender and the receiver of a reply: ``device-edge``,
 ``device-cloud``, ``edge-cloud``, ``edge-edge``, ``device-device``. Each link has an ordered
-list of transforms (compression today; attacks, local DP and masking use the same seat).
+list of transforms (compression; attacks, local DP and masking use the same seat).
 When a node replies, every ``Update`` in the reply's payload goes through the transforms of
 the reply's link, in order.
+
+Order on an attacker's link: its ``[[attack]]`` transforms come first, then the link's
+``[[compression]]`` transforms, so an attacker poisons the update it computed and then
+compresses it like every honest sender (the receiver cannot tell it from the wire form).
 
 Delta form: when the request carried a model (an ``Update`` of kind "state"), a "state"
 update is first turned into the delta from that model, since compression and error feedback
@@ -57,10 +61,12 @@ def make_transform(
     params: Mapping[str, Any],
     where: str,
     registry: Registry[Callable[..., Transform]] = TRANSFORMS,
+    name_field: str = "method",
 ) -> Transform:
     """Build transform ``name`` (from ``registry``) with ``params``; a name or parameter that
-    is not known, or a bad value, raises ConfigError naming ``where`` (``compression[0]``)."""
-    factory = registry.get(name, f"{where}.method")
+    is not known, or a bad value, raises ConfigError naming ``where`` (``compression[0]``)
+    and the key that named it (``name_field``: ``method``, or ``kind`` for an attack)."""
+    factory = registry.get(name, f"{where}.{name_field}")
     signature = inspect.signature(factory)
     allowed = [p for p in signature.parameters if p != "self"]
     for key in params:
