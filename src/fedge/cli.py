@@ -188,6 +188,8 @@ CATEGORIES = {
     "codecs": "wire forms of compressed updates (chosen by the compressor)",
     "studies": "study",
     "schedulers": "study_params.scheduler, fedge schedule --algorithms",
+    "caching-policies": "caching.policy",
+    "attacks": "[[attack]] kind",
     "recipes": "examples/: configs and scripts that reproduce a paper's tables",
 }
 """Each `fedge list` category and the config key (or command) that takes its names."""

@@ -1,7 +1,5 @@
 """Clustered hierarchical FL (CFL cosine bipartitioning) and cluster purity."""
 
-import dataclasses
-
 import pytest
 import torch
 
@@ -10,6 +8,7 @@ from fedge.cli import main
 from fedge.core import ConfigError
 from fedge.experiment.build import build
 from fedge.experiment.config import load_config
+from fedge.learning import ArrayDataset
 
 SPLIT_AT_ONCE = [
     "algorithm='clustered_hfl'",
@@ -47,7 +46,7 @@ def test_opposite_label_populations_end_in_two_clusters(tiny_config):
     for d in flipped:  # population B: every label permuted (y -> 9 - y)
         trainer = exp.nodes.apps[d].handlers["train"].__self__
         data = trainer.data
-        trainer.data = dataclasses.replace(data, y=data.n_classes - 1 - data.y)
+        trainer.data = ArrayDataset(data.x, data.n_classes - 1 - data.y, data.n_classes)
     coordinator = exp.coordinator
     coordinator.groups = {d: d in flipped for d in devices}
     history = exp.coordinator.run(exp.transport, exp.initial_state, exp.rng, 3)

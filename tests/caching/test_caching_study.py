@@ -331,5 +331,6 @@ def test_fedge_list_names_every_policy(capsys):
     from fedge.cli import main
 
     assert main(["list", "caching-policies"]) == 0
-    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    lines = capsys.readouterr().out.splitlines()[1:]
+    listed = [line.split()[0] for line in lines if line.startswith("  ")]
     assert sorted(listed) == sorted(POLICIES)
