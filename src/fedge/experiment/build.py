@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from fedge.algorithms import ALGORITHMS, AlgorithmSpec, BuildContext, Coordinator
@@ -240,7 +242,36 @@ def _local_test_split(
     return trains, tests
 
 
-def build(cfg: ExperimentConfig) -> Experiment:
+@dataclass(frozen=True)
+class SharedData:
+    """The loaded (train, test) arrays as numpy, for the workers that build the apps again.
+
+    The Ray engine puts the workers' factory (which carries this) into the object store
+    once; a worker maps its numpy arrays from shared memory (read-only, no copy), so a
+    pool of workers holds one copy of the dataset, not one per actor. On the driver the
+    arrays are views of the loaded tensors.
+    """
+
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    meta: tuple[int, str, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, train: ArrayDataset, test: ArrayDataset) -> SharedData:
+        arrays = (train.x.numpy(), train.y.numpy(), test.x.numpy(), test.y.numpy())
+        return cls(arrays, (train.n_classes, train.name, train.class_names))
+
+    def datasets(self) -> tuple[ArrayDataset, ArrayDataset]:
+        """(train, test) over these arrays (torch tensors sharing their memory)."""
+        n_classes, name, names = self.meta
+        with warnings.catch_warnings():  # read-only shared memory: nothing writes to it
+            warnings.simplefilter("ignore", UserWarning)
+            x, y, tx, ty = (torch.from_numpy(a) for a in self.arrays)
+        return ArrayDataset(x, y, n_classes, name, names), ArrayDataset(
+            tx, ty, n_classes, name, names
+        )
+
+
+def build(cfg: ExperimentConfig, data: SharedData | None = None) -> Experiment:
     """Check the config, then load data, build the system, and let the algorithm assemble
     its apps and coordinator; the update pipeline and the engine come last."""
     spec, settings, links = _checked(cfg)
@@ -248,7 +279,8 @@ def build(cfg: ExperimentConfig) -> Experiment:
     federation = _federation(cfg, len(system.ids("device")))
     parts: Sequence[np.ndarray]
     if federation is None:
-        train, test = _data(cfg)
+        train, test = _data(cfg) if data is None else data.datasets()
+        loaded = SharedData.of(train, test)
         train, validation = _split_validation(cfg, train, len(system.ids("edge")), spec.validation)
         parts = _partition(cfg, train, system)
     else:  # the clients are the devices, made on demand; no pooled training set
@@ -286,7 +318,8 @@ def build(cfg: ExperimentConfig) -> Experiment:
         else:
             for app in apps.values():
                 app.use(ClientPipeline(links, system.tier))
-    rebuild = partial(node_apps, portable_paths(cfg))
+    shared = loaded if federation is None else None
+    rebuild = partial(node_apps, portable_paths(cfg), shared)
     nodes = node_set(cfg, apps, derive_seed(cfg.seed, "apps"), rebuild)
     return Experiment(
         config=cfg,
@@ -304,6 +337,7 @@ def build(cfg: ExperimentConfig) -> Experiment:
     )
 
 
-def node_apps(cfg: ExperimentConfig) -> Mapping[str, NodeApp]:
-    """The node apps exactly as the local engine builds them (what a Ray worker runs)."""
-    return build(cfg.model_copy(update={"engine": "local"})).nodes.apps
+def node_apps(cfg: ExperimentConfig, data: SharedData | None = None) -> Mapping[str, NodeApp]:
+    """The node apps exactly as the local engine builds them (what a Ray worker runs), on
+    the driver's loaded ``data`` when given (else loaded again)."""
+    return build(cfg.model_copy(update={"engine": "local"}), data).nodes.apps
