@@ -95,3 +95,19 @@ def _learner(app):
         if owner is not None and hasattr(owner, "data"):
             return owner
     raise AssertionError(f"no learner in {app.node_id}")
+
+
+def test_workers_build_on_the_drivers_arrays(tiny_config: Path) -> None:
+    """What a Ray worker builds from the factory: devices index the driver's arrays (which
+    the object store maps read-only into every worker), nothing is loaded again."""
+    from fedge.experiment.build import SharedData, node_apps
+
+    cfg = load_config(tiny_config)
+    exp = build(cfg)
+    shared = SharedData.of(exp.train, exp.test)
+    for a in shared.arrays:
+        a.flags.writeable = False  # as mapped from shared memory
+    apps = node_apps(cfg, shared)
+    data = _learner(apps["dev3"]).data
+    assert np.shares_memory(data.base.x.numpy(), shared.arrays[0])
+    assert torch.equal(data.x, _learner(exp.nodes.apps["dev3"]).data.x)

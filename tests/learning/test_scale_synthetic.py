@@ -140,23 +140,27 @@ def test_a_million_clients_build_and_run_a_round(tmp_path: Path) -> None:
         ('data.partition="iid"', "data.partition"),
         ("data.synthetic.alpha=-1", "data.synthetic.alpha"),
         ('algorithm="msfl"', "data.dataset"),
-        ("system.devices=2000", None),
     ],
 )
 def test_bad_synthetic_configs_exit_2_naming_the_field(
-    tmp_path: Path, override: str, field: str | None
+    tmp_path: Path, override: str, field: str
 ) -> None:
-    path = _config(tmp_path, 20)
-    if field is None:  # Fashion-MNIST-like pooled data with more devices than samples
-        path.write_text(
-            SYN.replace('"leaf_synthetic"', '"digits"')
-            .replace("[data.synthetic]\nmax_samples = 200\ntest_clients = 20\n", "")
-            .replace('"logistic"', '"mlp"')
-            + "devices = 2000\n"
-        )
-        field = "system.devices"
-        override = "rounds=1"
+    _refused(_config(tmp_path, 20), override, field, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_pooled_dataset_with_more_devices_than_samples_is_refused(tmp_path: Path) -> None:
+    """digits has 1437 training samples: 2000 devices cannot each hold one."""
+    path = tmp_path / "pooled.toml"
+    path.write_text(
+        'rounds = 1\n[data]\ndataset = "digits"\n[model]\nname = "mlp"\n'
+        '[system]\nedges = 2\ndevices = 2000\nout_of_coverage = "nearest"\n'
+    )
+    _refused(path, "seed=0", "system.devices", tmp_path)
+
+
+def _refused(path: Path, override: str, field: str, cwd: Path) -> None:
     cmd = [sys.executable, "-m", "fedge.cli", "run", str(path), "--set", override]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=cwd)
     assert proc.returncode == 2, proc.stderr
     assert field in proc.stderr and "Traceback" not in proc.stderr

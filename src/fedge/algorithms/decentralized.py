@@ -327,6 +327,9 @@ class Decentralized(RoundLoop):
     method: str = "dpmn"
     evaluate_every: int = 1
     deadline_s: float | None = None
+    eval_devices: int = 0
+    """Devices whose own models are evaluated, drawn at random each evaluation (0: all);
+    a large population's evaluation costs what the sample costs."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -350,7 +353,11 @@ class Decentralized(RoundLoop):
         devices = transport.nodes("device")
         asks = [Message(here, d, "peer_train", r, payload) for d in devices]
         trained = transport.send(asks, self.deadline_s)
-        asks = [Message(here, m.src, "peer_exchange", r, {"evaluate": due}) for m in trained]
+        judged = self._judged([m.src for m in trained], rng) if due else None
+        asks = [
+            Message(here, m.src, "peer_exchange", r, {"evaluate": due and _in(m.src, judged)})
+            for m in trained
+        ]
         exchanged = transport.send(asks)
         metrics: dict[str, float] = {
             "participants": float(len(trained)),
@@ -367,7 +374,20 @@ class Decentralized(RoundLoop):
             [m.payload["global_eval"] for m in exchanged if "global_eval" in m.payload]
         )
         metrics.update({f"global_{k}": v for k, v in glob.items()})
+        if judged is not None:
+            metrics["eval_devices"] = float(len(judged))
         return RoundRecord(r, initial, metrics, evaluated=due)
+
+    def _judged(self, devices: list[str], rng: np.random.Generator) -> set[str] | None:
+        """The devices evaluated this round: a uniform sample of ``eval_devices`` (None: all)."""
+        if not self.eval_devices or self.eval_devices >= len(devices):
+            return None
+        picked = rng.choice(len(devices), size=self.eval_devices, replace=False)
+        return {devices[int(i)] for i in picked}
+
+
+def _in(device: str, judged: set[str] | None) -> bool:
+    return judged is None or device in judged
 
 
 def similarity_summary(exchanged: Sequence[Message]) -> dict[str, float]:
@@ -429,7 +449,7 @@ def decentralized(method: str) -> Callable[[BuildContext], Assembly]:
             for dev, own, own_test in zip(devices, ctx.device_data(), tests, strict=True)
         }
         s = ctx.config.federation
-        coordinator = Decentralized(method, s.evaluate_every, s.deadline_s)
+        coordinator = Decentralized(method, s.evaluate_every, s.deadline_s, s.eval_devices)
         return Assembly({**apps, "cloud": NodeApp("cloud", "cloud")}, coordinator, SYNC)
 
     return assemble

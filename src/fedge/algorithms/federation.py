@@ -60,6 +60,12 @@ class FederationSettings(Section):
     server_params: dict[str, float] = Field(default_factory=dict)
     deadline_s: float | None = Field(None, gt=0)
     evaluate_every: int = Field(1, ge=1)
+    eval_devices: int = Field(
+        0,
+        ge=0,
+        description="personalized algorithms: devices (drawn at random each evaluation) whose "
+        "own models are evaluated; 0: every device",
+    )
     interserver: str = "spaa"
     handover: bool = Field(True, description="edges keep updates of vehicles that moved in")
     interserver_params: Params = Field(default_factory=dict)

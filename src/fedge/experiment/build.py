@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from fedge.algorithms import ALGORITHMS, AlgorithmSpec, BuildContext, Coordinator
@@ -392,7 +394,36 @@ def _local_test_split(
     return trains, tests
 
 
-def build(cfg: ExperimentConfig) -> Experiment:
+@dataclass(frozen=True)
+class SharedData:
+    """The loaded (train, test) arrays as numpy, for the workers that build the apps again.
+
+    The Ray engine puts the workers' factory (which carries this) into the object store
+    once; a worker maps its numpy arrays from shared memory (read-only, no copy), so a
+    pool of workers holds one copy of the dataset, not one per actor. On the driver the
+    arrays are views of the loaded tensors.
+    """
+
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    meta: tuple[int, str, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, train: ArrayDataset, test: ArrayDataset) -> SharedData:
+        arrays = (train.x.numpy(), train.y.numpy(), test.x.numpy(), test.y.numpy())
+        return cls(arrays, (train.n_classes, train.name, train.class_names))
+
+    def datasets(self) -> tuple[ArrayDataset, ArrayDataset]:
+        """(train, test) over these arrays (torch tensors sharing their memory)."""
+        n_classes, name, names = self.meta
+        with warnings.catch_warnings():  # read-only shared memory: nothing writes to it
+            warnings.simplefilter("ignore", UserWarning)
+            x, y, tx, ty = (torch.from_numpy(a) for a in self.arrays)
+        return ArrayDataset(x, y, n_classes, name, names), ArrayDataset(
+            tx, ty, n_classes, name, names
+        )
+
+
+def build(cfg: ExperimentConfig, data: SharedData | None = None) -> Experiment:
     """Check the config, then load data, build the system, and let the algorithm assemble
     its apps and coordinator; the update pipeline and the engine come last."""
     spec, settings, links = _checked(cfg)
@@ -403,7 +434,8 @@ def build(cfg: ExperimentConfig) -> Experiment:
     parts: Sequence[np.ndarray]
     if federation is None:
         source = _data_source(cfg)
-        train, test = _data(cfg)
+        train, test = _data(cfg) if data is None else data.datasets()
+        loaded = SharedData.of(train, test)
         needs_validation = spec.validation or cfg.defence.detection != "none"
         n_edges = len(system.ids("edge"))
         train, validation = _split_validation(cfg, train, n_edges, needs_validation)
@@ -444,7 +476,8 @@ def build(cfg: ExperimentConfig) -> Experiment:
     each_app(apps, lambda app: _pipeline(app, own_links.get(app.node_id, links), system))
     if assembly.finish:
         each_app(apps, lambda app: _finish(app, assembly.finish))
-    rebuild = partial(node_apps, portable_paths(cfg))
+    shared = loaded if federation is None else None
+    rebuild = partial(node_apps, portable_paths(cfg), shared)
     nodes = node_set(cfg, apps, derive_seed(cfg.seed, "apps"), rebuild)
     return Experiment(
         config=cfg,
@@ -477,6 +510,7 @@ def _probes(
     return [] if probe is None else [probe]
 
 
-def node_apps(cfg: ExperimentConfig) -> Mapping[str, NodeApp]:
-    """The node apps exactly as the local engine builds them (what a Ray worker runs)."""
-    return build(cfg.model_copy(update={"engine": "local"})).nodes.apps
+def node_apps(cfg: ExperimentConfig, data: SharedData | None = None) -> Mapping[str, NodeApp]:
+    """The node apps exactly as the local engine builds them (what a Ray worker runs), on
+    the driver's loaded ``data`` when given (else loaded again)."""
+    return build(cfg.model_copy(update={"engine": "local"}), data).nodes.apps

@@ -192,9 +192,8 @@ class RayNodeSet(NodeSet):
             cpus = float(self._ray.cluster_resources().get("CPU", 1.0))
             size = self._size_for(int(cpus))
             worker = self._ray.remote(num_cpus=min(1.0, cpus / size))(_Worker)
-            self._actors = [
-                worker.remote(self._factory, self.seed, self._threads) for _ in range(size)
-            ]
+            factory = self._ray.put(self._factory)  # once: every actor maps the same object
+            self._actors = [worker.remote(factory, self.seed, self._threads) for _ in range(size)]
             self._load = [0] * size
         return self._actors
 

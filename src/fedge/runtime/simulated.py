@@ -326,7 +326,8 @@ def visible_nodes(system: SystemModel, at: str, tier: str, t_s: float) -> list[s
         return system.ids(tier)
     own_tier = system.tier(at)
     if own_tier == "cloud" or tier == "cloud":
-        return [n for n in system.ids(tier) if n != at]
+        ids = system.ids(tier)  # ``at`` is among them only in its own tier
+        return [n for n in ids if n != at] if tier == own_tier else ids
     if own_tier == "edge":
         if tier == "device":
             return system.attached_devices(at, t_s)

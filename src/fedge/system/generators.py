@@ -13,9 +13,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from fedge.core.errors import ConfigError
-from fedge.system.compute import ComputeProfile
 from fedge.system.network import check_number
-from fedge.system.topology import Node, Profiles, Topology, neighbors_by_distance, symmetrize
+from fedge.system.topology import (
+    DeviceTable,
+    Node,
+    Profiles,
+    Topology,
+    neighbors_by_distance,
+    symmetrize,
+)
 
 
 def check_count(name: str, value: int, minimum: int) -> None:
@@ -26,7 +32,7 @@ def check_count(name: str, value: int, minimum: int) -> None:
 
 def build_topology(
     edges: Sequence[tuple[float, float, float]],
-    devices_xy_m: Sequence[tuple[float, float]],
+    devices_xy_m: Sequence[tuple[float, float]] | np.ndarray,
     rng: np.random.Generator,
     profiles: Profiles,
     neighbors: Mapping[str, tuple[str, ...]] | None = None,
@@ -42,22 +48,13 @@ def build_topology(
         for i, (x, y, c) in enumerate(edges)
     )
     flops = profiles.draw_device_flops(len(devices_xy_m), rng)
-    dev_nodes = tuple(
-        Node(f"dev{i}", "device", float(x), float(y), 0.0, _with_flops(profiles.device, f))
-        for i, ((x, y), f) in enumerate(zip(devices_xy_m, flops, strict=True))
-    )
+    dev_nodes = DeviceTable(np.asarray(devices_xy_m, dtype=float), np.array(flops), profiles.device)
     if neighbors is None:
         graph = neighbors_by_distance(edge_nodes, neighbor_radius_m)
     else:
         graph = symmetrize(neighbors, [e.id for e in edge_nodes])
     return Topology(
         cloud, edge_nodes, dev_nodes, graph, profiles.wan, profiles.backhaul, profiles.wireless
-    )
-
-
-def _with_flops(profile: ComputeProfile, flops_per_s: float) -> ComputeProfile:
-    return ComputeProfile(
-        flops_per_s, profile.memory_bytes, profile.static_power_w, profile.energy_per_flop_j
     )
 
 
@@ -90,8 +87,7 @@ def highway(
     lane_idx = rng.integers(0, lanes, size=n_devices)
     ys = (lane_idx - (lanes - 1) / 2.0) * lane_width_m
     adjacent = {f"edge{i}": (f"edge{i + 1}",) for i in range(n_edges - 1)}
-    devices = list(zip(xs.tolist(), ys.tolist(), strict=True))
-    return build_topology(edges, devices, rng, profiles, neighbors=adjacent)
+    return build_topology(edges, np.column_stack((xs, ys)), rng, profiles, neighbors=adjacent)
 
 
 def random_geometric(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -42,11 +42,29 @@ class VectorMobility(Protocol):
     def positions(self, device_id: str, times_s: np.ndarray) -> np.ndarray: ...
 
 
-def _device_index(topology: Topology) -> dict[str, int]:
-    return {d.id: i for i, d in enumerate(topology.devices)}
+class _DeviceIndex(Mapping[str, int]):
+    """Device id -> index, read from the id (``dev<i>``) instead of a table of them all."""
+
+    def __init__(self, topology: Topology) -> None:
+        self._topology = topology
+
+    def __getitem__(self, device_id: str) -> int:
+        if not self._topology.is_device(device_id):
+            raise KeyError(device_id)
+        return int(device_id[3:])
+
+    def __len__(self) -> int:
+        return len(self._topology.devices)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._topology.ids("device"))
 
 
-def _lookup(index: dict[str, int], device_id: str) -> int:
+def _device_index(topology: Topology) -> Mapping[str, int]:
+    return _DeviceIndex(topology)
+
+
+def _lookup(index: Mapping[str, int], device_id: str) -> int:
     try:
         return index[device_id]
     except KeyError:
@@ -60,7 +78,7 @@ class StaticMobility:
 
     def __init__(self, topology: Topology) -> None:
         self._index = _device_index(topology)
-        self._xy_m = np.array([[d.x_m, d.y_m] for d in topology.devices], dtype=float)
+        self._xy_m = topology.device_xy_m()
 
     def position(self, device_id: str, t_s: float) -> tuple[float, float]:
         """The device's fixed position."""
@@ -115,7 +133,7 @@ class HighwayMobility:
         check_number("road_length_m", self.road_length_m, strict=True)
         n = len(topology.devices)
         self._index = _device_index(topology)
-        self._xy0_m = np.array([[d.x_m, d.y_m] for d in topology.devices], dtype=float)
+        self._xy0_m = topology.device_xy_m()
         self.speeds_mps = rng.uniform(lo, hi, size=n)
         signs = np.where(rng.random(n) < 0.5, -1.0, 1.0) if both_directions else np.ones(n)
         self.directions = signs

@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from fedge.core.errors import ConfigError
 from fedge.system.availability import Availability
 from fedge.system.compute import compute_time_s
@@ -120,6 +122,7 @@ class SystemModel:
         self.peer_graph.check_links(self.ids("device"))
         self.d2d = d2d
         self._peer_cache: dict[float, dict[str, tuple[str, ...]]] = {}
+        self._attach_index: np.ndarray | None = None
         self.links = links if links is not None else LinkSharing(shared=False)
         """How overlapping transfers share links (``transfers``); not shared by default here,
         the experiment config's default (``system.links.shared = true``) turns it on."""
@@ -152,7 +155,29 @@ class SystemModel:
 
     def _attach(self, device_id: str, t_s: float) -> str | None:
         fallback = self.out_of_coverage == "nearest"
+        if type(self.mobility) is StaticMobility:
+            k = int(self._static_attachments()[self.topology.device_index(device_id)])
+            return None if k < 0 else self.topology.edges[k].id
         return attachment(self.topology, self.mobility, device_id, t_s, fallback)
+
+    def _static_attachments(self) -> np.ndarray:
+        """Every device's edge index (-1: none) when nobody moves, computed once for the
+        population with arrays: the nearest covering edge (ties by index), else the nearest
+        edge with ``out_of_coverage = 'nearest'`` (what ``attachment`` gives one device)."""
+        if self._attach_index is None:
+            xy = self.topology.device_xy_m()
+            exy, cov = self.topology.edge_arrays()
+            out = np.empty(len(xy), dtype=np.int64)
+            for lo in range(0, len(xy), 65536):  # bounded memory: chunks × edges distances
+                part = xy[lo : lo + 65536]
+                dist = np.hypot(exy[None, :, 0] - part[:, 0:1], exy[None, :, 1] - part[:, 1:2])
+                inside = np.where(dist <= cov[None, :], dist, np.inf)
+                best = np.argmin(inside, axis=1)
+                covered = np.isfinite(inside[np.arange(len(part)), best])
+                fallback = np.argmin(dist, axis=1) if self.out_of_coverage == "nearest" else -1
+                out[lo : lo + len(part)] = np.where(covered, best, fallback)
+            self._attach_index = out
+        return self._attach_index
 
     def attachment(self, device_id: str, t_s: float) -> str:
         """The edge serving ``device_id`` at ``t_s`` (nearest in range, or per the policy)."""
@@ -176,10 +201,18 @@ class SystemModel:
     def attached_devices(self, edge_id: str, t_s: float) -> list[str]:
         """Devices served by ``edge_id`` at ``t_s`` (devices out of every coverage are skipped)."""
         self._require(edge_id, "edge")
+        if type(self.mobility) is StaticMobility:
+            k = self.ids("edge").index(edge_id)
+            return [f"dev{i}" for i in np.flatnonzero(self._static_attachments() == k)]
         return [d for d in self.ids("device") if self._attach(d, t_s) == edge_id]
 
     def validate(self, t_s: float = 0.0) -> None:
         """Check every device can attach at ``t_s``; ConfigError names the first that cannot."""
+        if type(self.mobility) is StaticMobility:
+            missing = np.flatnonzero(self._static_attachments() < 0)
+            if len(missing):
+                raise self._uncovered(f"dev{missing[0]}", t_s)
+            return
         for device_id in self.ids("device"):
             if self._attach(device_id, t_s) is None:
                 raise self._uncovered(device_id, t_s)

@@ -6,8 +6,9 @@ Node ids are fixed: ``cloud``, ``edge0``..``edge{E-1}``, ``dev0``..``dev{D-1}``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 import numpy as np
 
@@ -40,6 +41,70 @@ class Node:
         check_number(f"{self.id}.x_m", self.x_m, minimum=-math.inf)
         check_number(f"{self.id}.y_m", self.y_m, minimum=-math.inf)
         check_number(f"{self.id}.coverage_m", self.coverage_m, strict=self.tier == "edge")
+
+
+class DeviceTable(Sequence[Node]):
+    """A population of devices held as arrays: positions (N×2, m) and FLOP/s (N), the
+    other compute fields shared (``profile``). ``table[i]`` makes device i's ``Node`` when
+    asked, so a million devices cost 24 MB instead of a million objects; ids are
+    ``dev<i>`` in index order."""
+
+    def __init__(self, xy_m: np.ndarray, flops_per_s: np.ndarray, profile: ComputeProfile) -> None:
+        xy = np.asarray(xy_m, dtype=float).reshape(-1, 2)
+        flops = np.asarray(flops_per_s, dtype=float)
+        if flops.shape != (len(xy),):
+            raise ConfigError(
+                "devices.flops_per_s", flops.shape, f"one value per device ({len(xy)})"
+            )
+        if not np.isfinite(xy).all():
+            bad = int(np.flatnonzero(~np.isfinite(xy).all(axis=1))[0])
+            raise ConfigError(f"dev{bad}.x_m", tuple(xy[bad]), "finite coordinates")
+        if not (np.isfinite(flops) & (flops > 0)).all():
+            bad = int(np.flatnonzero(~(np.isfinite(flops) & (flops > 0)))[0])
+            raise ConfigError(f"dev{bad}.flops_per_s", float(flops[bad]), "a finite number > 0")
+        xy.flags.writeable = False
+        flops.flags.writeable = False
+        self.xy_m, self.flops_per_s, self.profile = xy, flops, profile
+        self._ids: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.flops_per_s)
+
+    @overload
+    def __getitem__(self, i: int) -> Node: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Node]: ...
+
+    def __getitem__(self, i: int | slice) -> Node | list[Node]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        k = range(len(self))[i]
+        p = self.profile
+        compute = ComputeProfile(
+            float(self.flops_per_s[k]), p.memory_bytes, p.static_power_w, p.energy_per_flop_j
+        )
+        x_m, y_m = self.xy_m[k]
+        return Node(f"dev{k}", "device", float(x_m), float(y_m), 0.0, compute)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, DeviceTable):
+            return (
+                self.profile == other.profile
+                and np.array_equal(self.xy_m, other.xy_m)
+                and np.array_equal(self.flops_per_s, other.flops_per_s)
+            )
+        if isinstance(other, tuple | list):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def ids(self) -> list[str]:
+        """``dev0``..``dev<N-1>`` (made once)."""
+        if self._ids is None:
+            self._ids = tuple(f"dev{k}" for k in range(len(self)))
+        return list(self._ids)
 
 
 @dataclass(frozen=True)
@@ -76,7 +141,7 @@ class Topology:
 
     cloud: Node
     edges: tuple[Node, ...]
-    devices: tuple[Node, ...]
+    devices: tuple[Node, ...] | DeviceTable
     edge_neighbors: Mapping[str, tuple[str, ...]]
     wan: LinkProfile
     backhaul: LinkProfile
@@ -87,12 +152,14 @@ class Topology:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "edges", tuple(self.edges))
-        object.__setattr__(self, "devices", tuple(self.devices))
+        if not isinstance(self.devices, DeviceTable):
+            object.__setattr__(self, "devices", tuple(self.devices))
         self._check_nodes()
         neighbors = {e.id: tuple(self.edge_neighbors.get(e.id, ())) for e in self.edges}
         self._check_neighbors(neighbors)
         object.__setattr__(self, "edge_neighbors", neighbors)
-        nodes = (self.cloud, *self.edges, *self.devices)
+        listed = () if isinstance(self.devices, DeviceTable) else self.devices
+        nodes = (self.cloud, *self.edges, *listed)
         object.__setattr__(self, "_index", {n.id: n for n in nodes})
         xy = np.array([[e.x_m, e.y_m] for e in self.edges], dtype=float).reshape(-1, 2)
         object.__setattr__(self, "_edge_xy_m", xy)
@@ -104,7 +171,8 @@ class Topology:
             raise ConfigError("edges", 0, "at least one edge")
         expected = [("cloud", "cloud", self.cloud)]
         expected += [(f"edge{i}", "edge", n) for i, n in enumerate(self.edges)]
-        expected += [(f"dev{i}", "device", n) for i, n in enumerate(self.devices)]
+        if not isinstance(self.devices, DeviceTable):  # a table's ids are right by making
+            expected += [(f"dev{i}", "device", n) for i, n in enumerate(self.devices)]
         for node_id, tier, node in expected:
             if node.id != node_id or node.tier != tier:
                 raise ConfigError(
@@ -127,6 +195,8 @@ class Topology:
         try:
             return self._index[node_id]
         except KeyError:
+            if isinstance(self.devices, DeviceTable) and self.is_device(node_id):
+                return self.devices[int(node_id[3:])]
             allowed = f"cloud, edge0..edge{len(self.edges) - 1}, dev0..dev{len(self.devices) - 1}"
             raise ConfigError("node_id", node_id, allowed) from None
 
@@ -149,7 +219,10 @@ class Topology:
 
     def tier(self, node_id: str) -> str:
         """``cloud``, ``edge`` or ``device``."""
-        return self.node(node_id).tier
+        node = self._index.get(node_id)
+        if node is None and self.is_device(node_id):
+            return "device"
+        return node.tier if node is not None else self.node(node_id).tier
 
     def ids(self, tier: str) -> list[str]:
         """Ids of the nodes of ``tier``, in index order."""
@@ -158,8 +231,16 @@ class Topology:
         if tier == "edge":
             return [e.id for e in self.edges]
         if tier == "device":
+            if isinstance(self.devices, DeviceTable):
+                return self.devices.ids()
             return [d.id for d in self.devices]
         raise ConfigError("tier", tier, " | ".join(TIERS))
+
+    def device_xy_m(self) -> np.ndarray:
+        """The devices' positions (N×2, m) in index order."""
+        if isinstance(self.devices, DeviceTable):
+            return self.devices.xy_m.copy()
+        return np.array([[d.x_m, d.y_m] for d in self.devices], dtype=float).reshape(-1, 2)
 
     def edge_distances_m(self, x_m: float, y_m: float) -> np.ndarray:
         """Distance from (x_m, y_m) to every edge, in edge index order."""

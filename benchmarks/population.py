@@ -1,0 +1,118 @@
+"""Cost of a population: build time, time per round and peak memory as the devices grow.
+
+Each case runs in a fresh process (so its peak RSS is its own): it builds the experiment
+(system, data, model, apps), then runs a few FedAvg rounds with a fixed cohort, and reports
+
+* ``build_s`` and ``build_us_per_device``: the time of ``fedge.experiment.build``;
+* ``round_s``: the mean wall time of a round (the cohort trains; evaluation included);
+* ``peak_rss_mib``: the process's peak resident memory;
+* ``apps_made``: device apps that exist after the rounds (made on first use);
+* ``copies_mib``: what per-device copies of the samples would have added (device datasets
+  are index views, so this memory is not spent; Fashion-MNIST only).
+
+Cases: Fashion-MNIST (60,000 training samples, so at most 60,000 devices; the MLP keeps the
+rounds short) at 1k / 10k / 50k devices with a cohort of 10, and Synthetic(1, 1) at 1k /
+100k / 1M devices with a cohort of 100 and the logistic model. Run from the repo root::
+
+    .venv/bin/python benchmarks/population.py                      # every case, ~5 minutes
+    .venv/bin/python benchmarks/population.py --cases synthetic:1000000 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+CASES = (
+    "fashion:1000",
+    "fashion:10000",
+    "fashion:50000",
+    "synthetic:1000",
+    "synthetic:100000",
+    "synthetic:1000000",
+)
+
+
+def _config(dataset: str, devices: int, rounds: int) -> Any:
+    from fedge.experiment.config import ExperimentConfig
+
+    fashion = dataset == "fashion"
+    data: dict[str, Any] = (
+        {"dataset": "fashion_mnist", "partition": "iid", "test_limit": 1000}
+        if fashion
+        else {"dataset": "leaf_synthetic", "synthetic": {"alpha": 1.0, "beta": 1.0}}
+    )
+    return ExperimentConfig.model_validate(
+        {
+            "name": f"population-{dataset}-{devices}",
+            "rounds": rounds,
+            "threads": 1,
+            "data": data,
+            "model": {"name": "mlp" if fashion else "logistic"},
+            "training": {"lr": 0.05 if fashion else 0.01, "batch_size": 32 if fashion else 10},
+            "federation": {"clients_per_round": 10 if fashion else 100},
+            "system": {"edges": 10, "devices": devices, "out_of_coverage": "nearest"},
+        }
+    )
+
+
+def run_case(case: str, rounds: int) -> dict[str, Any]:
+    """Build and run one case in this process; its figures."""
+    from fedge.experiment.build import build
+    from fedge.experiment.engines import set_threads
+
+    dataset, devices = case.split(":")
+    cfg = _config(dataset, int(devices), rounds)
+    set_threads(cfg)
+    start = time.perf_counter()
+    exp = build(cfg)
+    build_s = time.perf_counter() - start
+    start = time.perf_counter()
+    exp.coordinator.run(exp.transport, exp.initial_state, exp.rng, rounds)
+    round_s = (time.perf_counter() - start) / rounds
+    copies = 0.0
+    if exp.federation is None:
+        per_sample = 4 * math.prod(exp.train.input_shape) + 8  # float32 features, int64 label
+        copies = sum(len(p) for p in exp.parts) * per_sample / 2**20
+    return {
+        "case": case,
+        "devices": int(devices),
+        "build_s": round(build_s, 2),
+        "build_us_per_device": round(build_s / int(devices) * 1e6, 1),
+        "round_s": round(round_s, 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "apps_made": exp.nodes.apps.made,
+        "copies_mib": round(copies, 1),
+        "sim_time_s": round(exp.transport.stats()["sim_time_s"], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="*", default=list(CASES))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_case(args.one, args.rounds)))
+        return
+    rows = []
+    for case in args.cases:
+        cmd = [sys.executable, __file__, "--one", case, "--rounds", str(args.rounds)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    keys = list(rows[0])
+    print("\n" + " | ".join(keys))
+    for row in rows:
+        print(" | ".join(str(row[k]) for k in keys))
+
+
+if __name__ == "__main__":
+    main()
