@@ -31,6 +31,7 @@ def test_tensorboard_events_hold_every_round_of_the_store(tiny_config):
     assert "config/text_summary" in events.Tags()["tensors"]
 
 
+@pytest.mark.slow
 def test_mlflow_run_holds_params_metrics_and_files(tiny_config, tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -85,6 +86,7 @@ def test_the_progress_bar_shows_accuracy_simulated_time_and_eta(tiny_config, cap
     assert "<00:00" in last  # tqdm's elapsed<remaining: the ETA
 
 
+@pytest.mark.slow
 def test_compare_shows_one_bar_over_variants_and_seeds(tiny_config, capsys):
     from fedge.studies.compare import run_comparison
 
