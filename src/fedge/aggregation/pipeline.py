@@ -131,13 +131,31 @@ class ServerPipeline:
         return self.optimizer.step(agg.reference, agg.delta())
 
     def run(
-        self, reference: ModelState, updates: Sequence[Update], rng: np.random.Generator
+        self,
+        reference: ModelState,
+        updates: Sequence[Update],
+        rng: np.random.Generator,
+        *,
+        prepare: Sequence[PrepareStage] = (),
+        finalize: Sequence[FinalizeStage] = (),
+        empty: Aggregate | None = None,
     ) -> ModelState:
-        """The next model from ``reference`` and the received ``updates`` (none: unchanged)."""
-        if not updates:
+        """The next model from ``reference`` and the received ``updates`` (none: unchanged,
+        unless ``empty`` gives the aggregate of no updates for the finalize stages).
+
+        ``prepare`` / ``finalize`` are stages for this call only, run after the pipeline's
+        own prepare and before its own finalize: a node's DP clipping and noise, bound to
+        that node's state (``fedge.aggregation.privacy``)."""
+        if not updates and empty is None:
             return reference
-        prepared = self.prepare(updates, reference, rng)
-        return self.finalize(self.aggregate(prepared, reference, rng), prepared, rng)
+        prepared = self.prepare(updates, reference, rng) if updates else []
+        for stage in prepare:
+            prepared = stage.prepare(prepared, reference, rng)
+        agg = self.aggregate(prepared, reference, rng) if prepared else empty
+        assert agg is not None
+        for extra in finalize:
+            agg = extra.finalize(agg, prepared, rng)
+        return self.finalize(agg, prepared, rng)
 
 
 __all__ = ["AGGREGATORS", "Aggregate", "FinalizeStage", "PrepareStage", "ServerPipeline"]

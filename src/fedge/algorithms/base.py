@@ -180,6 +180,9 @@ class AlgorithmSpec:
     """Devices keep a share of their samples as their own test split."""
     check: Check | None = None
     """Checks across sections (run before any work), e.g. FedProx needs proximal_mu > 0."""
+    privacy: tuple[str, ...] = ()
+    """Tiers at which it can add central DP noise (``privacy.noise_at``; the first is the
+    default); empty: no differential privacy (``fedge.algorithms.privacy``)."""
 
     def section(self, config: Any) -> Section:
         """The algorithm's section from ``config`` with the variant's defaults applied

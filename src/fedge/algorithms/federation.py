@@ -27,6 +27,7 @@ from fedge.algorithms.base import (
 from fedge.algorithms.fedavg import FedAvg
 from fedge.algorithms.hierarchical import EdgeServer, HierarchicalFL, kappa1_bounds
 from fedge.algorithms.multiserver import Exchange, MultiServerFL
+from fedge.algorithms.privacy import make_privacy
 from fedge.algorithms.selection import SelectionHint, make_selector
 from fedge.core.errors import ConfigError
 from fedge.core.node import NodeApp
@@ -58,7 +59,9 @@ class FederationSettings(Section):
     malicious_mode: Literal["random", "scaled"] = "random"
     malicious_scale: float = 10.0
     interserver_params: Params = Field(default_factory=dict)
-    selection: str = Field("random", description="random | deadline_aware | power_of_choice")
+    selection: str = Field(
+        "random", description="random | poisson | deadline_aware | power_of_choice"
+    )
     selection_params: Params = Field(default_factory=dict)
     kappa1_rule: str = Field("fixed", description="fixed | adacomm (hierarchical FL)")
     kappa1_params: Params = Field(default_factory=dict)
@@ -131,6 +134,16 @@ def _selection(ctx: BuildContext) -> dict[str, Any]:
     }
 
 
+def _privacy(ctx: BuildContext) -> dict[str, Any]:
+    """The DP accounting (and, for central DP, the clipping and noise) of the node that
+    aggregates the devices' updates: the cloud of the FedAvg family, every edge otherwise."""
+    settings = ctx.config.privacy
+    if not settings.enabled:
+        return {}
+    s: FederationSettings = ctx.settings
+    return {"privacy": make_privacy(settings, s.selection, s.selection_params)}
+
+
 def assemble_fedavg(ctx: BuildContext) -> Assembly:
     """Devices attach to the cloud; the cloud runs FedAvg (or its family) over them."""
     s: FederationSettings = ctx.settings
@@ -141,6 +154,7 @@ def assemble_fedavg(ctx: BuildContext) -> Assembly:
         deadline_s=s.deadline_s,
         **_optimizer(s),
         **_selection(ctx),
+        **_privacy(ctx),
     )
     return with_cloud(device_apps(ctx), coordinator)
 
@@ -165,6 +179,7 @@ def edge_apps(ctx: BuildContext, exchange: bool) -> dict[str, NodeApp]:
         deadline_s=s.deadline_s,
         on_handover="redirect" if s.handover else "drop",
         **_selection(ctx),
+        **_privacy(ctx),
     )
     evaluate = ctx.evaluator()
     server = EdgeServer(inner, evaluate, absorb_handovers=not exchange)
@@ -242,6 +257,7 @@ def _family(name: str, description: str, check: Check | None = None, **defaults:
             defaults,
             links=("device-cloud",),
             check=check,
+            privacy=("cloud",),
         )
     )
 
@@ -266,6 +282,7 @@ register_algorithm(
         FederationSettings,
         roles=("edge",),
         links=("device-edge", "edge-cloud"),
+        privacy=("edge",),
     )
 )
 register_algorithm(
@@ -278,6 +295,7 @@ register_algorithm(
         links=("device-edge", "edge-edge"),
         validation=True,
         check=_fixed_kappa1,
+        privacy=("edge",),
     )
 )
 register_algorithm(
@@ -289,5 +307,6 @@ register_algorithm(
         roles=("edge",),
         links=("device-edge",),
         check=_fixed_kappa1,
+        privacy=("edge",),
     )
 )

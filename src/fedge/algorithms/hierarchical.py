@@ -28,6 +28,7 @@ from fedge.algorithms.base import (
     weighted_metric,
 )
 from fedge.algorithms.fedavg import FedAvg
+from fedge.algorithms.privacy import edge_metrics
 from fedge.core.errors import ConfigError
 from fedge.core.message import Message
 from fedge.core.node import NodeContext
@@ -60,9 +61,13 @@ class EdgeServer:
         downstream = ctx.downstream
         assert downstream is not None, "an edge needs a downstream transport"
         updates: list[Update] = []
+        privacy = self.inner.privacy
+        memory = ctx.state.setdefault("privacy", {}) if privacy is not None else None
         for k in range(int(p["edge_rounds"])):
             index = int(p["first_round"]) + k
-            state, _, updates = self.inner.round(downstream, state, ctx.rng, index, p.get("train"))
+            state, _, updates = self.inner.round(
+                downstream, state, ctx.rng, index, p.get("train"), memory
+            )
         if self.absorb_handovers and ctx.state.get("inbox"):
             state, updates = _absorb(state, updates, ctx.state.pop("inbox"))
         ctx.state["model"] = state
@@ -71,6 +76,8 @@ class EdgeServer:
             "train_loss": weighted_metric(updates, "train_loss"),
             "participants": float(len(updates)),
         }
+        if privacy is not None and memory is not None:
+            metrics.update(privacy.metrics(memory, int(p["edge_rounds"])))
         out: dict[str, Any] = {}
         if p.get("return_model", True) and updates:
             out["update"] = Update(
@@ -213,6 +220,7 @@ class HierarchicalFL(RoundLoop):
             "participants": sum(m.payload["metrics"]["participants"] for m in replies),
             "train_loss": weighted_metric(updates, "train_loss"),
             "kappa1": float(kappa1),
+            **edge_metrics([m.payload["metrics"] for m in replies]),
         }
         self.adapt_kappa1(metrics["train_loss"])
         return RoundRecord(r, state, metrics)

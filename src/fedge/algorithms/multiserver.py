@@ -24,6 +24,7 @@ import numpy as np
 from fedge.aggregation import Candidate, Score, interserver
 from fedge.algorithms.base import RoundRecord
 from fedge.algorithms.hierarchical import Evaluator, HierarchicalFL, edge_eval_summary
+from fedge.algorithms.privacy import edge_metrics
 from fedge.core.message import Message
 from fedge.core.node import NodeContext
 from fedge.core.transport import Transport
@@ -134,6 +135,7 @@ class MultiServerFL(HierarchicalFL):
         )
         metrics["participants"] = sum(m.payload["metrics"]["participants"] for m in trained)
         metrics["edges"] = float(len(trained))
+        metrics.update(edge_metrics([m.payload["metrics"] for m in trained]))
         return RoundRecord(r, initial, metrics, evaluated=due)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from torch import nn
 
 from fedge.algorithms import ALGORITHMS, AlgorithmSpec, BuildContext, Coordinator
+from fedge.algorithms.privacy import check_budget, check_privacy, local_transform
 from fedge.core.errors import ConfigError
 from fedge.core.node import NodeApp, derive_seed
 from fedge.core.settings import Section
@@ -81,6 +82,7 @@ def _checked(cfg: ExperimentConfig) -> tuple[AlgorithmSpec, Section, dict[str, l
     settings = spec.section(cfg)  # the variant's defaults applied and checked
     if spec.check is not None:
         spec.check(cfg)
+    check_privacy(cfg, spec.name, spec.privacy)
     return spec, settings, client_pipeline(cfg, spec)
 
 
@@ -95,6 +97,9 @@ def client_pipeline(cfg: ExperimentConfig, spec: AlgorithmSpec) -> dict[str, lis
                 f"{where}.link", entry.link, f"a link of {cfg.algorithm!r}: {allowed}"
             )
         links.setdefault(entry.link, []).append(make_transform(entry.method, entry.params(), where))
+    if cfg.privacy.mechanism == "local":  # local DP noise first: compression is post-processing
+        uplink = next(link for link in spec.links if link in ("device-cloud", "device-edge"))
+        links[uplink] = [local_transform(cfg.privacy), *links.get(uplink, [])]
     return links
 
 
@@ -177,6 +182,7 @@ def build(cfg: ExperimentConfig) -> Experiment:
     its apps and coordinator; the update pipeline and the engine come last."""
     spec, settings, links = _checked(cfg)
     system = build_system(cfg.system, cfg.seed)
+    check_budget(cfg, spec.privacy, system)
     train, test = _data(cfg)
     train, validation = _split_validation(cfg, train, len(system.ids("edge")), spec.validation)
     parts = _partition(cfg, train, system)

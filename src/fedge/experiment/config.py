@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedge.algorithms.decentralized import PeerSettings
 from fedge.algorithms.federation import FederationSettings
+from fedge.algorithms.privacy import PrivacySettings
 from fedge.algorithms.split import SplitSettings
 from fedge.core.errors import ConfigError, FedgeError
 from fedge.core.settings import config_error
@@ -193,6 +194,7 @@ class ExperimentConfig(Section):
     federation: FederationSettings = FederationSettings()
     decentralized: PeerSettings = PeerSettings()
     split: SplitSettings = SplitSettings()
+    privacy: PrivacySettings = PrivacySettings()
     system: SystemConfig = SystemConfig()
     ray: RayConfig = RayConfig()
     grpc: GrpcSettings = GrpcSettings()
