@@ -154,3 +154,12 @@ def test_aggregate_of_no_updates_is_a_zero_delta():
     agg = zero_aggregate(state(1.0, 2.0))
     assert isinstance(agg, Aggregate) and agg.kind == "delta"
     assert torch.equal(agg.result["w"], torch.zeros(2)) and int(agg.result["n"]) == 3
+
+
+def test_weighted_models_enter_the_noisy_sum_as_their_deltas():
+    """The cloud over edges: an edge's model (a state) with weight k_e adds k_e·(model − ref)."""
+    reference = state(1.0, 1.0)
+    edges = [Update(state(2.0, 1.0), weight=2.0), Update(state(1.0, 4.0), weight=3.0)]
+    rng = np.random.default_rng(0)
+    agg = NoisySumStage(0.0, 10.0).finalize(zero_aggregate(reference), edges, rng)
+    assert torch.allclose(agg.result["w"].double(), torch.tensor([0.2, 0.9], dtype=torch.float64))

@@ -7,10 +7,12 @@ import math
 from pathlib import Path
 
 import dp_accounting as dp
+import numpy as np
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
 from fedge.cli import main
+from fedge.core.errors import ConfigError
 from fedge.experiment import load_config
 from fedge.experiment.build import build
 from fedge.results import RunStore
@@ -189,6 +191,10 @@ def test_local_dp_is_accounted_per_device_without_sampling_amplification(tiny_co
         (["algorithm='dfl'"],
          "privacy.mechanism: got 'central'; allowed: 'none' for algorithm 'dfl'"),
         (["privacy.noise_at='edge'"], "privacy.noise_at: got 'edge'; allowed: 'cloud'"),
+        (["algorithm='hierarchical'", "privacy.noise_at='cloud'", "federation.kappa2=2"],
+         "federation.kappa2: got 2; allowed: 1 with central DP noise at the cloud"),
+        (["algorithm='msfl'", "system.mobility='highway'"],
+         "system.mobility: got 'highway'; allowed: 'static'"),
         (["privacy.adaptive_clip=true"],
          "privacy.clipped_count_stddev: got 0.2; allowed: a value > "),
     ],
@@ -202,3 +208,33 @@ def test_bad_privacy_settings_exit_2_naming_the_field(capsys, tiny_config, overr
     assert code == 2, err
     assert expected in err and len(err.strip().splitlines()) == 1
     assert not any(Path(tiny_config.parent / "runs").glob("*/metrics.csv"))
+
+
+def test_poisson_selection_includes_each_device_independently_with_its_rate():
+    from fedge.algorithms.selection import make_selector
+
+    selector = make_selector("poisson", {"rate": 0.2}, 10, None)
+    devices = [f"d{i}" for i in range(2000)]
+    rng = np.random.default_rng(0)
+    counts = [len(selector.select(devices, 10, rng, None)) for _ in range(50)]
+    sd = math.sqrt(2000 * 0.2 * 0.8 / 50)  # of the mean of 50 binomial draws
+    assert abs(np.mean(counts) - 400) < 5 * sd
+    assert max(counts) > 10  # clients_per_round does not cap a Poisson cohort
+    with pytest.raises(ConfigError, match=r"federation\.selection_params\.rate"):
+        make_selector("poisson", {"rate": 0.0}, 10, None)
+
+
+@pytest.mark.slow
+def test_noise_at_the_cloud_of_hierarchical_fl_is_accounted_on_the_densest_edge(tiny_config):
+    overrides = ["algorithm='hierarchical'", "privacy.noise_at='cloud'",
+                 "federation.clients_per_edge=2", "rounds=2"]  # fmt: skip
+    result, eps = run(tiny_config, *overrides)
+    system = build(load_config(tiny_config, ["privacy.mechanism='central'", *overrides])).system
+    devices = system.ids("device")
+    sizes = [sum(system.attachment(d, 0.0) == e for d in devices) for e in system.ids("edge")]
+    strata = [(n, min(2, n)) for n in sizes if n]
+    n, k = max(strata, key=lambda nk: nk[1] / nk[0])
+    event = dp.SampledWithoutReplacementDpEvent(n, k, dp.GaussianDpEvent(SIGMA / 2))
+    assert eps == pytest.approx([rdp_epsilon(event, r, REPLACE_ONE) for r in (1, 2)], rel=1e-12)
+    cohort = sum(k for _, k in strata)
+    assert [row["noise_std"] for row in result.rows] == pytest.approx([SIGMA / cohort] * 2)

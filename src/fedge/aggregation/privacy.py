@@ -59,7 +59,8 @@ class ClipStage:
 
 @dataclass(frozen=True)
 class NoisySumStage:
-    """Finalize stage: ``(Σ w·Δ + N(0, std²)) / denominator`` as the mean delta."""
+    """Finalize stage: ``(Σ w·Δ + N(0, std²)) / denominator`` as the mean delta (an update
+    that is a state counts as its delta from the reference)."""
 
     std: float
     denominator: float
@@ -81,7 +82,10 @@ class NoisySumStage:
                 continue
             total = noise[key]
             for u in updates:
-                total = total + u.weight * u.state[key].to(torch.float64)
+                d = u.state[key].to(torch.float64)
+                if u.kind == "state":  # a model (an edge's), not yet its delta
+                    d = d - base.to(torch.float64)
+                total = total + u.weight * d
             out[key] = total / self.denominator
         return out
 

@@ -27,7 +27,7 @@ from fedge.algorithms.base import (
 from fedge.algorithms.fedavg import FedAvg
 from fedge.algorithms.hierarchical import EdgeServer, HierarchicalFL, kappa1_bounds
 from fedge.algorithms.multiserver import Exchange, MultiServerFL
-from fedge.algorithms.privacy import make_privacy
+from fedge.algorithms.privacy import Tier, make_privacy, strata
 from fedge.algorithms.selection import SelectionHint, make_selector
 from fedge.core.errors import ConfigError
 from fedge.core.node import NodeApp
@@ -134,14 +134,18 @@ def _selection(ctx: BuildContext) -> dict[str, Any]:
     }
 
 
-def _privacy(ctx: BuildContext) -> dict[str, Any]:
-    """The DP accounting (and, for central DP, the clipping and noise) of the node that
-    aggregates the devices' updates: the cloud of the FedAvg family, every edge otherwise."""
-    settings = ctx.config.privacy
-    if not settings.enabled:
-        return {}
+FAMILY_DP = ("cloud",)
+HIERARCHICAL_DP = ("edge", "cloud")
+EDGE_DP = ("edge",)
+"""Where each algorithm can add central DP noise (``privacy.noise_at``; first: default)."""
+
+
+def _privacy(ctx: BuildContext, seats: tuple[str, ...], tier: Tier) -> dict[str, Any]:
+    """The DP mechanism of the node at ``tier`` (``fedge.algorithms.privacy``), if any."""
     s: FederationSettings = ctx.settings
-    return {"privacy": make_privacy(settings, s.selection, s.selection_params)}
+    strata_ = strata(ctx.config, ctx.system) if tier == "edges" else ()
+    privacy = make_privacy(ctx.config.privacy, seats, s, tier, strata_)
+    return {} if privacy is None else {"privacy": privacy}
 
 
 def assemble_fedavg(ctx: BuildContext) -> Assembly:
@@ -154,12 +158,14 @@ def assemble_fedavg(ctx: BuildContext) -> Assembly:
         deadline_s=s.deadline_s,
         **_optimizer(s),
         **_selection(ctx),
-        **_privacy(ctx),
+        **_privacy(ctx, FAMILY_DP, "cloud"),
     )
     return with_cloud(device_apps(ctx), coordinator)
 
 
-def edge_apps(ctx: BuildContext, exchange: bool) -> dict[str, NodeApp]:
+def edge_apps(
+    ctx: BuildContext, exchange: bool, seats: tuple[str, ...] = EDGE_DP
+) -> dict[str, NodeApp]:
     """Edge servers that run FedAvg rounds over their attached devices (and exchange).
 
     Updates handed over by vehicles are scored by the exchange step when the edges exchange,
@@ -179,7 +185,7 @@ def edge_apps(ctx: BuildContext, exchange: bool) -> dict[str, NodeApp]:
         deadline_s=s.deadline_s,
         on_handover="redirect" if s.handover else "drop",
         **_selection(ctx),
-        **_privacy(ctx),
+        **_privacy(ctx, seats, "edge"),
     )
     evaluate = ctx.evaluator()
     server = EdgeServer(inner, evaluate, absorb_handovers=not exchange)
@@ -212,8 +218,10 @@ def assemble_hierarchical(ctx: BuildContext) -> Assembly:
         deadline_s=s.deadline_s,
         kappa1_rule=s.kappa1_rule,
         kappa1_params=dict(s.kappa1_params),
+        **_privacy(ctx, HIERARCHICAL_DP, "edges"),
     )
-    return with_cloud({**device_apps(ctx), **edge_apps(ctx, exchange=False)}, coordinator)
+    edges = edge_apps(ctx, exchange=False, seats=HIERARCHICAL_DP)
+    return with_cloud({**device_apps(ctx), **edges}, coordinator)
 
 
 def multiserver(exchange: bool) -> Callable[[BuildContext], Assembly]:
@@ -257,7 +265,7 @@ def _family(name: str, description: str, check: Check | None = None, **defaults:
             defaults,
             links=("device-cloud",),
             check=check,
-            privacy=("cloud",),
+            privacy=FAMILY_DP,
         )
     )
 
@@ -282,7 +290,7 @@ register_algorithm(
         FederationSettings,
         roles=("edge",),
         links=("device-edge", "edge-cloud"),
-        privacy=("edge",),
+        privacy=HIERARCHICAL_DP,
     )
 )
 register_algorithm(
@@ -295,7 +303,7 @@ register_algorithm(
         links=("device-edge", "edge-edge"),
         validation=True,
         check=_fixed_kappa1,
-        privacy=("edge",),
+        privacy=EDGE_DP,
     )
 )
 register_algorithm(
@@ -307,6 +315,6 @@ register_algorithm(
         roles=("edge",),
         links=("device-edge",),
         check=_fixed_kappa1,
-        privacy=("edge",),
+        privacy=EDGE_DP,
     )
 )

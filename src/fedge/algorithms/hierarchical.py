@@ -28,7 +28,7 @@ from fedge.algorithms.base import (
     weighted_metric,
 )
 from fedge.algorithms.fedavg import FedAvg
-from fedge.algorithms.privacy import edge_metrics
+from fedge.algorithms.privacy import Privacy, edge_metrics
 from fedge.core.errors import ConfigError
 from fedge.core.message import Message
 from fedge.core.node import NodeContext
@@ -72,6 +72,9 @@ class EdgeServer:
             state, updates = _absorb(state, updates, ctx.state.pop("inbox"))
         ctx.state["model"] = state
         weight = float(sum(u.weight for u in updates))
+        if privacy is not None and memory is not None:
+            fixed = privacy.edge_weight(memory)
+            weight = weight if fixed is None else fixed
         metrics = {
             "train_loss": weighted_metric(updates, "train_loss"),
             "participants": float(len(updates)),
@@ -171,6 +174,9 @@ class HierarchicalFL(RoundLoop):
     deadline_s: float | None = None
     kappa1_rule: str = "fixed"
     kappa1_params: Mapping[str, Any] = field(default_factory=dict)
+    privacy: Privacy | None = None
+    """Central DP noise at the cloud over the edges' clipped sums (``CloudDP``); its state
+    lives in ``privacy_memory``."""
 
     def __post_init__(self) -> None:
         _check_kappa("kappa1", self.kappa1)
@@ -178,6 +184,7 @@ class HierarchicalFL(RoundLoop):
         self.kappa1_bounds = kappa1_bounds(self.kappa1_rule, self.kappa1_params, self.kappa1)
         self.kappa1_state: dict[str, float] = {}
         self.pipeline = ServerPipeline(self.aggregator, dict(self.aggregator_params))
+        self.privacy_memory: dict[str, Any] = {}
 
     def current_kappa1(self) -> int:
         """κ1 of the coming cloud round."""
@@ -212,15 +219,26 @@ class HierarchicalFL(RoundLoop):
             self.kappa1_state = {}
         kappa1 = self.current_kappa1()
         model = Update(state, origin=transport.node_id, round=r)
+        if self.privacy is not None:
+            self.privacy.admit(self.privacy_memory, 0, 0)
         replies = transport.send(self.request(transport, r, {"model": model}), self.deadline_s)
         updates = [m.payload["update"] for m in replies if "update" in m.payload]
-        state = self.pipeline.run(state, updates, rng)
+        private: dict[str, float] = {}
+        if self.privacy is None:
+            state = self.pipeline.run(state, updates, rng)
+        else:
+            memory = self.privacy_memory
+            state, private = self.privacy.aggregate(
+                self.pipeline, state, updates, rng, memory, 0, 0
+            )
+            private.update(self.privacy.metrics(memory, 1))
         metrics = {
             "edges": float(len(updates)),
             "participants": sum(m.payload["metrics"]["participants"] for m in replies),
             "train_loss": weighted_metric(updates, "train_loss"),
             "kappa1": float(kappa1),
             **edge_metrics([m.payload["metrics"] for m in replies]),
+            **private,
         }
         self.adapt_kappa1(metrics["train_loss"])
         return RoundRecord(r, state, metrics)

@@ -13,6 +13,9 @@ give updates that differ by up to 2·clip, so one release has noise multiplier
 knows it was asked). ``memory["releases"]`` counts the device's releases (its node state:
 checkpoints carry it); every update carries the count in ``metrics["dp_releases"]`` so the
 aggregator can report the ε of the device that released most.
+
+It is configured by ``[privacy]`` (``mechanism = "local"``), not as a ``[[compression]]``
+entry, so that no release goes unaccounted.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import torch
 from fedge.core.errors import ConfigError, FedgeError
 from fedge.core.noise import clip_state, gaussian_like, torch_generator
 from fedge.core.update import Update
-from fedge.transforms.pipeline import TRANSFORMS
 
 RELEASES = "dp_releases"
 
@@ -66,6 +68,3 @@ class LocalGaussian:
             update.via,
             update.round,
         )
-
-
-TRANSFORMS.add("local_dp", LocalGaussian, "local DP: clip the update, add Gaussian noise")
