@@ -147,9 +147,12 @@ def test_a_resumed_run_reports_the_same_epsilon(tiny_config, tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_per_edge_noise_is_accounted_per_edge_and_the_cloud_reports_the_largest(tiny_config):
-    overrides = ["algorithm='hierarchical'", "federation.clients_per_edge=2", "rounds=2",
-                 "federation.kappa2=2"]  # fmt: skip
+@pytest.mark.parametrize(("algorithm", "kappa2"), [("hierarchical", 2), ("msfl", 1)])
+def test_per_edge_noise_is_accounted_per_edge_and_the_cloud_reports_the_largest(
+    tiny_config, algorithm, kappa2
+):
+    overrides = [f"algorithm='{algorithm}'", "federation.clients_per_edge=2", "rounds=2",
+                 f"federation.kappa2={kappa2}"]  # fmt: skip
     result, eps = run(tiny_config, *overrides)
     system = build(load_config(tiny_config, overrides)).system
     devices = system.ids("device")
@@ -157,9 +160,10 @@ def test_per_edge_noise_is_accounted_per_edge_and_the_cloud_reports_the_largest(
     for edge in system.ids("edge"):
         n = sum(system.attachment(d, 0.0) == edge for d in devices)
         event = dp.SampledWithoutReplacementDpEvent(n, min(2, n), dp.GaussianDpEvent(SIGMA / 2))
-        per_edge.append([rdp_epsilon(event, 2 * r, REPLACE_ONE) for r in (1, 2)])
+        per_edge.append([rdp_epsilon(event, kappa2 * r, REPLACE_ONE) for r in (1, 2)])
     assert eps == pytest.approx([max(e[i] for e in per_edge) for i in range(2)], rel=1e-12)
     assert math.isfinite(result.summary["accuracy"])
+    assert result.summary["epsilon"] == pytest.approx(eps[-1])
 
 
 @pytest.mark.slow
@@ -238,3 +242,27 @@ def test_noise_at_the_cloud_of_hierarchical_fl_is_accounted_on_the_densest_edge(
     assert eps == pytest.approx([rdp_epsilon(event, r, REPLACE_ONE) for r in (1, 2)], rel=1e-12)
     cohort = sum(k for _, k in strata)
     assert [row["noise_std"] for row in result.rows] == pytest.approx([SIGMA / cohort] * 2)
+
+
+def test_local_noise_comes_before_compression_on_the_device():
+    from fedge.algorithms import ALGORITHMS
+    from fedge.experiment.build import client_pipeline
+    from fedge.transforms import LocalGaussian
+    from fedge.transforms.compression import TopK
+
+    cfg = load_config(
+        Path(__file__).parents[2] / "examples" / "privacy" / "dp_local.toml",
+        ["compression=[{link='device-cloud', method='topk', ratio=0.1}]"],
+    )
+    links = client_pipeline(cfg, ALGORITHMS.get("fedavg"))
+    assert [type(t) for t in links["device-cloud"]] == [LocalGaussian, TopK]
+
+
+@pytest.mark.slow
+def test_central_dp_composes_with_compressed_uplinks(tiny_config):
+    """Updates are clipped and noised after decompression: ε is unchanged, bytes shrink."""
+    topk = "compression=[{link='device-cloud', method='topk', ratio=0.05}]"
+    result, eps = run(tiny_config, topk, "rounds=2")
+    event = dp.SampledWithoutReplacementDpEvent(10, 4, dp.GaussianDpEvent(SIGMA / 2))
+    assert eps == pytest.approx([rdp_epsilon(event, r, REPLACE_ONE) for r in (1, 2)], rel=1e-12)
+    assert result.summary["compression_ratio_up"] > 5
