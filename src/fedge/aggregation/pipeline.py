@@ -12,6 +12,12 @@
 
 The pipeline is pure apart from the server optimizer's moments and the stages' own state;
 the same object serves the cloud, an HFL edge and an MS-FL edge.
+
+Differential privacy (``fedge.aggregation.privacy``) passes its stages per call (``run(...,
+prepare=, finalize=)``), bound to the node's own state: clipping runs after prepare, on
+updates already decompressed (a compressed update's state is its decoded data) and in
+delta form, so central noise is always added after decompression; the noisy sum replaces
+the aggregate before the server optimizer.
 """
 
 from __future__ import annotations

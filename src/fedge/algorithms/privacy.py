@@ -16,7 +16,19 @@ Mechanisms (``privacy.mechanism``):
   (``fedge.transforms.privacy``); accounted per device, with no amplification by sampling.
 
 Where central noise is added (``privacy.noise_at``): at the cloud for the FedAvg family; at
-every edge for hierarchical FL, multi-server and single-server FL. Per-edge noise gives
+every edge (default) or at the cloud for hierarchical FL; at every edge for multi-server and
+single-server FL.
+
+*Noise at the cloud of hierarchical FL*: each edge clips its devices' deltas and sums them
+over its fixed cohort k_e without noise, its model goes up with weight k_e, and the cloud
+adds N(0, (σ·clip)²) to the weighted sum — the sum of every clipped device delta of the
+round — and divides by Σ k_e. One cloud round must hold one edge round (``kappa2 = 1``) so
+that a device contributes once. The cohorts are drawn per edge (stratified sampling); a
+device sits in one stratum, so the round is the subsampled Gaussian of its own edge's
+sampling, and the accountant is given the edge with the largest inclusion probability
+k_e / n_e, which bounds every device's ε. The edges are trusted with raw updates.
+
+*Noise at every edge*: per-edge noise gives
 each edge's cohort its own DP-FedAvg, accounted by the edge over its own population (the
 devices attached to it: static mobility is required, so that each device belongs to one
 edge, and a device's guarantee is its edge's). Whatever happens after an edge's noisy
