@@ -138,6 +138,7 @@ def _registries() -> dict[str, list[tuple[str, str]]]:
     import fedge.studies  # noqa: F401  (importing it registers the built-in studies)
     from fedge.aggregation import AGGREGATORS, INTERSERVER, SERVER_OPTIMIZERS
     from fedge.algorithms import ALGORITHMS
+    from fedge.algorithms.privacy import MECHANISMS
     from fedge.algorithms.selection import SELECTORS
     from fedge.core.codec import CODECS
     from fedge.experiment.engines import ENGINES
@@ -156,6 +157,7 @@ def _registries() -> dict[str, list[tuple[str, str]]]:
         "interserver-rules": INTERSERVER.describe(),
         "selectors": SELECTORS.describe(),
         "compressors": COMPRESSORS.describe(),
+        "privacy": list(MECHANISMS),
         "codecs": CODECS.describe(),
         "studies": STUDIES.describe(),
     }

@@ -71,6 +71,12 @@ from fedge.core.errors import ConfigError
 from fedge.core.settings import Section
 from fedge.transforms.privacy import LocalGaussian
 
+MECHANISMS = (
+    ("central", "DP-FedAvg: clip every update, Gaussian noise on the sum at the aggregator"),
+    ("local", "every device clips and noises its own update before it leaves"),
+)
+"""``privacy.mechanism`` values besides "none" (``fedge list privacy``)."""
+
 
 class PrivacySettings(Section):
     """Client-level differential privacy (off unless ``mechanism`` is set)."""
@@ -256,6 +262,7 @@ def check_budget(config: Any, seats: Sequence[str], system: Any) -> None:
 
 
 __all__ = [
+    "MECHANISMS",
     "CentralDP",
     "CloudDP",
     "EdgeClip",

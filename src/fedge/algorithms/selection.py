@@ -125,9 +125,11 @@ class RandomSelection(Selector):
 @SELECTORS.register("poisson")
 @dataclass(frozen=True)
 class PoissonSelection(Selector):
-    """Each device independently with probability ``rate`` (Poisson sampling, the sampling
-    of DP-FedAvg's privacy analysis): the cohort's size is random, with mean ``rate·n``, and
-    ``clients_per_round`` does not cap it (a cap would break the analysis)."""
+    """Each device independently with probability ``rate`` (Poisson sampling).
+
+    The sampling of DP-FedAvg's privacy analysis: the cohort's size is random, with mean
+    ``rate·n``, and ``clients_per_round`` does not cap it (a cap would break the analysis).
+    """
 
     rate: float = 0.1
 
