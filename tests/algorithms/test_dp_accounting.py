@@ -187,6 +187,8 @@ def test_local_dp_is_accounted_per_device_without_sampling_amplification(tiny_co
         (["privacy.max_epsilon=0.01"], "privacy.max_epsilon: got 0.01; allowed: a value >= "),
         (["federation.selection='power_of_choice'"],
          "federation.selection: got 'power_of_choice'; allowed: random | poisson"),
+        (["privacy.noise_multiplier=0", "privacy.max_epsilon=10"],
+         "privacy.max_epsilon: got 10.0; allowed: unset with noise_multiplier = 0"),
         (["privacy.colour=1"], "privacy.colour: got 1; allowed: unknown key; known keys here: "),
         (["privacy.mechanism='laplace'"], "privacy.mechanism: got 'laplace'; allowed: "),
         (["privacy.accountant='pld'"], "privacy.accountant: got 'pld'; allowed: 'rdp'"),

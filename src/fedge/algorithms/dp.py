@@ -145,6 +145,8 @@ class CentralDP:
 
     def epsilon(self, events: Sequence[tuple[Any, int]]) -> float:
         s = self.settings
+        if events and s.noise_multiplier == 0:
+            return math.inf  # no noise: no guarantee (and the accountant would divide by 0)
         return epsilon_of(events, s.accountant, self.sampling.relation(), s.delta)
 
     def check(self, population: int, k: int, where: str = "") -> None:
@@ -171,6 +173,11 @@ class CentralDP:
             )
         if s.max_epsilon is not None:
             first = self.epsilon([(event, 1)])
+            if math.isinf(first):
+                raise ConfigError(
+                    "privacy.max_epsilon", s.max_epsilon, "unset with noise_multiplier = 0 "
+                    "(without noise ε is infinite)",
+                )  # fmt: skip
             if first > s.max_epsilon:
                 raise ConfigError(
                     "privacy.max_epsilon",
@@ -255,11 +262,18 @@ class LocalDP:
 
     def epsilon(self, releases: int) -> float:
         s = self.settings
+        if releases and s.noise_multiplier == 0:
+            return math.inf
         events = [(self.release_event(), releases)] if releases else []
         return epsilon_of(events, s.accountant, _library().NeighboringRelation.REPLACE_ONE, s.delta)
 
     def check(self, population: int, k: int, where: str = "") -> None:
         limit = self.settings.max_epsilon
+        if limit is not None and math.isinf(self.epsilon(1)):
+            raise ConfigError(
+                "privacy.max_epsilon", limit, "unset with noise_multiplier = 0 (without noise "
+                "ε is infinite)",
+            )  # fmt: skip
         if limit is not None and self.epsilon(1) > limit:
             raise ConfigError(
                 "privacy.max_epsilon",

@@ -109,6 +109,8 @@ class PrivacySettings(Section):
                     )
             if self.adaptive_clip:
                 raise ConfigError("privacy.adaptive_clip", True, "false with mechanism = 'none'")
+        if self.adaptive_clip and self.noise_multiplier == 0:
+            raise ConfigError("privacy.noise_multiplier", 0.0, "a number > 0 with adaptive_clip")
         if self.mechanism == "local" and self.adaptive_clip:
             raise ConfigError("privacy.adaptive_clip", True, "false with mechanism = 'local'")
         return self
