@@ -124,5 +124,7 @@ class FedAvg(RoundLoop):
     def step(
         self, transport: Transport, state: ModelState, rng: np.random.Generator, r: int, rounds: int
     ) -> RoundRecord:
+        if r == 1:  # a run that starts at round 1 has spent no privacy budget yet
+            self.privacy_memory = {}
         state, metrics = self.round(transport, state, rng, r)[:2]
         return RoundRecord(r, state, metrics)

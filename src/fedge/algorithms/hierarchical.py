@@ -217,6 +217,7 @@ class HierarchicalFL(RoundLoop):
     ) -> RoundRecord:
         if r == 1:
             self.kappa1_state = {}
+            self.privacy_memory = {}
         kappa1 = self.current_kappa1()
         model = Update(state, origin=transport.node_id, round=r)
         if self.privacy is not None:
