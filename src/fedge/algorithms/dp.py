@@ -23,6 +23,7 @@ from fedge.aggregation.privacy import (
     zero_aggregate,
 )
 from fedge.core.errors import ConfigError, FedgeError
+from fedge.core.node import derive_seed
 from fedge.core.update import ModelState, Update
 from fedge.transforms.privacy import RELEASES
 
@@ -101,6 +102,17 @@ def epsilon_of(
         return float(acc.get_epsilon(delta))
     finally:
         absl.setLevel(level)
+
+
+def noise_stream(rng: np.random.Generator, memory: dict[str, Any]) -> np.random.Generator:
+    """A generator for a round's DP noise, derived from the state ``rng`` is in (without
+    drawing from it) and the node's count of noised rounds: the node's own draws (the next
+    round's sampling) stay exactly those of the run without DP, so a DP run differs from its
+    plain twin only by the noise."""
+    index = int(memory.get("noised", 0))
+    memory["noised"] = index + 1
+    state = repr(rng.bit_generator.state)
+    return np.random.default_rng(derive_seed("privacy-noise", index, state))
 
 
 def _append(events: list[tuple[Any, int]], event: Any, count: int = 1) -> list[tuple[Any, int]]:
@@ -217,6 +229,7 @@ class CentralDP:
         sigma_update, count_std = self.multipliers(population, k)
         clipper = ClipStage(clip)
         noise = NoisySumStage(sigma_update * clip, cohort)
+        rng = noise_stream(rng, memory)
         state = pipeline.run(
             reference, updates, rng, prepare=[clipper], finalize=[noise],
             empty=zero_aggregate(reference),
@@ -398,7 +411,8 @@ class CloudDP(CentralDP):
         std = self.settings.noise_multiplier * self.settings.clip
         noise = NoisySumStage(std, self.denominator())
         empty = zero_aggregate(reference)
-        state = pipeline.run(reference, updates, rng, finalize=[noise], empty=empty)
+        noisy = noise_stream(rng, memory)
+        state = pipeline.run(reference, updates, noisy, finalize=[noise], empty=empty)
         event = self.round_event(population, k)
         memory["events"] = _append(list(memory.get("events", [])), event)
         memory["round_event"] = event
