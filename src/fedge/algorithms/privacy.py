@@ -28,10 +28,11 @@ device sits in one stratum, so the round is the subsampled Gaussian of its own e
 sampling, and the accountant is given the edge with the largest inclusion probability
 k_e / n_e, which bounds every device's ε. The edges are trusted with raw updates.
 
-*Noise at every edge*: per-edge noise gives
-each edge's cohort its own DP-FedAvg, accounted by the edge over its own population (the
-devices attached to it: static mobility is required, so that each device belongs to one
-edge, and a device's guarantee is its edge's). Whatever happens after an edge's noisy
+*Noise at every edge*: each edge runs its own DP-FedAvg on its own cohort (one event per
+edge round, so ``kappa2`` a cloud round), accounted by the edge over its own population (the
+devices attached to it). Static mobility is required, so that each device belongs to one
+edge: the edges hold disjoint data (parallel composition), and a device's guarantee is its
+own edge's. Whatever happens after an edge's noisy
 aggregate — the cloud's average of edge models, the MS-FL exchange with peers — is
 post-processing and costs no privacy. The reported ``epsilon`` is the largest over the
 edges, i.e. the guarantee every device has. It is a guarantee against whoever sees the
