@@ -190,6 +190,7 @@ CATEGORIES = {
     "schedulers": "study_params.scheduler, fedge schedule --algorithms",
     "caching-policies": "caching.policy",
     "attacks": "[[attack]] kind",
+    "privacy": "privacy.mechanism",
     "recipes": "examples/: configs and scripts that reproduce a paper's tables",
 }
 """Each `fedge list` category and the config key (or command) that takes its names."""
@@ -199,6 +200,7 @@ def _registries() -> dict[str, list[tuple[str, str]]]:
     import fedge.studies  # noqa: F401  (importing it registers the built-in studies)
     from fedge.aggregation import AGGREGATORS, INTERSERVER, SERVER_OPTIMIZERS
     from fedge.algorithms import ALGORITHMS
+    from fedge.algorithms.privacy import MECHANISMS
     from fedge.algorithms.selection import SELECTORS
     from fedge.caching import POLICIES
     from fedge.core.codec import CODECS
@@ -227,6 +229,7 @@ def _registries() -> dict[str, list[tuple[str, str]]]:
         "attacks": ATTACKS,
     }
     out = {name: reg.describe(full=True) for name, reg in registries.items()}
+    out["privacy"] = list(MECHANISMS)
     out["recipes"] = _recipes()
     return out
 

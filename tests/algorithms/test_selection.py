@@ -264,5 +264,5 @@ def test_bad_selection_settings_name_the_field():
 
 def test_selectors_describe_themselves():
     described = dict(SELECTORS.describe())
-    assert set(described) == {"random", "deadline_aware", "power_of_choice"}
+    assert set(described) == {"random", "poisson", "deadline_aware", "power_of_choice"}
     assert all(described.values())

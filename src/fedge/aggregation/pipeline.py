@@ -12,6 +12,12 @@
 
 The pipeline is pure apart from the server optimizer's moments and the stages' own state;
 the same object serves the cloud, an HFL edge and an MS-FL edge.
+
+Differential privacy (``fedge.aggregation.privacy``) passes its stages per call (``run(...,
+prepare=, finalize=)``), bound to the node's own state: clipping runs after prepare, on
+updates already decompressed (a compressed update's state is its decoded data) and in
+delta form, so central noise is always added after decompression; the noisy sum replaces
+the aggregate before the server optimizer.
 """
 
 from __future__ import annotations
@@ -138,15 +144,33 @@ class ServerPipeline:
         return out
 
     def run(
-        self, reference: ModelState, updates: Sequence[Update], rng: np.random.Generator
+        self,
+        reference: ModelState,
+        updates: Sequence[Update],
+        rng: np.random.Generator,
+        *,
+        prepare: Sequence[PrepareStage] = (),
+        finalize: Sequence[FinalizeStage] = (),
+        empty: Aggregate | None = None,
     ) -> ModelState:
-        """The next model from ``reference`` and the received ``updates`` (none: unchanged)."""
-        if not updates:
+        """The next model from ``reference`` and the received ``updates`` (none: unchanged,
+        unless ``empty`` gives the aggregate of no updates for the finalize stages).
+
+        ``prepare`` / ``finalize`` are stages for this call only, run after the pipeline's
+        own prepare and before its own finalize: a node's DP clipping and noise, bound to
+        that node's state (``fedge.aggregation.privacy``)."""
+        if not updates and empty is None:
             return reference
-        prepared = self.prepare(updates, reference, rng)
-        if not prepared:  # a prepare stage excluded every update (detection)
+        prepared = self.prepare(updates, reference, rng) if updates else []
+        for stage in prepare:
+            prepared = stage.prepare(prepared, reference, rng)
+        if not prepared and empty is None:  # a prepare stage excluded every update
             return reference
-        return self.finalize(self.aggregate(prepared, reference, rng), prepared, rng)
+        agg = self.aggregate(prepared, reference, rng) if prepared else empty
+        assert agg is not None
+        for extra in finalize:
+            agg = extra.finalize(agg, prepared, rng)
+        return self.finalize(agg, prepared, rng)
 
 
 __all__ = ["AGGREGATORS", "Aggregate", "FinalizeStage", "PrepareStage", "ServerPipeline"]

@@ -209,6 +209,9 @@ class AlgorithmSpec:
     """Keys of its section it does not read: a config that sets one gets a warning."""
     secure: bool = False
     """Its servers average device updates and can do so securely (``[secure_aggregation]``)."""
+    privacy: tuple[str, ...] = ()
+    """Tiers at which it can add central DP noise (``privacy.noise_at``; the first is the
+    default); empty: no differential privacy (``fedge.algorithms.privacy``)."""
 
     def section(self, config: Any) -> Section:
         """The algorithm's section from ``config`` with the variant's defaults applied

@@ -21,6 +21,7 @@ from fedge.algorithms.base import (
     RoundRecord,
     weighted_metric,
 )
+from fedge.algorithms.privacy import Privacy
 from fedge.algorithms.selection import SelectionContext, SelectionHint, make_selector
 from fedge.core.errors import ConfigError
 from fedge.core.message import Message
@@ -53,6 +54,9 @@ class FedAvg(RoundLoop):
     secure: SecureRound | None = None
     """Secure or homomorphic aggregation (``[secure_aggregation]``): the round's devices
     train inside its protocol and the server learns only the weighted sum of their updates."""
+    privacy: Privacy | None = None
+    """Client-level DP of this aggregation (``fedge.algorithms.privacy``); its state lives in
+    ``privacy_memory``, or in the memory a caller passes to ``round`` (an edge's node state)."""
 
     def __post_init__(self) -> None:
         if self.clients_per_round < 1:
@@ -68,6 +72,7 @@ class FedAvg(RoundLoop):
         self.selector = make_selector(
             self.selection, dict(self.selection_params), self.clients_per_round, self.deadline_s
         )
+        self.privacy_memory: dict[str, Any] = {}
 
     def select(
         self, transport: Transport, rng: np.random.Generator, r: int, payload: Mapping[str, Any]
@@ -86,8 +91,10 @@ class FedAvg(RoundLoop):
         rng: np.random.Generator,
         r: int,
         train: Mapping[str, Any] | None = None,
+        memory: dict[str, Any] | None = None,
     ) -> tuple[ModelState, dict[str, float], list[Update]]:
-        """One round; ``train`` overrides the devices' local training settings."""
+        """One round; ``train`` overrides the devices' local training settings; ``memory``
+        holds the privacy state of the node that runs it (default: this coordinator's)."""
         model = Update(state, origin=transport.node_id, round=r)
         payload: dict[str, Any] = {"model": model}
         if self.on_handover is not None:
@@ -95,16 +102,30 @@ class FedAvg(RoundLoop):
         overrides = {**self.train_overrides, **(train or {})}
         if overrides:
             payload["train"] = overrides
+        population = len(transport.nodes("device")) if self.privacy is not None else 0
+        cohort = min(self.clients_per_round, population)
+        memory = self.privacy_memory if memory is None else memory
+        if self.privacy is not None:
+            self.privacy.admit(memory, population, cohort)
         chosen = self.select(transport, rng, r, payload)
         if self.secure is not None:
             return self._secure_round(transport, state, rng, r, chosen, payload)
         msgs = [Message(transport.node_id, d, "train", r, payload) for d in chosen]
         updates = [m.payload["update"] for m in transport.send(msgs, self.deadline_s)]
-        state = self.pipeline.run(state, updates, rng)
+        private: dict[str, float] = {}
+        if self.privacy is None:
+            state = self.pipeline.run(state, updates, rng)
+        else:
+            privacy = self.privacy
+            state, private = privacy.aggregate(
+                self.pipeline, state, updates, rng, memory, population, cohort
+            )
+            private.update(privacy.metrics(memory, 1))
         metrics = {
             "selected": float(len(chosen)),
             "participants": float(len(updates)),
             "train_loss": weighted_metric(updates, "train_loss"),
+            **private,
         }
         return state, metrics, updates
 
@@ -135,5 +156,7 @@ class FedAvg(RoundLoop):
     def step(
         self, transport: Transport, state: ModelState, rng: np.random.Generator, r: int, rounds: int
     ) -> RoundRecord:
+        if r == 1:  # a run that starts at round 1 has spent no privacy budget yet
+            self.privacy_memory = {}
         state, metrics = self.round(transport, state, rng, r)[:2]
         return RoundRecord(r, state, metrics, flagged=tuple(self.pipeline.flagged()))

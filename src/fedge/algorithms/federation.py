@@ -31,6 +31,7 @@ from fedge.algorithms.base import (
 from fedge.algorithms.fedavg import FedAvg
 from fedge.algorithms.hierarchical import EdgeServer, HierarchicalFL, kappa1_bounds
 from fedge.algorithms.multiserver import Exchange, MultiServerFL
+from fedge.algorithms.privacy import Tier, make_privacy, strata
 from fedge.algorithms.secure_settings import SecureAggregationSettings, scale_bits_for
 from fedge.algorithms.selection import SelectionHint, make_selector
 from fedge.core.errors import ConfigError
@@ -69,7 +70,9 @@ class FederationSettings(Section):
     interserver: str = "spaa"
     handover: bool = Field(True, description="edges keep updates of vehicles that moved in")
     interserver_params: Params = Field(default_factory=dict)
-    selection: str = Field("random", description="random | deadline_aware | power_of_choice")
+    selection: str = Field(
+        "random", description="random | poisson | deadline_aware | power_of_choice"
+    )
     selection_params: Params = Field(default_factory=dict)
     kappa1_rule: str = Field("fixed", description="fixed | adacomm (hierarchical FL)")
     kappa1_params: Params = Field(default_factory=dict)
@@ -241,6 +244,20 @@ def _selection(ctx: BuildContext) -> dict[str, Any]:
     }
 
 
+FAMILY_DP = ("cloud",)
+HIERARCHICAL_DP = ("edge", "cloud")
+EDGE_DP = ("edge",)
+"""Where each algorithm can add central DP noise (``privacy.noise_at``; first: default)."""
+
+
+def _privacy(ctx: BuildContext, seats: tuple[str, ...], tier: Tier) -> dict[str, Any]:
+    """The DP mechanism of the node at ``tier`` (``fedge.algorithms.privacy``), if any."""
+    s: FederationSettings = ctx.settings
+    strata_ = strata(ctx.config, ctx.system) if tier == "edges" else ()
+    privacy = make_privacy(ctx.config.privacy, seats, s, tier, strata_)
+    return {} if privacy is None else {"privacy": privacy}
+
+
 def assemble_fedavg(ctx: BuildContext) -> Assembly:
     """Devices attach to the cloud; the cloud runs FedAvg (or its family) over them."""
     s: FederationSettings = ctx.settings
@@ -252,12 +269,15 @@ def assemble_fedavg(ctx: BuildContext) -> Assembly:
         **_optimizer(s),
         **_selection(ctx),
         secure=secure_aggregation(ctx, min(s.clients_per_round, len(ctx.parts))),
+        **_privacy(ctx, FAMILY_DP, "cloud"),
     )
     defend(ctx, coordinator.pipeline, "cloud", server_validation(ctx))
     return secured(ctx, Assembly(device_apps(ctx), coordinator))
 
 
-def edge_apps(ctx: BuildContext, exchange: bool) -> dict[str, NodeApp]:
+def edge_apps(
+    ctx: BuildContext, exchange: bool, seats: tuple[str, ...] = EDGE_DP
+) -> dict[str, NodeApp]:
     """Edge servers that run FedAvg rounds over their attached devices (and exchange).
 
     Updates handed over by vehicles are scored by the exchange step when the edges exchange,
@@ -277,6 +297,7 @@ def edge_apps(ctx: BuildContext, exchange: bool) -> dict[str, NodeApp]:
             on_handover="redirect" if s.handover else "drop",
             **_selection(ctx),
             secure=secure_aggregation(ctx, min(cohort, len(ctx.parts))),
+            **_privacy(ctx, seats, "edge"),
         )
         own = ctx.validation[i] if i < len(ctx.validation) else None
         defend(ctx, inner.pipeline, "edge", own)
@@ -309,9 +330,11 @@ def assemble_hierarchical(ctx: BuildContext) -> Assembly:
         deadline_s=s.deadline_s,
         kappa1_rule=s.kappa1_rule,
         kappa1_params=dict(s.kappa1_params),
+        **_privacy(ctx, HIERARCHICAL_DP, "edges"),
     )
     defend(ctx, coordinator.pipeline, "cloud", server_validation(ctx))
-    return secured(ctx, Assembly(device_apps(ctx, edge_apps(ctx, exchange=False)), coordinator))
+    edges = edge_apps(ctx, exchange=False, seats=HIERARCHICAL_DP)
+    return secured(ctx, Assembly(device_apps(ctx, edges), coordinator))
 
 
 def multiserver(exchange: bool) -> Callable[[BuildContext], Assembly]:
@@ -365,6 +388,7 @@ def _family(name: str, description: str, check: Check | None = None, **defaults:
             check=check,
             unused=EDGE_ONLY + EXCHANGE_ONLY,
             secure=True,
+            privacy=FAMILY_DP,
         )
     )
 
@@ -391,6 +415,7 @@ register_algorithm(
         links=("device-edge", "edge-cloud"),
         unused=EXCHANGE_ONLY + CLOUD_ONLY,
         secure=True,
+        privacy=HIERARCHICAL_DP,
     )
 )
 register_algorithm(
@@ -406,6 +431,7 @@ register_algorithm(
         finetune="none",
         unused=(*CLOUD_ONLY, "kappa1_rule", "kappa1_params"),
         secure=True,
+        privacy=EDGE_DP,
     )
 )
 register_algorithm(
@@ -420,5 +446,6 @@ register_algorithm(
         finetune="none",
         unused=EXCHANGE_ONLY + CLOUD_ONLY + ("kappa1_rule", "kappa1_params"),
         secure=True,
+        privacy=EDGE_DP,
     )
 )

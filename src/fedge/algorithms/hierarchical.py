@@ -28,6 +28,7 @@ from fedge.algorithms.base import (
     weighted_metric,
 )
 from fedge.algorithms.fedavg import FedAvg
+from fedge.algorithms.privacy import Privacy, edge_metrics
 from fedge.core.errors import ConfigError
 from fedge.core.message import Message
 from fedge.core.node import NodeContext
@@ -61,10 +62,12 @@ class EdgeServer:
         assert downstream is not None, "an edge needs a downstream transport"
         updates: list[Update] = []
         participants = 0.0
+        privacy = self.inner.privacy
+        memory = ctx.state.setdefault("privacy", {}) if privacy is not None else None
         for k in range(int(p["edge_rounds"])):
             index = int(p["first_round"]) + k
             state, inner, updates = self.inner.round(
-                downstream, state, ctx.rng, index, p.get("train")
+                downstream, state, ctx.rng, index, p.get("train"), memory
             )
             participants = inner["participants"]
         if self.absorb_handovers and ctx.state.get("inbox"):
@@ -73,10 +76,15 @@ class EdgeServer:
             participants += len(updates) - before
         ctx.state["model"] = state
         weight = float(sum(u.weight for u in updates))
+        if privacy is not None and memory is not None:
+            fixed = privacy.edge_weight(memory)
+            weight = weight if fixed is None else fixed
         metrics = {
             "train_loss": weighted_metric(updates, "train_loss"),
             "participants": float(participants),
         }
+        if privacy is not None and memory is not None:
+            metrics.update(privacy.metrics(memory, int(p["edge_rounds"])))
         out: dict[str, Any] = {}
         if p.get("return_model", True) and updates:
             out["update"] = Update(
@@ -173,6 +181,9 @@ class HierarchicalFL(RoundLoop):
     deadline_s: float | None = None
     kappa1_rule: str = "fixed"
     kappa1_params: Mapping[str, Any] = field(default_factory=dict)
+    privacy: Privacy | None = None
+    """Central DP noise at the cloud over the edges' clipped sums (``CloudDP``); its state
+    lives in ``privacy_memory``."""
 
     def __post_init__(self) -> None:
         _check_kappa("kappa1", self.kappa1)
@@ -180,6 +191,7 @@ class HierarchicalFL(RoundLoop):
         self.kappa1_bounds = kappa1_bounds(self.kappa1_rule, self.kappa1_params, self.kappa1)
         self.kappa1_state: dict[str, float] = {}
         self.pipeline = ServerPipeline(self.aggregator, dict(self.aggregator_params))
+        self.privacy_memory: dict[str, Any] = {}
 
     def current_kappa1(self) -> int:
         """κ1 of the coming cloud round."""
@@ -212,16 +224,29 @@ class HierarchicalFL(RoundLoop):
     ) -> RoundRecord:
         if r == 1:
             self.kappa1_state = {}
+            self.privacy_memory = {}
         kappa1 = self.current_kappa1()
         model = Update(state, origin=transport.node_id, round=r)
+        if self.privacy is not None:
+            self.privacy.admit(self.privacy_memory, 0, 0)
         replies = transport.send(self.request(transport, r, {"model": model}), self.deadline_s)
         updates = [m.payload["update"] for m in replies if "update" in m.payload]
-        state = self.pipeline.run(state, updates, rng)
+        private: dict[str, float] = {}
+        if self.privacy is None:
+            state = self.pipeline.run(state, updates, rng)
+        else:
+            memory = self.privacy_memory
+            state, private = self.privacy.aggregate(
+                self.pipeline, state, updates, rng, memory, 0, 0
+            )
+            private.update(self.privacy.metrics(memory, 1))
         metrics = {
             "edges": float(len(updates)),
             "participants": sum(m.payload["metrics"]["participants"] for m in replies),
             "train_loss": weighted_metric(updates, "train_loss"),
             "kappa1": float(kappa1),
+            **edge_metrics([m.payload["metrics"] for m in replies]),
+            **private,
         }
         self.adapt_kappa1(metrics["train_loss"])
         return RoundRecord(r, state, metrics, flagged=flagged_in(replies, self.pipeline.flagged()))

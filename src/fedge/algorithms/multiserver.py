@@ -29,6 +29,7 @@ from fedge.algorithms.hierarchical import (
     edge_eval_summary,
     flagged_in,
 )
+from fedge.algorithms.privacy import edge_metrics
 from fedge.core.message import Message
 from fedge.core.node import NodeContext
 from fedge.core.transport import Transport
@@ -137,6 +138,7 @@ class MultiServerFL(HierarchicalFL):
         )
         metrics["participants"] = sum(m.payload["metrics"]["participants"] for m in trained)
         metrics["edges"] = float(len(trained))
+        metrics.update(edge_metrics([m.payload["metrics"] for m in trained]))
         flagged = flagged_in(trained, ())
         return RoundRecord(r, initial, metrics, evaluated=due, flagged=flagged)
 

@@ -188,6 +188,20 @@ def check_secure(config: Any, supported: bool, edges: bool) -> None:
             config.federation.aggregator,
             "'mean' with secure_aggregation.enabled (the server learns only the weighted sum)",
         )
+    if config.privacy.mechanism != "none":
+        raise ConfigError(
+            "privacy.mechanism",
+            config.privacy.mechanism,
+            "'none' with secure_aggregation.enabled (DP accounting and noise need the "
+            "per-device updates or releases that secure aggregation hides from the server)",
+        )
+    if config.defence.norm_bound is not None or config.defence.detection != "none":
+        raise ConfigError(
+            "defence",
+            "norm_bound / detection",
+            "neither with secure_aggregation.enabled (a defence inspects each device's update; "
+            "the server sees only their sum)",
+        )
     if edges and config.system.mobility != "static" and config.federation.handover:
         raise ConfigError(
             "federation.handover",

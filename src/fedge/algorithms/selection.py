@@ -122,6 +122,29 @@ class RandomSelection(Selector):
         return _draw(devices, k, rng)
 
 
+@SELECTORS.register("poisson")
+@dataclass(frozen=True)
+class PoissonSelection(Selector):
+    """Each device independently with probability ``rate`` (Poisson sampling).
+
+    The sampling of DP-FedAvg's privacy analysis: the cohort's size is random, with mean
+    ``rate·n``, and ``clients_per_round`` does not cap it (a cap would break the analysis).
+    """
+
+    rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        rate = self.rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1:
+            raise ConfigError(_param("rate"), rate, "a number with 0 < rate <= 1")
+
+    def select(
+        self, devices: list[str], k: int, rng: np.random.Generator, ctx: SelectionContext
+    ) -> list[str]:
+        draws = rng.random(len(devices))
+        return [d for d, u in zip(devices, draws, strict=True) if u < self.rate]
+
+
 def round_trip_s(device: str, ctx: SelectionContext) -> float:
     """Modelled time for ``device`` to get the round's request, train and send its update."""
     hint = ctx.hint

@@ -15,6 +15,7 @@ from torch import nn
 from fedge.algorithms import ALGORITHMS, AlgorithmSpec, BuildContext, Coordinator
 from fedge.algorithms.base import EVAL_BATCH
 from fedge.algorithms.personalization import check_personalization, finetuning, personalize
+from fedge.algorithms.privacy import check_budget, check_privacy, local_transform
 from fedge.algorithms.secure_settings import check_secure
 from fedge.core.errors import ConfigError, FedgeError
 from fedge.core.node import Middleware, NodeApp, derive_seed, each_app
@@ -140,6 +141,7 @@ def _checked(cfg: ExperimentConfig) -> tuple[AlgorithmSpec, Section, dict[str, l
     check_secure(cfg, spec.secure, "edge" in spec.roles)
     links = client_pipeline(cfg, spec)
     check_attacks(cfg, spec)
+    check_privacy(cfg, spec.name, spec.privacy)
     return spec, settings, links
 
 
@@ -225,6 +227,9 @@ def client_pipeline(cfg: ExperimentConfig, spec: AlgorithmSpec) -> dict[str, lis
                 f"{where}.link", entry.link, f"a link of {cfg.algorithm!r}: {allowed}"
             )
         links.setdefault(entry.link, []).append(make_transform(entry.method, entry.params(), where))
+    if cfg.privacy.mechanism == "local":  # local DP noise first: compression is post-processing
+        uplink = next(link for link in spec.links if link in ("device-cloud", "device-edge"))
+        links[uplink] = [local_transform(cfg.privacy), *links.get(uplink, [])]
     return links
 
 
@@ -429,6 +434,7 @@ def build(cfg: ExperimentConfig, data: SharedData | None = None) -> Experiment:
     spec, settings, links = _checked(cfg)
     system = build_system(cfg.system, cfg.seed)
     check_federation(cfg, spec, system)
+    check_budget(cfg, spec.privacy, system)
     plans = choose_attackers(check_attacks(cfg, spec), system, cfg.seed)
     federation = _federation(cfg, len(system.ids("device")))
     parts: Sequence[np.ndarray]

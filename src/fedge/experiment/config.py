@@ -24,6 +24,7 @@ from fedge.algorithms.clustered import ClusterSettings
 from fedge.algorithms.decentralized import PeerSettings
 from fedge.algorithms.federation import FederationSettings
 from fedge.algorithms.personalization import PersonalizationSettings
+from fedge.algorithms.privacy import PrivacySettings
 from fedge.algorithms.secure_settings import SecureAggregationSettings
 from fedge.algorithms.split import SplitSettings
 from fedge.caching.settings import CachingSettings
@@ -249,6 +250,7 @@ class ExperimentConfig(Section):
     personalization: PersonalizationSettings = PersonalizationSettings()
     clustering: ClusterSettings = ClusterSettings()
     asynchronous: AsyncSettings = AsyncSettings()
+    privacy: PrivacySettings = PrivacySettings()
     system: SystemConfig = SystemConfig()
     ray: RayConfig = RayConfig()
     grpc: GrpcSettings = GrpcSettings()

@@ -69,6 +69,8 @@ class RoundObserver:
         self.last_eval: EvalResult | None = None
         self.started_s = time.perf_counter()
         self.previous_s = 0.0
+        self.stop_reason: str | None = None
+        """Why the run stopped before its last round (a privacy budget), if it did."""
 
     def snapshot(self, stop: bool) -> dict[str, Any]:
         """What carries over to the next round, and whether the run stops here."""
@@ -77,6 +79,7 @@ class RoundObserver:
             "previous_s": self.previous_s,
             "last_eval": self.last_eval,
             "stopped": stop,
+            "stop_reason": self.stop_reason,
         }
 
     def restore(self, saved: Mapping[str, Any]) -> None:
@@ -84,6 +87,7 @@ class RoundObserver:
         self.rows = list(saved["rows"])
         self.previous_s = float(saved["previous_s"])
         self.last_eval = saved["last_eval"]
+        self.stop_reason = saved.get("stop_reason")
         wall_s = self.rows[-1]["wall_time_s"] if self.rows else 0.0
         self.started_s = time.perf_counter() - wall_s
 
@@ -131,6 +135,13 @@ class RoundObserver:
         target = cfg.target_accuracy
         reached = evaluated and target is not None and row["accuracy"] >= target
         stop = bool(reached and cfg.stop_at_target)
+        limit = cfg.privacy.max_epsilon
+        if limit is not None and r < cfg.rounds and row.get("epsilon_next", 0.0) > limit:
+            self.stop_reason = (
+                f"privacy.max_epsilon = {limit:g}: stopped after round {r} (epsilon "
+                f"{row['epsilon']:.4g}); round {r + 1} would reach {row['epsilon_next']:.4g}"
+            )
+            stop = True
         if self.checkpoint is not None:
             self.checkpoint(record, self.snapshot(stop))
         return stop

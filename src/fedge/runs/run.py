@@ -228,6 +228,8 @@ def _execute(
         observer.trackers.finish("finished", summary, s.run_dir)
     s.store.finish(s.run_id, summary)
     s.store.close()
+    if echo is not None and observer.stop_reason is not None:
+        echo(observer.stop_reason)
     if echo is not None:
         echo(f"run {s.run_id} written to {s.run_dir}")
     return RunResult(s.run_id, s.run_dir, summary, observer.rows)
@@ -288,6 +290,11 @@ def _summarise(observer: RoundObserver) -> dict[str, Any]:
             summary[key] = value
     if summary.get("bytes_up") and "bytes_dense_up" in summary:
         summary["compression_ratio_up"] = summary["bytes_dense_up"] / summary["bytes_up"]
+    if "epsilon" in last:
+        summary["epsilon"] = last["epsilon"]
+        summary["delta"] = observer.exp.config.privacy.delta
+    if observer.stop_reason is not None:
+        summary["stop_reason"] = observer.stop_reason
     target = observer.exp.config.target_accuracy
     if target is not None:
         hit = next((row for row in evaluated if row["accuracy"] >= target), None)

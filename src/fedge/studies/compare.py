@@ -37,7 +37,7 @@ from fedge.runs.study import check_study, find_study
 
 METRICS = (
     "accuracy", "precision", "recall", "f1", "wall_time_s", "sim_time_s",
-    "transmission_latency_s", "bytes_up",
+    "transmission_latency_s", "bytes_up", "epsilon",
 )  # fmt: skip
 Vary = tuple[str, list[str]]
 Planned = list[tuple["Variant", list[ExperimentConfig]]]

@@ -2,5 +2,14 @@
 
 from fedge.transforms.compression import COMPRESSORS
 from fedge.transforms.pipeline import LINKS, TRANSFORMS, ClientPipeline, Transform, make_transform
+from fedge.transforms.privacy import LocalGaussian
 
-__all__ = ["COMPRESSORS", "LINKS", "TRANSFORMS", "ClientPipeline", "Transform", "make_transform"]
+__all__ = [
+    "COMPRESSORS",
+    "LINKS",
+    "TRANSFORMS",
+    "ClientPipeline",
+    "LocalGaussian",
+    "Transform",
+    "make_transform",
+]

@@ -22,6 +22,10 @@ link and position, so checkpoints carry it and every engine keeps it where the n
 Its random draws come from a generator derived from (node seed, node, round, link,
 position), never from the handler's generator, so adding a transform does not change
 training.
+
+Local differential privacy (``fedge.transforms.privacy``, configured by ``[privacy]``) is put
+first on the device's uplink: the device clips and noises its delta before any compressor
+sees it, so compression is post-processing of a private release.
 """
 
 from __future__ import annotations
