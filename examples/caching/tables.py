@@ -83,6 +83,7 @@ def fdrl_curve(rows: list[Entry]) -> None:
             for row in read_rows_csv(d / "fdrl_curve.csv"):
                 per_episode[int(row["episode"])].append(float(row["direct_hit_ratio"]))
         lines = [[str(k), mean_ci_cell(v, 4)] for k, v in sorted(per_episode.items())]
+        print(f"FDRL learning curve, {e.label}\n")
         print(markdown(["episode", "training direct hit ratio"], lines) + "\n")
 
 
