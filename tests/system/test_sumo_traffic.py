@@ -119,3 +119,17 @@ def test_missing_sumo_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch) ->
 def test_a_sumo_tool_past_its_timeout_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(FedgeError, match=r"ran longer than 0.2 s \(system.sumo.timeout_s\)"):
         sumo._run(["sleep", "5"], tmp_path, 0.2, "sumo")
+
+
+def test_sumo_city_grid_spans_the_topology_area(tmp_path: Path) -> None:
+    keys = {"network": "grid", "grid_size": 3, "cache_dir": str(tmp_path), "seconds": 60.0}
+    system_keys = {"topology": "random_geometric", "edges": 3, "devices": 6, "area_m": 400.0}
+    raw = {**system_keys, "out_of_coverage": "nearest", "mobility": "sumo", "sumo": keys}
+    system = systems.build_system(parse_config({"system": raw}).system, 0)
+    mobility = system.mobility
+    assert isinstance(mobility, TraceMobility)
+    xy = np.vstack([mobility.positions(f"dev{k}", np.arange(0.0, 60.0, 1.0)) for k in range(6)])
+    # a 3 x 3 grid 200 m apart: every lane lies within a few metres of [0, 400]^2, and the
+    # vehicles really move
+    assert xy.min() > -10.0 and xy.max() < 410.0
+    assert np.ptp(xy[:, 0]) > 50.0 or np.ptp(xy[:, 1]) > 50.0

@@ -133,7 +133,7 @@ def generate_fcd(scenario: SumoScenario, out: Path, timeout_s: float) -> None:
         ]  # fmt: skip
         _run(sim, home, timeout_s, "sumo", cwd=work)
         out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_suffix(".part")
+        partial = out.with_suffix(f".{os.getpid()}.part")  # concurrent builders
         shutil.copyfile(fcd, partial)
         partial.replace(out)
 
