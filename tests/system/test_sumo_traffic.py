@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,10 @@ from fedge.system import sumo
 from fedge.system.traces import TraceMobility
 
 pytestmark = pytest.mark.sumo
+needs_sumo = pytest.mark.skipif(
+    importlib.util.find_spec("sumo") is None and "SUMO_HOME" not in os.environ,
+    reason="needs the sumo extra (pip install 'fedge[sumo]')",
+)
 
 
 def _highway(cache: Path, **sumo_keys: object) -> dict[str, object]:
@@ -34,6 +40,7 @@ def _crossings(fcd: Path, vehicles: list[str], x_m: float) -> int:
     return sum(int(np.count_nonzero(np.diff(np.sign(np.array(v) - x_m)))) for v in xs.values())
 
 
+@needs_sumo
 def test_sumo_highway_with_two_rsus_hands_vehicles_over(tmp_path: Path) -> None:
     cfg = parse_config({"seed": 3, "system": _highway(tmp_path)})
     system = systems.build_system(cfg.system, 3)
@@ -52,6 +59,7 @@ def test_sumo_highway_with_two_rsus_hands_vehicles_over(tmp_path: Path) -> None:
         assert {ev.from_edge, ev.to_edge} == {"edge0", "edge1"}
 
 
+@needs_sumo
 def test_cached_fcd_replays_without_sumo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = parse_config({"system": _highway(tmp_path, network="highway")})
     first = systems.build_system(cfg.system, 0)
@@ -102,6 +110,7 @@ def test_bad_sumo_settings_exit_2_naming_the_field(
     assert not list(tmp_path.glob("fcd-*.xml"))
 
 
+@needs_sumo
 def test_too_few_vehicles_entered_names_the_field(tmp_path: Path) -> None:
     # 8 departures asked for in 2 simulated seconds: SUMO cannot insert them all so soon
     cfg = parse_config({"system": _highway(tmp_path, insert_s=2.0, seconds=2.0)})
@@ -121,6 +130,7 @@ def test_a_sumo_tool_past_its_timeout_is_one_line(tmp_path: Path) -> None:
         sumo._run(["sleep", "5"], tmp_path, 0.2, "sumo")
 
 
+@needs_sumo
 def test_sumo_city_grid_spans_the_topology_area(tmp_path: Path) -> None:
     keys = {"network": "grid", "grid_size": 3, "cache_dir": str(tmp_path), "seconds": 60.0}
     system_keys = {"topology": "random_geometric", "edges": 3, "devices": 6, "area_m": 400.0}
