@@ -4,7 +4,7 @@ Each case runs in a fresh process (so its peak RSS is its own): it builds the ex
 (system, data, model, apps), then runs a few FedAvg rounds with a fixed cohort, and reports
 
 * ``build_s`` and ``build_us_per_device``: the time of ``fedge.experiment.build``;
-* ``round_s``: the mean wall time of a round (the cohort trains; evaluation included);
+* ``round_s``: the mean wall time of a round (the cohort trains; no evaluation);
 * ``peak_rss_mib``: the process's peak resident memory;
 * ``apps_made``: device apps that exist after the rounds (made on first use);
 * ``copies_mib``: what per-device copies of the samples would have added (device datasets
@@ -23,11 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
-import subprocess
-import sys
-import time
 from typing import Any
+
+from scale import fresh_process, measure
 
 CASES = (
     "fashion:1000",
@@ -62,20 +60,11 @@ def _config(dataset: str, devices: int, rounds: int) -> Any:
     )
 
 
-def run_case(case: str, rounds: int) -> dict[str, Any]:
-    """Build and run one case in this process; its figures."""
-    from fedge.experiment.build import build
-    from fedge.experiment.engines import set_threads
-
+def run_case(case: str, rounds: int, launched: float | None = None) -> dict[str, Any]:
+    """Build and run one case in this process (``scale.measure``); its figures."""
     dataset, devices = case.split(":")
     cfg = _config(dataset, int(devices), rounds)
-    set_threads(cfg)
-    start = time.perf_counter()
-    exp = build(cfg)
-    build_s = time.perf_counter() - start
-    start = time.perf_counter()
-    exp.coordinator.run(exp.transport, exp.initial_state, exp.rng, rounds)
-    round_s = (time.perf_counter() - start) / rounds
+    row, exp = measure(cfg, rounds, launched)
     copies = 0.0
     if exp.federation is None:
         per_sample = 4 * math.prod(exp.train.input_shape) + 8  # float32 features, int64 label
@@ -83,13 +72,13 @@ def run_case(case: str, rounds: int) -> dict[str, Any]:
     return {
         "case": case,
         "devices": int(devices),
-        "build_s": round(build_s, 2),
-        "build_us_per_device": round(build_s / int(devices) * 1e6, 1),
-        "round_s": round(round_s, 2),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "apps_made": exp.nodes.apps.made,
+        "build_s": row["build_s"],
+        "build_us_per_device": round(row["build_s"] / int(devices) * 1e6, 1),
+        "round_s": round(row["round_s"], 2),
+        "peak_rss_mib": row["peak_rss_mib"],
+        "apps_made": row["apps_made"],
         "copies_mib": round(copies, 1),
-        "sim_time_s": round(exp.transport.stats()["sim_time_s"], 2),
+        "sim_time_s": row["sim_time_s"],
     }
 
 
@@ -98,15 +87,14 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--launched", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_case(args.one, args.rounds)))
+        print(json.dumps(run_case(args.one, args.rounds, args.launched)))
         return
     rows = []
     for case in args.cases:
-        cmd = [sys.executable, __file__, "--one", case, "--rounds", str(args.rounds)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+        rows.append(fresh_process(__file__, ["--one", case, "--rounds", str(args.rounds)]))
         print(json.dumps(rows[-1]), flush=True)
     keys = list(rows[0])
     print("\n" + " | ".join(keys))

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
-EXTRAS=${FEDGE_EXTRAS:-dev,plots,grpc,ray,caching,tensorboard,mlflow,secure,he,privacy}
+EXTRAS=${FEDGE_EXTRAS:-dev,plots,grpc,ray,caching,tensorboard,mlflow,secure,he,privacy,sumo}
 
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z "${FEDGE_DATA:-}" ]; then
   SUDO=""

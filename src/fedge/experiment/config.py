@@ -153,6 +153,32 @@ class LinksConfig(Section):
     slots: int = Field(1, ge=1, description="fixed: the channels a link is cut into")
 
 
+class SumoConfig(Section):
+    """``[system.sumo]``: vehicles simulated by SUMO when ``system.mobility = "sumo"``.
+
+    The highway network is the highway topology's road (``system.edges`` segments of
+    ``system.spacing_m``); the grid network spans the random-geometric topology's
+    ``system.area_m`` square. Device ``dev<k>`` is the k-th vehicle to enter the network; the
+    FCD file is cached in ``cache_dir`` under a hash of the scenario (``fedge.system.sumo``).
+    """
+
+    network: Literal["highway", "grid"] = Field(
+        "highway", description="highway (topology highway) or grid (topology random_geometric)"
+    )
+    vehicles: int = Field(
+        0, ge=0, description="trips to insert; 0: system.devices; at least system.devices"
+    )
+    insert_s: float = Field(60.0, gt=0, description="departures spread evenly over [0, insert_s)")
+    seconds: float = Field(600.0, gt=0, description="simulated seconds (>= insert_s)")
+    step_s: float = Field(1.0, gt=0, description="SUMO step length, also the FCD sampling step")
+    lanes: int = Field(3, ge=1, description="highway: lanes per direction")
+    speed_mps: float = Field(33.3, gt=0, description="highway: speed limit")
+    grid_size: int = Field(5, ge=2, description="grid: junctions per side")
+    seed_offset: int = Field(0, ge=0, description="SUMO's seed is derive_seed(seed, 'sumo', this)")
+    cache_dir: str = Field("runs/sumo", description="where generated FCD files are kept")
+    timeout_s: float = Field(300.0, gt=0, description="limit on each SUMO tool's run")
+
+
 class SystemConfig(Section):
     topology: Literal["highway", "random_geometric", "file"] = "highway"
     topology_file: str | None = None
@@ -161,8 +187,9 @@ class SystemConfig(Section):
     spacing_m: float = Field(1000.0, gt=0)
     coverage_m: float = Field(600.0, gt=0)
     area_m: float = Field(2000.0, gt=0)
-    mobility: Literal["static", "highway", "fcd"] = "static"
+    mobility: Literal["static", "highway", "fcd", "sumo"] = "static"
     fcd_file: str | None = None
+    sumo: SumoConfig = SumoConfig()
     speed_min_mps: float = Field(20.0, ge=0)
     speed_max_mps: float = Field(33.0, ge=0)
     dropout_prob: float = Field(0.0, ge=0, le=1)

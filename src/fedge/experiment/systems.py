@@ -17,9 +17,10 @@ from fedge.system.model import SystemModel
 from fedge.system.network import LatencyTrace, LinkProfile, WirelessProfile
 from fedge.system.peers import PeerGraph
 from fedge.system.sharing import LinkSharing
+from fedge.system.sumo import SumoScenario, cached_fcd
 from fedge.system.topology import Profiles, Topology
 from fedge.system.topology_io import load_topology
-from fedge.system.traces import load_fcd
+from fedge.system.traces import TraceMobility, load_fcd
 
 GIB = 1024**3
 
@@ -157,7 +158,57 @@ def _topology(cfg: SystemConfig, rng: np.random.Generator) -> Topology:
     )
 
 
-def _mobility(cfg: SystemConfig, topo: Topology, rng: np.random.Generator) -> Mobility:
+def sumo_scenario(cfg: SystemConfig, seed: int) -> SumoScenario:
+    """The SUMO scenario of ``[system.sumo]``, on the road or area of the topology."""
+    sc = cfg.sumo
+    wanted = {"highway": "highway", "grid": "random_geometric"}[sc.network]
+    if cfg.topology != wanted:
+        raise ConfigError(
+            "system.sumo.network",
+            sc.network,
+            f"a network matching system.topology = {cfg.topology!r} "
+            "(highway with 'highway', grid with 'random_geometric')",
+        )
+    vehicles = sc.vehicles or cfg.devices
+    if vehicles < cfg.devices:
+        raise ConfigError(
+            "system.sumo.vehicles", vehicles, f"0 or at least system.devices ({cfg.devices})"
+        )
+    _ordered("system.sumo.insert_s", sc.insert_s, "system.sumo.seconds", sc.seconds)
+    return SumoScenario(
+        network=sc.network,
+        vehicles=vehicles,
+        insert_s=sc.insert_s,
+        seconds=sc.seconds,
+        step_s=sc.step_s,
+        seed=derive_seed(seed, "sumo", sc.seed_offset) % 2**31,
+        segments=cfg.edges,
+        segment_m=cfg.spacing_m,
+        lanes=sc.lanes,
+        speed_mps=sc.speed_mps,
+        grid_size=sc.grid_size,
+        grid_length_m=cfg.area_m / (sc.grid_size - 1),
+    )
+
+
+def sumo_mobility(cfg: SystemConfig, seed: int) -> TraceMobility:
+    """Vehicles from SUMO (cached FCD): ``dev<k>`` is the k-th vehicle to enter."""
+    path = cached_fcd(sumo_scenario(cfg, seed), Path(cfg.sumo.cache_dir), cfg.sumo.timeout_s)
+    trace = load_fcd(path, max_devices=cfg.devices)
+    found = len(trace.device_ids)
+    if found < cfg.devices:
+        raise ConfigError(
+            "system.sumo.vehicles",
+            cfg.sumo.vehicles,
+            f"enough trips for system.devices ({cfg.devices}); only {found} vehicles entered "
+            "the network in system.sumo.seconds",
+        )
+    return trace
+
+
+def _mobility(cfg: SystemConfig, topo: Topology, rng: np.random.Generator, seed: int) -> Mobility:
+    if cfg.mobility == "sumo":
+        return sumo_mobility(cfg, seed)
     if cfg.mobility == "static":
         return StaticMobility(topo)
     if cfg.mobility == "highway":
@@ -177,7 +228,7 @@ def build_system(cfg: SystemConfig, seed: int) -> SystemModel:
     """The simulated world of a run, reproducible from the seed; validated before use."""
     rng = np.random.default_rng(derive_seed(seed, "system"))
     topo = _topology(cfg, rng)
-    mobility = _mobility(cfg, topo, rng)
+    mobility = _mobility(cfg, topo, rng, seed)
     availability = Availability(
         dropout_prob=cfg.dropout_prob,
         seed=derive_seed(seed, "avail"),
