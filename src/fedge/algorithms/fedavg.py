@@ -21,7 +21,7 @@ from fedge.algorithms.base import (
     RoundRecord,
     weighted_metric,
 )
-from fedge.algorithms.privacy import Privacy
+from fedge.algorithms.privacy import Privacy, PrivateRound
 from fedge.algorithms.selection import SelectionContext, SelectionHint, make_selector
 from fedge.core.errors import ConfigError
 from fedge.core.message import Message
@@ -118,7 +118,7 @@ class FedAvg(RoundLoop):
         else:
             privacy = self.privacy
             state, private = privacy.aggregate(
-                self.pipeline, state, updates, rng, memory, population, cohort
+                PrivateRound(self.pipeline, state, updates, rng, memory, population, cohort)
             )
             private.update(privacy.metrics(memory, 1))
         metrics = {
