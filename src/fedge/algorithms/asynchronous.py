@@ -68,8 +68,6 @@ from fedge.algorithms.base import (
     AlgorithmSpec,
     Assembly,
     BuildContext,
-    History,
-    Observer,
     RoundLoop,
     RoundRecord,
     register_algorithm,
@@ -358,23 +356,10 @@ class AsyncFL(RoundLoop):
     updates_per_round: int = 1
     time_budget_s: float | None = None
 
-    def run(
-        self,
-        transport: Transport,
-        initial_state: ModelState,
-        rng: np.random.Generator,
-        rounds: int,
-        observer: Observer | None = None,
-        first_round: int = 1,
-    ) -> History:
-        """RoundLoop.run, also stopping after the round that ends past the time budget."""
+    def finished(self, transport: Transport, record: RoundRecord) -> bool:
+        """The run also stops after the round that ends past the time budget."""
         budget = self.time_budget_s
-
-        def watch(record: RoundRecord) -> bool:
-            stop = observer(record) if observer is not None else False
-            return stop or (budget is not None and transport.now() >= budget)
-
-        return super().run(transport, initial_state, rng, rounds, watch, first_round)
+        return budget is not None and transport.now() >= budget
 
     def step(
         self, transport: Transport, state: ModelState, rng: np.random.Generator, r: int, rounds: int

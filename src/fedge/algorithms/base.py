@@ -75,6 +75,11 @@ class RoundLoop(ABC):
     ) -> RoundRecord:
         """Round ``r`` of ``rounds`` from the global ``state``; the record holds the next one."""
 
+    def finished(self, transport: Transport, record: RoundRecord) -> bool:
+        """Whether the run ends after ``record`` although the observer did not stop it (a
+        coordinator's own budget); never by default."""
+        return False
+
     def run(
         self,
         transport: Transport,
@@ -93,7 +98,7 @@ class RoundLoop(ABC):
             record = self.step(transport, state, rng, r, rounds)
             history.record(record)
             state = record.state
-            if observer is not None and observer(record):
+            if (observer is not None and observer(record)) or self.finished(transport, record):
                 break
         return history
 

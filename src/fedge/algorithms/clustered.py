@@ -60,7 +60,7 @@ from fedge.algorithms.base import (
     RoundRecord,
     register_algorithm,
 )
-from fedge.algorithms.federation import device_apps
+from fedge.algorithms.federation import device_apps, hierarchy_settings
 from fedge.algorithms.hierarchical import spread_summary
 from fedge.core.errors import ConfigError
 from fedge.core.message import Message
@@ -319,11 +319,7 @@ def assemble_clustered(ctx: BuildContext) -> Assembly:
         tests,
         evaluate_on,
         true_groups(ctx),
-        kappa1=s.kappa1,
-        kappa2=s.kappa2,
-        aggregator=s.aggregator,
-        aggregator_params=dict(s.aggregator_params),
-        deadline_s=s.deadline_s,
+        **hierarchy_settings(s),
         evaluate_every=s.evaluate_every,
     )
     apps = {**device_apps(ctx), **edges, "cloud": NodeApp("cloud", "cloud")}

@@ -123,6 +123,21 @@ def _append(events: list[tuple[Any, int]], event: Any, count: int = 1) -> list[t
 
 
 @dataclass(frozen=True)
+class PrivateRound:
+    """What every mechanism's ``aggregate`` is handed for one round at its node: the node's
+    pipeline, the model the updates start from, the updates, the node's generator and privacy
+    memory, and the ``k`` of ``population`` devices its accounting describes."""
+
+    pipeline: ServerPipeline
+    reference: ModelState
+    updates: Sequence[Update]
+    rng: np.random.Generator
+    memory: dict[str, Any]
+    population: int
+    k: int
+
+
+@dataclass(frozen=True)
 class CentralDP:
     """DP-FedAvg at one aggregating node; its state lives in the memory the node passes in
     (``events``, ``clip``, ``round_event``: the last round's event, used to predict)."""
@@ -212,39 +227,34 @@ class CentralDP:
                 f"privacy.max_epsilon: the next round would reach ε = {after:.4g} > {limit:g}"
             )
 
-    def aggregate(
-        self,
-        pipeline: ServerPipeline,
-        reference: ModelState,
-        updates: Sequence[Update],
-        rng: np.random.Generator,
-        memory: dict[str, Any],
-        population: int,
-        k: int,
-    ) -> tuple[ModelState, dict[str, float]]:
+    def aggregate(self, rnd: PrivateRound) -> tuple[ModelState, dict[str, float]]:
         """The noisy model of one round, with the round's event recorded in ``memory``."""
-        s = self.settings
+        s, memory = self.settings, rnd.memory
         clip = float(memory.get("clip", s.clip))
-        cohort = self.sampling.cohort(population, k)
-        sigma_update, count_std = self.multipliers(population, k)
+        cohort = self.sampling.cohort(rnd.population, rnd.k)
+        sigma_update, count_std = self.multipliers(rnd.population, rnd.k)
         clipper = ClipStage(clip)
         noise = NoisySumStage(sigma_update * clip, cohort)
-        rng = noise_stream(rng, memory)
-        state = pipeline.run(
-            reference, updates, rng, prepare=[clipper], finalize=[noise],
-            empty=zero_aggregate(reference),
+        rng = noise_stream(rnd.rng, memory)
+        state = rnd.pipeline.run(
+            rnd.reference, rnd.updates, rng, prepare=[clipper], finalize=[noise],
+            empty=zero_aggregate(rnd.reference),
         )  # fmt: skip
-        event = self.round_event(population, k)
-        memory["events"] = _append(list(memory.get("events", [])), event)
-        memory["round_event"] = event
+        self.record(rnd)
         metrics = {"clip_norm": clip, "noise_std": sigma_update * clip / cohort}
         if count_std is not None:
-            fraction = noisy_fraction(clipper.unclipped, len(updates), count_std, cohort, rng)
+            fraction = noisy_fraction(clipper.unclipped, len(rnd.updates), count_std, cohort, rng)
             memory["clip"] = geometric_clip_update(
                 clip, fraction, s.target_quantile, s.clip_learning_rate
             )
             metrics["unclipped_fraction"] = fraction
         return state, metrics
+
+    def record(self, rnd: PrivateRound) -> None:
+        """Add the round's event to the events in ``rnd.memory`` and keep it to predict."""
+        event = self.round_event(rnd.population, rnd.k)
+        rnd.memory["events"] = _append(list(rnd.memory.get("events", [])), event)
+        rnd.memory["round_event"] = event
 
     def edge_weight(self, memory: Mapping[str, Any]) -> float | None:
         """None: an edge's model keeps its own weight (the examples behind it)."""
@@ -303,19 +313,10 @@ class LocalDP:
                 f"privacy.max_epsilon: a device's next release would reach ε = {after:.4g}"
             )
 
-    def aggregate(
-        self,
-        pipeline: ServerPipeline,
-        reference: ModelState,
-        updates: Sequence[Update],
-        rng: np.random.Generator,
-        memory: dict[str, Any],
-        population: int,
-        k: int,
-    ) -> tuple[ModelState, dict[str, float]]:
-        counts = [int(u.metrics.get(RELEASES, 0)) for u in updates]
-        memory["releases"] = max([int(memory.get("releases", 0)), *counts])
-        return pipeline.run(reference, updates, rng), {}
+    def aggregate(self, rnd: PrivateRound) -> tuple[ModelState, dict[str, float]]:
+        counts = [int(u.metrics.get(RELEASES, 0)) for u in rnd.updates]
+        rnd.memory["releases"] = max([int(rnd.memory.get("releases", 0)), *counts])
+        return rnd.pipeline.run(rnd.reference, rnd.updates, rnd.rng), {}
 
     def metrics(self, memory: Mapping[str, Any], upcoming: int) -> dict[str, float]:
         releases = int(memory.get("releases", 0))
@@ -338,25 +339,16 @@ class EdgeClip:
     def admit(self, memory: Mapping[str, Any], population: int, k: int) -> None:
         """The cloud keeps the budget."""
 
-    def aggregate(
-        self,
-        pipeline: ServerPipeline,
-        reference: ModelState,
-        updates: Sequence[Update],
-        rng: np.random.Generator,
-        memory: dict[str, Any],
-        population: int,
-        k: int,
-    ) -> tuple[ModelState, dict[str, float]]:
-        cohort = self.sampling.cohort(population, k)
-        memory["cohort"] = cohort
-        state = pipeline.run(
-            reference,
-            updates,
-            rng,
+    def aggregate(self, rnd: PrivateRound) -> tuple[ModelState, dict[str, float]]:
+        cohort = self.sampling.cohort(rnd.population, rnd.k)
+        rnd.memory["cohort"] = cohort
+        state = rnd.pipeline.run(
+            rnd.reference,
+            rnd.updates,
+            rnd.rng,
             prepare=[ClipStage(self.settings.clip)],
             finalize=[NoisySumStage(0.0, cohort)],
-            empty=zero_aggregate(reference),
+            empty=zero_aggregate(rnd.reference),
         )
         return state, {}
 
@@ -398,22 +390,11 @@ class CloudDP(CentralDP):
     def denominator(self) -> float:
         return sum(self.sampling.cohort(n, k) for n, k in self.strata)
 
-    def aggregate(
-        self,
-        pipeline: ServerPipeline,
-        reference: ModelState,
-        updates: Sequence[Update],
-        rng: np.random.Generator,
-        memory: dict[str, Any],
-        population: int,
-        k: int,
-    ) -> tuple[ModelState, dict[str, float]]:
+    def aggregate(self, rnd: PrivateRound) -> tuple[ModelState, dict[str, float]]:
         std = self.settings.noise_multiplier * self.settings.clip
         noise = NoisySumStage(std, self.denominator())
-        empty = zero_aggregate(reference)
-        noisy = noise_stream(rng, memory)
-        state = pipeline.run(reference, updates, noisy, finalize=[noise], empty=empty)
-        event = self.round_event(population, k)
-        memory["events"] = _append(list(memory.get("events", [])), event)
-        memory["round_event"] = event
+        empty = zero_aggregate(rnd.reference)
+        noisy = noise_stream(rnd.rng, rnd.memory)
+        state = rnd.pipeline.run(rnd.reference, rnd.updates, noisy, finalize=[noise], empty=empty)
+        self.record(rnd)
         return state, {"clip_norm": self.settings.clip, "noise_std": std / self.denominator()}

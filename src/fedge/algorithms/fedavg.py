@@ -21,7 +21,8 @@ from fedge.algorithms.base import (
     RoundRecord,
     weighted_metric,
 )
-from fedge.algorithms.privacy import Privacy
+from fedge.algorithms.privacy import Privacy, PrivateRound
+from fedge.algorithms.secure_settings import SecureRequest
 from fedge.algorithms.selection import SelectionContext, SelectionHint, make_selector
 from fedge.core.errors import ConfigError
 from fedge.core.message import Message
@@ -118,7 +119,7 @@ class FedAvg(RoundLoop):
         else:
             privacy = self.privacy
             state, private = privacy.aggregate(
-                self.pipeline, state, updates, rng, memory, population, cohort
+                PrivateRound(self.pipeline, state, updates, rng, memory, population, cohort)
             )
             private.update(privacy.metrics(memory, 1))
         metrics = {
@@ -146,7 +147,8 @@ class FedAvg(RoundLoop):
         if not chosen:
             empty = {"participants": 0.0, "train_loss": float("nan")}
             return state, {**metrics, **empty, **self.secure.empty_metrics()}, []
-        agg, summary, extra = self.secure.run(transport, chosen, payload, state, r, self.deadline_s)
+        request = SecureRequest(transport, chosen, payload, state, r, self.deadline_s)
+        agg, summary, extra = self.secure.run(request)
         # finalize stages (noise, accounting) see one update, the sum's, with its count
         counted = {**summary.metrics, "participants": extra["participants"]}
         summary = replace(summary, metrics=counted)

@@ -232,6 +232,18 @@ def _optimizer(s: FederationSettings) -> dict[str, Any]:
     return out
 
 
+def hierarchy_settings(s: FederationSettings) -> dict[str, Any]:
+    """The cloud coordinator's part of ``[federation]`` in the hierarchical algorithms: the
+    rounds per level and how a server aggregates and waits."""
+    return {
+        "kappa1": s.kappa1,
+        "kappa2": s.kappa2,
+        "aggregator": s.aggregator,
+        "aggregator_params": dict(s.aggregator_params),
+        "deadline_s": s.deadline_s,
+    }
+
+
 def _selection(ctx: BuildContext) -> dict[str, Any]:
     """Client selection as configured, with what selectors need to know of the devices."""
     s: FederationSettings = ctx.settings
@@ -323,11 +335,7 @@ def assemble_hierarchical(ctx: BuildContext) -> Assembly:
     """HierFAVG: devices -> edges (FedAvg every kappa1 local rounds) -> cloud."""
     s: FederationSettings = ctx.settings
     coordinator = HierarchicalFL(
-        kappa1=s.kappa1,
-        kappa2=s.kappa2,
-        aggregator=s.aggregator,
-        aggregator_params=dict(s.aggregator_params),
-        deadline_s=s.deadline_s,
+        **hierarchy_settings(s),
         kappa1_rule=s.kappa1_rule,
         kappa1_params=dict(s.kappa1_params),
         **_privacy(ctx, HIERARCHICAL_DP, "edges"),

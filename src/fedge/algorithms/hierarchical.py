@@ -28,7 +28,7 @@ from fedge.algorithms.base import (
     weighted_metric,
 )
 from fedge.algorithms.fedavg import FedAvg
-from fedge.algorithms.privacy import Privacy, edge_metrics
+from fedge.algorithms.privacy import Privacy, PrivateRound, edge_metrics
 from fedge.core.errors import ConfigError
 from fedge.core.message import Message
 from fedge.core.node import NodeContext
@@ -237,7 +237,7 @@ class HierarchicalFL(RoundLoop):
         else:
             memory = self.privacy_memory
             state, private = self.privacy.aggregate(
-                self.pipeline, state, updates, rng, memory, 0, 0
+                PrivateRound(self.pipeline, state, updates, rng, memory, 0, 0)
             )
             private.update(self.privacy.metrics(memory, 1))
         metrics = {

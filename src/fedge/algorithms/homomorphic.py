@@ -19,9 +19,7 @@ sum (no threshold, no recovery step); a key holder that does not answer fails th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -29,11 +27,10 @@ from fedge.aggregation import paillier as he
 from fedge.aggregation import secagg as sa
 from fedge.aggregation.pipeline import Aggregate
 from fedge.algorithms.secure import as_u8, byte_rows, mean_update, update_vector
-from fedge.algorithms.secure_settings import SecureAggregationSettings
+from fedge.algorithms.secure_settings import SecureAggregationSettings, SecureRequest
 from fedge.core.errors import FedgeError
 from fedge.core.message import Message
 from fedge.core.node import NodeApp, NodeContext
-from fedge.core.transport import Transport
 from fedge.core.update import ModelState, Update
 from fedge.transforms.pipeline import reference_model
 
@@ -104,15 +101,8 @@ class HomomorphicAggregation:
     def empty_metrics() -> dict[str, float]:
         return {"he_ciphertexts_per_device": 0.0}
 
-    def run(
-        self,
-        transport: Transport,
-        chosen: Sequence[str],
-        payload: Mapping[str, Any],
-        reference: ModelState,
-        r: int,
-        deadline_s: float | None,
-    ) -> tuple[Aggregate, Update, dict[str, float]]:
+    def run(self, req: SecureRequest) -> tuple[Aggregate, Update, dict[str, float]]:
+        transport, chosen, r = req.transport, req.chosen, req.r
         here, holder = transport.node_id, chosen[0]
         keyed = transport.send([Message(here, holder, "he_key", r)])
         if not keyed:
@@ -130,8 +120,8 @@ class HomomorphicAggregation:
             "scale_bits": self.scale_bits,
             "clip": self.settings.clip,
         }
-        msgs = [Message(here, u, "train", r, {**payload, "he": plan}) for u in chosen]
-        replies = transport.send(msgs, deadline_s)
+        msgs = [Message(here, u, "train", r, {**req.payload, "he": plan}) for u in chosen]
+        replies = transport.send(msgs, req.deadline_s)
         if not replies:
             raise FedgeError(f"homomorphic aggregation at {here} round {r}: no device answered")
         vectors = [
@@ -140,7 +130,7 @@ class HomomorphicAggregation:
         ]
         total = he.add_encrypted(public, vectors)
         width = he.ciphertext_bytes(public)
-        length = reference_length(reference)
+        length = reference_length(req.reference)
         body = {**code, "ct": as_u8([c.to_bytes(width, "big") for c in total]), "length": length}
         summed = transport.send([Message(here, holder, "he_decrypt", r, body)])
         if not summed:
@@ -149,7 +139,7 @@ class HomomorphicAggregation:
             )
         z = sa.from_wire(summed[0].payload["sum"].numpy(), bits)
         vector = sa.FixedPoint(bits, self.scale_bits, self.settings.clip).decode(z)
-        agg, summary = mean_update(vector, reference, here, r)
+        agg, summary = mean_update(vector, req.reference, here, r)
         metrics = {
             "participants": float(len(replies)),
             "he_ciphertexts_per_device": float(len(vectors[0])),

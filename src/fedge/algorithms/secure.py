@@ -48,7 +48,11 @@ import torch
 
 from fedge.aggregation import secagg as sa
 from fedge.aggregation.pipeline import Aggregate
-from fedge.algorithms.secure_settings import SecureAggregationSettings, threshold_of
+from fedge.algorithms.secure_settings import (
+    SecureAggregationSettings,
+    SecureRequest,
+    threshold_of,
+)
 from fedge.core.message import Message
 from fedge.core.node import NodeApp, NodeContext, derive_seed
 from fedge.core.transport import Transport
@@ -250,17 +254,10 @@ class SecureAggregation:
                 f"(threshold t={cohort.t}, {len(cohort.selected)} selected)"
             )
 
-    def run(
-        self,
-        transport: Transport,
-        chosen: Sequence[str],
-        payload: Mapping[str, Any],
-        reference: ModelState,
-        r: int,
-        deadline_s: float | None,
-    ) -> tuple[Aggregate, Update, dict[str, float]]:
-        """The four stages over ``chosen``; the mean delta as an ``Aggregate``, a summary
+    def run(self, req: SecureRequest) -> tuple[Aggregate, Update, dict[str, float]]:
+        """The four stages over ``req.chosen``; the mean delta as an ``Aggregate``, a summary
         update (Σ w, mean loss) and the round's protocol metrics."""
+        transport, chosen, r = req.transport, req.chosen, req.r
         rng = np.random.default_rng(derive_seed(self.seed, "secagg", transport.node_id, r))
         cohort = self.cohort(chosen, rng)
         here = f"{transport.node_id} round {r}"
@@ -269,12 +266,12 @@ class SecureAggregation:
         routed = self._share(transport, cohort, keys, r)
         u2 = [u for u in cohort.selected if u in routed]
         self.fail_below("secagg_share", cohort, u2, here)
-        masked = self._masked(transport, cohort, payload, routed, u2, r, deadline_s)
+        masked = self._masked(transport, cohort, req.payload, routed, u2, r, req.deadline_s)
         u3 = [u for u in u2 if u in masked]
         self.fail_below("train", cohort, u3, here)
         shares = self._unmask(transport, cohort, u2, u3, r, rng)
         vector = self._recover(cohort, keys, masked, shares, u2, u3, here)
-        agg, summary = mean_update(vector, reference, transport.node_id, r)
+        agg, summary = mean_update(vector, req.reference, transport.node_id, r)
         metrics = {
             "participants": float(len(u3)),
             "secagg_dropped_before_masking": float(len(u2) - len(u3)),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from pydantic import Field, model_validator
@@ -109,21 +110,27 @@ class SecureAggregationSettings(Section):
         return self
 
 
+@dataclass(frozen=True)
+class SecureRequest:
+    """One round's call into a secure protocol: the server's transport, the devices chosen,
+    the payload of their train request, the model their deltas start from, the round and the
+    deadline for the devices' replies."""
+
+    transport: Transport
+    chosen: Sequence[str]
+    payload: Mapping[str, Any]
+    reference: ModelState
+    r: int
+    deadline_s: float | None
+
+
 class SecureRound(Protocol):
     """What a FedAvg round calls in place of collect-and-average: the server side of secure
     aggregation (``fedge.algorithms.secure``) or of homomorphic aggregation
     (``fedge.algorithms.homomorphic``)."""
 
-    def run(
-        self,
-        transport: Transport,
-        chosen: Sequence[str],
-        payload: Mapping[str, Any],
-        reference: ModelState,
-        r: int,
-        deadline_s: float | None,
-    ) -> tuple[Aggregate, Update, dict[str, float]]:
-        """The protocol over ``chosen``: the mean delta, a summary update (Σ w, mean loss)
+    def run(self, req: SecureRequest) -> tuple[Aggregate, Update, dict[str, float]]:
+        """The protocol over ``req.chosen``: the mean delta, a summary update (Σ w, mean loss)
         and the protocol's metrics."""
         ...
 

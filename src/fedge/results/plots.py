@@ -147,17 +147,22 @@ def _byte_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(keys)
 
 
+_ACCURACY_AXES = (
+    ("round", "round", "accuracy_vs_round.png", "Test accuracy by round"),
+    (
+        "sim_time_s",
+        "simulated time (s)",
+        "accuracy_vs_sim_time.png",
+        "Test accuracy by simulated time",
+    ),
+)
+"""(x key, x label, file name, title) of a run's accuracy plots; a comparison's files are
+these names prefixed ``comparison_``, plus accuracy by data sent."""
+
+
 def _plot_accuracy(rows: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
     written = []
-    for x_key, xlabel, name, title in (
-        ("round", "round", "accuracy_vs_round.png", "Test accuracy by round"),
-        (
-            "sim_time_s",
-            "simulated time (s)",
-            "accuracy_vs_sim_time.png",
-            "Test accuracy by simulated time",
-        ),
-    ):
+    for x_key, xlabel, name, title in _ACCURACY_AXES:
         x, y = xy_series(rows, x_key, "accuracy")
         if len(x):
             curve = ("accuracy", x, y)
@@ -344,21 +349,16 @@ def plot_comparison(series: Mapping[str, Sequence[Mapping[str, Any]]], out_dir: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for x_key, xlabel, name, title in (
-        ("round", "round", "comparison_accuracy_vs_round.png", "Test accuracy by round"),
-        (
-            "sim_time_s",
-            "simulated time (s)",
-            "comparison_accuracy_vs_sim_time.png",
-            "Test accuracy by simulated time",
-        ),
+    axes = [
+        *((x, label, f"comparison_{name}", title) for x, label, name, title in _ACCURACY_AXES),
         (
             "bytes_sent",
             "data sent (MB)",
             "comparison_accuracy_vs_bytes.png",
             "Test accuracy by data sent",
         ),
-    ):
+    ]
+    for x_key, xlabel, name, title in axes:
         curves = []
         for label, rows in series.items():
             points = [_with_sent(row) for row in rows]
