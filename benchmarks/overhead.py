@@ -8,7 +8,7 @@ baseline is a hand-written torch loop below. Evaluation is not part of either si
 
 Each run happens in its own child process (``--side fedge|baseline``), so peak RSS
 (``ru_maxrss``, loading included) is per side. Both children load data with
-``build(cfg)`` (so both carry build's per-device data copies) and only the rounds are
+``build(cfg)`` (device data are index views into the loaded arrays) and only the rounds are
 timed. Runs are interleaved fedge/baseline, baseline/fedge, ... to cancel machine noise;
 the parent prints the median and min wall time, the median CPU time and peak RSS, the
 fedge/baseline ratios (target <= 1.05) and whether the final weights are identical.
