@@ -299,15 +299,16 @@ def edge_apps(
     edges = ctx.system.ids("edge")
     evaluate = ctx.evaluator()
     apps: dict[str, NodeApp] = {}
+    cohort = s.clients_per_edge or len(ctx.system.ids("device"))
+    selection = _selection(ctx)  # the devices' hint, built once for every edge
     for i, edge in enumerate(edges):  # one server per edge: each keeps its own defence state
-        cohort = s.clients_per_edge or len(ctx.system.ids("device"))
         inner = FedAvg(
             clients_per_round=cohort,
             aggregator=s.aggregator,
             aggregator_params=dict(s.aggregator_params),
             deadline_s=s.deadline_s,
             on_handover="redirect" if s.handover else "drop",
-            **_selection(ctx),
+            **selection,
             secure=secure_aggregation(ctx, min(cohort, len(ctx.parts))),
             **_privacy(ctx, seats, "edge"),
         )
