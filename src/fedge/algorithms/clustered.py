@@ -322,8 +322,7 @@ def assemble_clustered(ctx: BuildContext) -> Assembly:
         **hierarchy_settings(s),
         evaluate_every=s.evaluate_every,
     )
-    apps = {**device_apps(ctx), **edges, "cloud": NodeApp("cloud", "cloud")}
-    return Assembly(apps, coordinator)
+    return Assembly(device_apps(ctx, edges), coordinator)
 
 
 def _check(config: Any) -> None:
