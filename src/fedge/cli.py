@@ -456,7 +456,9 @@ def _add_deployment(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         default=[],
         metavar="ID=HOST:PORT",
-        help="edge (msfl): a neighbour edge's address, repeatable",
+        help="a neighbour's address, repeatable: edge (msfl; decentralized relays) the edges "
+        "it attaches to; device (system.d2d.mode = direct) its own devices (where it listens) "
+        "and their peers",
     )
     dep = sub.add_parser("deploy-local", help="run a config as gRPC processes on loopback")
     dep.add_argument("config", help="path to the experiment TOML file")

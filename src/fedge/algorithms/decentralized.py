@@ -140,6 +140,11 @@ class PeerSettings(Section):
     )
 
 
+PEER_CALLS = frozenset({"get_model", "get_update"})
+"""The requests a device answers to its graph peers (the others come from the round driver);
+a deployment refuses any other kind between devices."""
+
+
 @dataclass
 class PeerLearner:
     """A device of a decentralized method: trains, prunes, publishes, picks and fetches peers.
@@ -321,7 +326,9 @@ class Decentralized(RoundLoop):
 
     Metrics: ``accuracy`` (and precision, recall, F1, loss) is the mean over devices of each
     device's model on its own test split, with ``accuracy_min`` / ``accuracy_max``; the same
-    on the global test set under ``global_*``; ``neighbours`` is the mean |S_i|.
+    on the global test set under ``global_*``; ``neighbours`` is the mean |S_i|. Replies are
+    summarised (and the evaluated sample drawn) in the devices' order, not in arrival order,
+    so every engine reports the same floats.
     """
 
     method: str = "dpmn"
@@ -353,12 +360,15 @@ class Decentralized(RoundLoop):
         devices = transport.nodes("device")
         asks = [Message(here, d, "peer_train", r, payload) for d in devices]
         trained = transport.send(asks, self.deadline_s)
-        judged = self._judged([m.src for m in trained], rng) if due else None
+        judged = self._judged(_ordered(devices, [m.src for m in trained]), rng) if due else None
         asks = [
             Message(here, m.src, "peer_exchange", r, {"evaluate": due and _in(m.src, judged)})
             for m in trained
         ]
         exchanged = transport.send(asks)
+        rank = {d: i for i, d in enumerate(devices)}
+        trained = sorted(trained, key=lambda m: rank.get(m.src, len(rank)))
+        exchanged = sorted(exchanged, key=lambda m: rank.get(m.src, len(rank)))
         metrics: dict[str, float] = {
             "participants": float(len(trained)),
             "train_loss": _mean(m.payload["metrics"]["train_loss"] for m in trained),
@@ -384,6 +394,12 @@ class Decentralized(RoundLoop):
             return None
         picked = rng.choice(len(devices), size=self.eval_devices, replace=False)
         return {devices[int(i)] for i in picked}
+
+
+def _ordered(devices: Sequence[str], ids: Sequence[str]) -> list[str]:
+    """``ids`` in the order of ``devices`` (how a transport listed them)."""
+    present = set(ids)
+    return [d for d in devices if d in present]
 
 
 def _in(device: str, judged: set[str] | None) -> bool:

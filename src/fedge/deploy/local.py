@@ -65,6 +65,7 @@ class LocalDeployment:
         host = self.cfg.grpc.host
         base = self.cfg.grpc.base_port
         parents = ["cloud", *(self.plan.edges if self.plan.hierarchical else [])]
+        parents += self.plan.devices if self.plan.direct else []  # peers dial them
         self.address = {
             node: f"{host}:{base + i if base else free_port(host)}"
             for i, node in enumerate(parents)
@@ -113,6 +114,9 @@ class LocalDeployment:
                 a for p in self.plan.parents(devices[0]) for a in ("--parent", self.address[p])
             ]
             out[name] = self._command("device", "--id", ",".join(devices), *parents)
+            if self.plan.direct:
+                known = dict.fromkeys(p for d in devices for p in [d, *self.plan.graph[d]])
+                out[name] += [a for p in known for a in ("--peer", f"{p}={self.address[p]}")]
         return out
 
     def start(self, name: str, extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
@@ -267,5 +271,5 @@ def serve_from_cli(args: Any) -> int:
         state_dir = args.state_dir or cfg.grpc.checkpoint_dir or str(Path(cfg.output.dir) / "state")
         serve_edge(cfg, args.id, args.listen, args.parent, certs, state_dir, _peers(args.peer))
         return 0
-    serve_devices(cfg, [i for i in args.id.split(",") if i], args.parent, certs)
+    serve_devices(cfg, [i for i in args.id.split(",") if i], args.parent, certs, _peers(args.peer))
     return 0

@@ -6,8 +6,20 @@ run directory exactly as ``fedge run`` does; edges and devices dial their parent
 answer requests until the cloud says ``shutdown``.
 
 Supported: the FedAvg family (devices attach to the cloud), hierarchical FL (devices to
-their edge, edges to the cloud) and multi-server FL (edges also attach to their neighbour
-edges, which fetch their models through those streams).
+their edge, edges to the cloud), multi-server FL (edges also attach to their neighbour
+edges, which fetch their models through those streams) and the decentralized methods (dfl,
+dpmn, dpmn_r, dpmp, dpcg). For those the cloud process runs the round driver (the virtual
+node ``sync``) and writes the run; devices fetch their peers' models with calls they start
+themselves (``fedge.runtime.grpc.route``), as ``system.d2d.mode`` says: ``relay`` (devices
+attach to their edge, edges to the cloud and to the edges of their devices' peers; an edge
+passes a device's call to the destination's edge, which passes it down) or ``direct``
+(devices attach to the cloud, and each device also listens: it dials every peer and
+answers the peers that dial it; certificates name both ends). Every device's peers are its
+neighbours in the system model's peer graph, which must be static (``system.mobility =
+"static"``): the wall clock of a deployment has no simulated positions. Only the kinds of
+``PEER_CALLS`` pass between devices, and only between graph neighbours.
+Split learning (split, splitfed, ushaped) is refused: its cloud tail is one in-process
+object the edges' heads call synchronously.
 
 Interpretations: deadlines are wall-clock seconds here; a device's parents are its home
 edge then that edge's neighbours (handover when its edge dies); an edge waits for its home
@@ -19,17 +31,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedge.algorithms import ALGORITHMS
+from fedge.algorithms.decentralized import PEER_CALLS
 from fedge.core.errors import ConfigError, FedgeError
+from fedge.core.message import Message
 from fedge.core.node import NodeApp
+from fedge.core.transport import SYNC
 from fedge.experiment.build import Experiment, build
 from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.engines import set_threads
 from fedge.experiment.systems import build_system
+from fedge.runtime.grpc.attach import Attachment
+from fedge.runtime.grpc.hub import Hub
 from fedge.runtime.grpc.node import EdgeState, NodeProcess, shutdown_children
+from fedge.runtime.grpc.route import Behind, Reach, Router
+from fedge.runtime.grpc.transport import GrpcTransport
 
 log = logging.getLogger("fedge.grpc")
 ROLES = ("cloud", "edge", "device")
@@ -37,6 +56,11 @@ SUPPORTED_ROLES = {
     (): "devices attach to the cloud",
     ("edge",): "devices -> edges -> cloud",
     ("edge", "exchange"): "devices -> edges -> cloud, and each edge to its neighbour edges",
+    ("peer",): "the cloud drives rounds; devices call their peers relayed by edges or direct",
+}
+UNSUPPORTED_ROLES: dict[tuple[str, ...], str] = {
+    ("split",): "its cloud tail is one in-process object the edges' heads call synchronously; "
+    "there is no message protocol between split client and server yet",
 }
 
 
@@ -51,6 +75,12 @@ class Plan:
     devices: list[str]
     home: dict[str, str]
     neighbours: dict[str, list[str]]
+    peer: bool = False
+    """A decentralized method: the cloud drives rounds, devices call their graph peers."""
+    direct: bool = False
+    """Devices dial their peers themselves (``system.d2d.mode = "direct"``), not via edges."""
+    graph: dict[str, list[str]] = field(default_factory=dict)
+    """Each device's peers in the system model's peer graph (static)."""
 
     @staticmethod
     def of(cfg: ExperimentConfig) -> Plan:
@@ -59,13 +89,27 @@ class Plan:
             supported = [
                 a for a in ALGORITHMS.names() if ALGORITHMS.get(a).roles in SUPPORTED_ROLES
             ]
+            why = UNSUPPORTED_ROLES.get(spec.roles, "its roles have no deployment plan")
             raise ConfigError(
-                "algorithm", cfg.algorithm, "on the grpc engine one of " + ", ".join(supported)
+                "algorithm",
+                cfg.algorithm,
+                f"on the grpc engine one of {', '.join(supported)} ({cfg.algorithm}: {why})",
             )
         system = build_system(cfg.system, cfg.seed)
         edges, devices = system.ids("edge"), system.ids("device")
         home = {d: system.attachment(d, 0.0) for d in devices}
         neighbours = {e: list(system.neighbors(e)) for e in edges}
+        if spec.roles == ("peer",):
+            if cfg.system.mobility != "static":
+                raise ConfigError(
+                    "system.mobility",
+                    cfg.system.mobility,
+                    f"'static' for {cfg.algorithm} on the grpc engine (a device's peers come "
+                    "from the peer graph, and a deployment's wall clock has no positions)",
+                )
+            direct = cfg.system.d2d.mode == "direct"
+            graph = {d: list(system.peers(d, 0.0)) for d in devices}
+            return Plan(not direct, False, edges, devices, home, neighbours, True, direct, graph)
         edged = "edge" in spec.roles
         return Plan(edged, "exchange" in spec.roles, edges, devices, home, neighbours)
 
@@ -79,11 +123,50 @@ class Plan:
         if not self.hierarchical:
             return ["cloud"]
         home = self.home[device]
+        if self.peer:  # the edges route to a device's home: it stays there
+            return [home]
         return [home, *self.neighbours.get(home, [])]
 
     def peers(self, edge: str) -> list[str]:
-        """The neighbour edges ``edge`` exchanges models with (none without exchange)."""
+        """The edges ``edge`` attaches to: its neighbours when they exchange models, the
+        edges of its devices' graph peers when it relays their calls (else none)."""
+        if self.peer and self.hierarchical:
+            ours = [d for d in self.devices if self.home[d] == edge]
+            other = {self.home[p] for d in ours for p in self.graph[d]} - {edge}
+            return [e for e in self.edges if e in other]
         return list(self.neighbours.get(edge, [])) if self.exchange else []
+
+    def admit(self, node_id: str) -> Callable[[Message, str], str | None]:
+        """Which device-to-device calls node ``node_id`` routes: a kind of ``PEER_CALLS``
+        between graph neighbours, sent by the source itself or relayed by its home edge
+        (and, at a device that peers dial, addressed to that device)."""
+
+        def check(message: Message, came_from: str) -> str | None:
+            src, dst = message.src, message.dst
+            if message.kind not in PEER_CALLS:
+                allowed = ", ".join(sorted(PEER_CALLS))
+                return f"{src} -> {dst}: {message.kind!r} is not a peer call ({allowed})"
+            if dst not in self.graph.get(src, []):
+                return f"{src!r} may not call {dst!r}: they are not peers in the system model"
+            relayed = self.hierarchical and came_from == self.home.get(src)
+            if came_from != src and not relayed:
+                return f"{came_from!r} may not send as {src!r}"
+            if self.direct and dst != node_id:
+                return f"a call for {dst!r} reached {node_id!r}"
+            return None
+
+        return check
+
+    def authorize_peer(self, device: str) -> Callable[[str, str], str | None]:
+        """Which nodes may dial device ``device`` directly: its graph peers."""
+        known = set(self.graph.get(device, []))
+
+        def check(child: str, claimed_tier: str) -> str | None:
+            if claimed_tier != "device" or child not in known:
+                return f"{child!r} ({claimed_tier}) is not a peer of {device}"
+            return None
+
+        return check
 
     def authorize(self, node_id: str) -> Callable[[str, str], str | None]:
         """Which children ``node_id`` accepts: the cloud its edges (or devices), an edge any
@@ -143,7 +226,8 @@ def serve_cloud(
                 f"{len(missing)} nodes did not attach within grpc.connect_timeout_s = "
                 f"{cfg.grpc.connect_timeout_s}: {', '.join(missing[:8])}"
             )
-        exp.transport = transport  # type: ignore[assignment]
+        driver = _driver(plan, process.hub, transport, exp.transport.node_id)
+        exp.transport = driver  # type: ignore[assignment]
 
     try:
         if resume_dir is not None:
@@ -155,6 +239,17 @@ def serve_cloud(
     finally:
         process.close()
     return result.run_dir
+
+
+def _driver(plan: Plan, hub: Hub, transport: GrpcTransport, node_id: str) -> GrpcTransport:
+    """The coordinator's transport: the cloud's own, or for a decentralized method one at
+    the round driver that reaches every device (relay: through its home edge)."""
+    if not plan.peer:
+        return transport
+    if plan.hierarchical:
+        hub.next_hop = lambda dst: plan.home.get(dst, dst)
+    assert node_id == SYNC, node_id
+    return GrpcTransport(Behind(hub, {"device": plan.devices}), node_id, plan.nodes())
 
 
 def serve_edge(
@@ -170,6 +265,9 @@ def serve_edge(
     (multi-server FL) a stream to each neighbour edge in ``peers`` (id -> address)."""
     plan = Plan.of(cfg)
     _check_ids(plan, "edge", [edge])
+    if plan.peer:
+        serve_relay(cfg, plan, edge, listen, parents, certs, peers or {})
+        return
     set_threads(cfg)
     exp = build(_local(cfg))
     app = exp.nodes.apps[edge]
@@ -205,18 +303,101 @@ def _attach_peers(
         process.attach(app, [peers[neighbour]], executor=process.own_thread())
 
 
-def serve_devices(
-    cfg: ExperimentConfig, ids: Sequence[str], parents: Sequence[str], certs: str | None
+def serve_relay(
+    cfg: ExperimentConfig,
+    plan: Plan,
+    edge: str,
+    listen: str,
+    parents: Sequence[str],
+    certs: str | None,
+    peers: Mapping[str, str],
 ) -> None:
-    """Serve devices (one stream and identity each) until their parent says shutdown."""
+    """An edge of a decentralized method: no model of its own, it passes the driver's
+    requests down to its devices and relays its devices' calls to their peers (down, or up
+    to the peer's edge, to which it attaches as a child)."""
+    process = NodeProcess(cfg.grpc, certs, cfg.seed)
+    try:
+        downstream = process.serve(edge, listen, plan.authorize(edge), plan.devices)
+        app = NodeApp(edge, "edge")
+        unknown = [n for n in plan.peers(edge) if n not in peers]
+        if unknown:
+            raise ConfigError("--peer", ", ".join(unknown), "ID=HOST:PORT for every relay edge")
+        side = process.own_thread()  # a peer edge's shutdown never waits behind our own
+        up = {e: process.attach(app, [peers[e]], executor=side) for e in plan.peers(edge)}
+        router = Router(
+            edge,
+            cfg.grpc,
+            plan.admit(edge),
+            process.hub,
+            below=lambda dst: plan.home.get(dst) == edge,
+            above=lambda dst: up.get(plan.home.get(dst, "")),
+        )
+        assert process.hub is not None
+        expected = [*plan.children(edge), *plan.peers(edge)]
+        missing = process.hub.wait_for(expected, cfg.grpc.connect_timeout_s)
+        if missing:
+            log.warning("%s: %s did not attach; going on without them", edge, missing)
+        process.attach(app, parents, downstream).forward = router.deliver
+        process.wait()
+    finally:
+        process.close()
+
+
+def serve_devices(
+    cfg: ExperimentConfig,
+    ids: Sequence[str],
+    parents: Sequence[str],
+    certs: str | None,
+    peers: Mapping[str, str] | None = None,
+) -> None:
+    """Serve devices (one stream and identity each) until their parent says shutdown; a
+    decentralized method's devices also reach their peers (``peers``: id -> address of
+    every device, for ``system.d2d.mode = "direct"``)."""
     plan = Plan.of(cfg)
     _check_ids(plan, "device", ids)
     set_threads(cfg)
     exp = build(_local(cfg))
     process = NodeProcess(cfg.grpc, certs, exp.nodes.seed)
     try:
-        for device in ids:
-            process.attach(exp.nodes.apps[device], parents)
+        if plan.peer:
+            _serve_peers(process, plan, exp, ids, parents, peers or {})
+        else:
+            for device in ids:
+                process.attach(exp.nodes.apps[device], parents)
         process.wait()
     finally:
         process.close()
+
+
+def _serve_peers(
+    process: NodeProcess,
+    plan: Plan,
+    exp: Experiment,
+    ids: Sequence[str],
+    parents: Sequence[str],
+    peers: Mapping[str, str],
+) -> None:
+    """Devices of a decentralized method: the driver's requests on the node's own thread,
+    their peers' calls on another (a device waiting for a peer never blocks that peer)."""
+    side = process.own_thread()
+    if plan.direct:
+        wanted = {p for d in ids for p in [d, *plan.graph[d]]}
+        unknown = sorted(wanted - set(peers))
+        if unknown:
+            raise ConfigError(
+                "--peer", ", ".join(unknown), "ID=HOST:PORT for every device and its peers"
+            )
+    for device in ids:
+        app, graph = exp.nodes.apps[device], plan.graph[device]
+        ways: dict[str, Attachment] = {}
+        reach = Reach(device, process.settings, process.loop, {"device": graph}, ways.get)
+        downstream = GrpcTransport(reach, device, graph)
+        control = process.attach(app, parents, downstream)
+        control.executor_for = lambda m, g=frozenset(graph): side if m.src in g else None
+        if not plan.direct:
+            ways.update({p: control for p in graph})
+            continue
+        hub = process.listen(device, peers[device], plan.authorize_peer(device))
+        Router(device, process.settings, plan.admit(device), hub, local=(control.handle, side))
+        for p in graph:
+            ways[p] = process.attach(app, [peers[p]], downstream, executor=side)

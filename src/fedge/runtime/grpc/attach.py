@@ -10,15 +10,22 @@ names another node, the parent does not know it, another protocol) is dropped fr
 without retries; when none is left the child stops with ``ParentRefused``. Requests run on an
 executor thread, so a long handler (an edge coordinating its devices) never blocks the
 stream. A request that fails is answered with an ERROR frame and logged.
+
+A child also starts calls of its own over the same stream (``request``: PEER_REQUEST frames
+up, the reply as PEER_REPLY frames down), to any node its parent can route to; a call waits
+up to ``connect_timeout_s`` for the stream and ``call_timeout_s`` for its reply, and fails
+at once with the parent's reason when the parent refuses it. A request from the parent for
+another node than this one goes to ``forward`` (an edge relaying to its devices) when set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -48,6 +55,11 @@ class ParentRefused(FedgeError):
 
 Rewrite = Callable[[Message], Message]
 Observe = Callable[[Message, Message], None]
+Forward = Callable[[Message], Awaitable[Message]]
+
+
+class CallFailed(FedgeError):
+    """A call this child started was refused or failed on its way (the reason says where)."""
 
 
 class Attachment:
@@ -79,6 +91,15 @@ class Attachment:
         self._executor = executor
         self._downstream = downstream
         self._rng = random.Random(f"{app.node_id}-backoff")
+        self.forward: Forward | None = None
+        """Answers the parent's requests for other nodes (a relay); None refuses them."""
+        self.executor_for: Callable[[Message], Executor | None] | None = None
+        """The executor of a request when not the node's own (None: the node's own)."""
+        self._outgoing: asyncio.Queue[wire.Frame | None] | None = None
+        self._connected: asyncio.Event | None = None
+        self._calls: dict[int, asyncio.Future[Message]] = {}
+        self._callees: dict[int, str] = {}
+        self._call_ids = itertools.count(1)
 
     async def run(self, stop: asyncio.Event) -> None:
         index, delay_s = 0, self.settings.retry_initial_s
@@ -134,6 +155,8 @@ class Attachment:
             established = True
             self.connected_to = address
             log.info("%s: attached to %s", self.app.node_id, address)
+            self._outgoing = outgoing
+            self._up().set()
             await self._serve(stream, outgoing, stop)
         except (aio.AioRpcError, TimeoutError) as exc:
             detail = exc.details() if isinstance(exc, aio.AioRpcError) else "timed out"
@@ -148,18 +171,83 @@ class Attachment:
             if self.connected_to is not None:
                 self.disconnected_since_s = time.monotonic()
             self.connected_to = None
+            self._outgoing = None
+            self._up().clear()
+            self._fail_calls(f"the stream to {address} ended")
             outgoing.put_nowait(None)
             await channel.close(grace=None)
         return established
+
+    # -- the calls this child starts ----------------------------------------------------
+
+    def _up(self) -> asyncio.Event:
+        if self._connected is None:
+            self._connected = asyncio.Event()
+        return self._connected
+
+    async def request(self, message: Message) -> Message:
+        """Send ``message`` (for any node the parent routes to) and wait for its reply; on
+        the loop. Raises ``CallFailed`` when it is refused, times out or the stream breaks."""
+        try:
+            await asyncio.wait_for(self._up().wait(), self.settings.connect_timeout_s)
+        except TimeoutError:
+            raise CallFailed(f"{self.app.node_id}: not attached to a parent") from None
+        outgoing = self._outgoing
+        assert outgoing is not None
+        call_id = next(self._call_ids)
+        reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._calls[call_id], self._callees[call_id] = reply, message.dst
+        kind = wire.Frame.PEER_REQUEST
+        for frame in wire.message_frames(call_id, message, self.settings.chunk_bytes, kind):
+            outgoing.put_nowait(frame)
+        try:
+            return await asyncio.wait_for(reply, self.settings.call_timeout_s)
+        except TimeoutError:
+            raise CallFailed(
+                f"{self.app.node_id} -> {message.dst}: no reply within grpc.call_timeout_s"
+            ) from None
+        finally:
+            self._calls.pop(call_id, None)
+            self._callees.pop(call_id, None)
+
+    def _fail_calls(self, reason: str) -> None:
+        for reply in self._calls.values():
+            if not reply.done():
+                reply.set_exception(CallFailed(f"{self.app.node_id}: {reason}"))
+
+    def _take_reply(self, replies: wire.Reassembler, frame: wire.Frame) -> None:
+        """A frame of the answer to one of this child's calls."""
+        reply = self._calls.get(frame.call_id)
+        if frame.kind == wire.Frame.PEER_ERROR:
+            replies.forget(frame.call_id)
+            if reply is not None and not reply.done():
+                reason = frame.data.decode(errors="replace")
+                reply.set_exception(CallFailed(f"{self.app.node_id}: refused: {reason}"))
+            return
+        try:
+            message = replies.add(frame)
+        except wire.WireError as exc:
+            message = None
+            if reply is not None and not reply.done():
+                reply.set_exception(CallFailed(f"{self.app.node_id}: bad reply: {exc}"))
+        if message is None or reply is None or reply.done():
+            return
+        if message.src != self._callees.get(frame.call_id):
+            reply.set_exception(CallFailed(f"a reply came from {message.src!r}"))
+        else:
+            reply.set_result(message)
+
+    # -- the parent's requests ------------------------------------------------------------
 
     async def _serve(
         self, stream: Any, outgoing: asyncio.Queue[wire.Frame | None], stop: asyncio.Event
     ) -> None:
         reassembler = wire.Reassembler(self.settings.max_message_bytes)
+        replies = wire.Reassembler(self.settings.max_message_bytes)
         tasks: set[asyncio.Task[None]] = set()
         stopping = asyncio.ensure_future(stop.wait())
-        replies = aiter(stream)
-        reading = asyncio.ensure_future(anext(replies, None))
+        incoming = aiter(stream)
+        reading = asyncio.ensure_future(anext(incoming, None))
         while True:
             await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if stopping.done():
@@ -170,12 +258,16 @@ class Attachment:
             if frame is None:
                 stopping.cancel()
                 return
-            request = self._take(reassembler, frame, outgoing)
+            if frame.kind in (wire.Frame.PEER_REPLY, wire.Frame.PEER_ERROR):
+                self._take_reply(replies, frame)
+                request = None
+            else:
+                request = self._take(reassembler, frame, outgoing)
             if request is not None:
                 task = asyncio.ensure_future(self._answer(request, frame.call_id, outgoing))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-            reading = asyncio.ensure_future(anext(replies, None))
+            reading = asyncio.ensure_future(anext(incoming, None))
 
     def _take(
         self,
@@ -201,7 +293,11 @@ class Attachment:
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
-            reply = await loop.run_in_executor(self._executor, self.handle, request)
+            if request.dst != self.app.node_id and self.forward is not None:
+                reply = await self.forward(request)
+            else:
+                chosen = self.executor_for(request) if self.executor_for is not None else None
+                reply = await loop.run_in_executor(chosen or self._executor, self.handle, request)
             frames = wire.message_frames(call_id, reply, self.settings.chunk_bytes)
         except Exception as exc:  # the handler's failure goes back to the caller, logged
             log.exception("%s: %s request failed", self.app.node_id, request.kind)

@@ -25,9 +25,15 @@ class Frame(_message.Message):
         HELLO: _ClassVar[Frame.Kind]
         CHUNK: _ClassVar[Frame.Kind]
         ERROR: _ClassVar[Frame.Kind]
+        PEER_REQUEST: _ClassVar[Frame.Kind]
+        PEER_REPLY: _ClassVar[Frame.Kind]
+        PEER_ERROR: _ClassVar[Frame.Kind]
     HELLO: Frame.Kind
     CHUNK: Frame.Kind
     ERROR: Frame.Kind
+    PEER_REQUEST: Frame.Kind
+    PEER_REPLY: Frame.Kind
+    PEER_ERROR: Frame.Kind
     KIND_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]

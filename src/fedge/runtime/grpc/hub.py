@@ -6,6 +6,13 @@ than its certificate names, an unknown node, an out-of-order, oversized or undec
 message: each is rejected and logged, and the server carries on. A call whose child drops
 waits up to ``reattach_s`` for the same node to attach again (a restarted edge, a device
 that reconnected) and is then sent again; otherwise it fails and its reply is absent.
+
+Children may start calls too (PEER_REQUEST frames, numbered by the child): the hub hands
+each such message to its ``route`` (the node answers it, or passes it down to a child or up
+to its own parent, see ``fedge.runtime.grpc.route``) and sends the reply back as PEER_REPLY,
+or the reason it failed as PEER_ERROR. A hub without a ``route`` refuses them. A call to a
+node that is not a child goes down the stream of ``next_hop(dst)`` (a device behind its edge);
+its reply must then come from that node.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import contextlib
 import itertools
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +40,8 @@ log = logging.getLogger("fedge.grpc")
 
 Authorize = Callable[[str, str], str | None]
 """(node id, tier) -> None to accept the child, or the reason it is refused."""
+Route = Callable[[Message, str], Awaitable[Message]]
+"""(a message a child sent, that child's id) -> the reply (answered here or passed on)."""
 
 
 class ChildGone(FedgeError):
@@ -46,6 +55,10 @@ class _Child:
     reassembler: wire.Reassembler
     queue: asyncio.Queue[wire.Frame | None] = field(default_factory=asyncio.Queue)
     pending: dict[int, asyncio.Future[Message]] = field(default_factory=dict)
+    relayed: dict[int, str] = field(default_factory=dict)
+    """Calls sent through this child to another node: call id -> the node that answers."""
+    calls: wire.Reassembler | None = None
+    """The messages of the calls the child starts (PEER_REQUEST frames)."""
 
 
 class Hub:
@@ -69,6 +82,11 @@ class Hub:
         self._arrived: dict[str, asyncio.Event] = {}
         self._ids = itertools.count(1)
         self._server: aio.Server | None = None
+        self.route: Route | None = None
+        """Answers the calls children start; None refuses them."""
+        self.next_hop: Callable[[str], str] | None = None
+        """The child through which a node that is not a child is reached (None: none is)."""
+        self._serving: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -131,13 +149,24 @@ class Hub:
     def _event(self, node_id: str) -> asyncio.Event:
         return self._arrived.setdefault(node_id, asyncio.Event())
 
+    async def forward(self, message: Message) -> Message:
+        """``message`` down to its node (for a route, on the loop); its reply."""
+        return await self._call(message)
+
+    def _hop(self, dst: str) -> str:
+        if dst in self._children or self.next_hop is None:
+            return dst
+        return self.next_hop(dst)
+
     async def _call(self, message: Message) -> Message:
         data = message.encode()
         while True:
-            child = await self._attached_child(message.dst)
+            child = await self._attached_child(self._hop(message.dst))
             call_id = next(self._ids)
             reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
             child.pending[call_id] = reply
+            if child.node_id != message.dst:
+                child.relayed[call_id] = message.dst
             for frame in wire.chunks(call_id, data, self.settings.chunk_bytes):
                 await child.queue.put(frame)
             self.counters["bytes_sent"] += len(data)
@@ -150,6 +179,7 @@ class Hub:
                 continue
             finally:
                 child.pending.pop(call_id, None)
+                child.relayed.pop(call_id, None)
             self.counters["messages"] += 1
             return answer
 
@@ -194,6 +224,7 @@ class Hub:
             return None
         hello = first.hello
         child = _Child(hello.node_id, hello.tier, wire.Reassembler(self.settings.max_message_bytes))
+        child.calls = wire.Reassembler(self.settings.max_message_bytes)
         previous = self._children.get(child.node_id)
         if previous is not None:
             previous.queue.put_nowait(None)
@@ -236,6 +267,9 @@ class Hub:
 
     def _take(self, child: _Child, frame: wire.Frame) -> None:
         """One frame from a child: a chunk of a reply, or the error a call ended with."""
+        if frame.kind == wire.Frame.PEER_REQUEST:
+            self._take_call(child, frame)
+            return
         reply = child.pending.get(frame.call_id)
         if frame.kind == wire.Frame.ERROR:
             child.reassembler.forget(frame.call_id)
@@ -259,12 +293,44 @@ class Hub:
             return
         if reply is None or reply.done():
             log.info("%s: dropped a late reply from %s", self.node_id, child.node_id)
-        elif message.src != child.node_id:
+        elif message.src != child.relayed.get(frame.call_id, child.node_id):
             self.counters["rejected"] += 1
             log.warning("%s: %s sent a reply as %r", self.node_id, child.node_id, message.src)
             reply.set_exception(FedgeError(f"{child.node_id} answered as {message.src!r}"))
         else:
             reply.set_result(message)
+
+    def _take_call(self, child: _Child, frame: wire.Frame) -> None:
+        """A chunk of a call the child started; a whole message goes to ``route``."""
+        assert child.calls is not None
+        try:
+            message = child.calls.add(frame)
+        except wire.WireError as exc:
+            self.counters["rejected"] += 1
+            log.warning("%s: rejected a call from %s: %s", self.node_id, child.node_id, exc)
+            child.queue.put_nowait(wire.error(frame.call_id, str(exc), wire.Frame.PEER_ERROR))
+            return
+        if message is not None:
+            task = asyncio.ensure_future(self._serve_call(child, frame.call_id, message))
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
+
+    async def _serve_call(self, child: _Child, call_id: int, message: Message) -> None:
+        """Answer (or pass on) a child's call; its reply or failure goes back to the child."""
+        try:
+            if self.route is None:
+                raise FedgeError(f"{self.node_id} takes no calls from its children")
+            reply = await self.route(message, child.node_id)
+            kind = wire.Frame.PEER_REPLY
+            frames = wire.message_frames(call_id, reply, self.settings.chunk_bytes, kind)
+            self.counters["messages"] += 2
+        except Exception as exc:  # refused or failed: the caller learns why, nothing hangs
+            self.counters["refused_calls"] += 1
+            log.warning("%s: call %s -> %s failed: %s", self.node_id, message.src, message.dst, exc)
+            frames = [wire.error(call_id, str(exc), wire.Frame.PEER_ERROR)]
+        for frame in frames:
+            self.counters["bytes_sent"] += len(frame.data)
+            child.queue.put_nowait(frame)
 
     def _detach(self, child: _Child) -> None:
         if self._children.get(child.node_id) is child:

@@ -55,6 +55,20 @@ class NodeProcess:
         self.attachments: list[Attachment] = []
         self._running: list[Future[None]] = []
         self._executors = [self._executor]
+        self.hubs: list[Hub] = []
+        """Further hubs of the process's nodes (a device that peers dial directly)."""
+
+    @property
+    def loop(self) -> LoopThread:
+        return self._loop
+
+    def listen(self, node_id: str, address: str, authorize: Authorize) -> Hub:
+        """A further hub, as ``node_id``, for children that dial that node (its peers)."""
+        hub = Hub(node_id, self.settings, authorize, self.certs(node_id), self._loop)
+        hub.start(address)
+        self.hubs.append(hub)
+        log.info("%s: listening on %s", node_id, address)
+        return hub
 
     def certs(self, node_id: str) -> NodeCerts | None:
         return NodeCerts.load(self._certs_dir, node_id) if self._certs_dir else None
@@ -113,7 +127,7 @@ class NodeProcess:
         return dormancy
 
     def _shutdown(self, message: Message, ctx: NodeContext) -> Message:
-        if ctx.downstream is not None:
+        if ctx.downstream is not None and ctx.tier != "device":  # a device's are its peers
             shutdown_children(ctx.downstream)
         self._loop.loop.call_later(0.5, self._stop.set)
         self._loop.loop.call_later(0.5, self._stopped.set)
@@ -133,6 +147,8 @@ class NodeProcess:
         wait(self._running, timeout=5.0)
         if self.hub is not None:
             self.hub.stop()
+        for hub in self.hubs:
+            hub.stop()
         for executor in self._executors:
             executor.shutdown(wait=False, cancel_futures=True)
         self._loop.stop()

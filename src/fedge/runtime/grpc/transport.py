@@ -11,15 +11,27 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import Protocol
 
 from fedge.core.message import Message
 from fedge.core.transport import ABSENT
-from fedge.runtime.grpc.hub import Hub
+from fedge.runtime.grpc.settings import GrpcSettings
 
 log = logging.getLogger("fedge.grpc")
+
+
+class Caller(Protocol):
+    """What a GrpcTransport calls through: a hub, or the calls a child starts (route.Reach)."""
+
+    settings: GrpcSettings
+    counters: Counter[str]
+
+    def call(self, message: Message) -> Future[Message]: ...
+
+    def attached(self, tier: str) -> list[str]: ...
 
 
 class GrpcTransport:
@@ -30,7 +42,7 @@ class GrpcTransport:
 
     def __init__(
         self,
-        hub: Hub,
+        hub: Caller,
         node_id: str,
         order: Sequence[str] = (),
         started_s: float | None = None,

@@ -22,19 +22,22 @@ class WireError(FedgeError):
     """A frame or message that breaks the protocol (out of order, too large, malformed)."""
 
 
-def chunks(call_id: int, data: bytes, chunk_bytes: int) -> Iterator[pb.Frame]:
-    """``data`` as CHUNK frames of at most ``chunk_bytes``; an empty message is one frame."""
+def chunks(
+    call_id: int, data: bytes, chunk_bytes: int, kind: pb.Frame.Kind = pb.Frame.CHUNK
+) -> Iterator[pb.Frame]:
+    """``data`` as frames of ``kind`` (CHUNK, or PEER_REQUEST / PEER_REPLY for the calls a
+    child starts) of at most ``chunk_bytes``; an empty message is one frame."""
     view = memoryview(data)
     count = max(1, -(-len(data) // chunk_bytes))
     for seq in range(count):
         piece = bytes(view[seq * chunk_bytes : (seq + 1) * chunk_bytes])
-        yield pb.Frame(
-            kind=pb.Frame.CHUNK, call_id=call_id, seq=seq, last=seq == count - 1, data=piece
-        )
+        yield pb.Frame(kind=kind, call_id=call_id, seq=seq, last=seq == count - 1, data=piece)
 
 
-def message_frames(call_id: int, message: Message, chunk_bytes: int) -> list[pb.Frame]:
-    return list(chunks(call_id, message.encode(), chunk_bytes))
+def message_frames(
+    call_id: int, message: Message, chunk_bytes: int, kind: pb.Frame.Kind = pb.Frame.CHUNK
+) -> list[pb.Frame]:
+    return list(chunks(call_id, message.encode(), chunk_bytes, kind))
 
 
 def hello(node_id: str, tier: str, home: str = "") -> pb.Frame:
@@ -42,8 +45,9 @@ def hello(node_id: str, tier: str, home: str = "") -> pb.Frame:
     return pb.Frame(kind=pb.Frame.HELLO, hello=info)
 
 
-def error(call_id: int, reason: str) -> pb.Frame:
-    return pb.Frame(kind=pb.Frame.ERROR, call_id=call_id, data=reason.encode()[:4096])
+def error(call_id: int, reason: str, kind: pb.Frame.Kind = pb.Frame.ERROR) -> pb.Frame:
+    """The reason call ``call_id`` failed (PEER_ERROR: a call the child started)."""
+    return pb.Frame(kind=kind, call_id=call_id, data=reason.encode()[:4096])
 
 
 @dataclass
