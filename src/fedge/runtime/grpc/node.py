@@ -57,6 +57,8 @@ class NodeProcess:
         self._executors = [self._executor]
         self.hubs: list[Hub] = []
         """Further hubs of the process's nodes (a device that peers dial directly)."""
+        self.ports: dict[str, int] = {}
+        """The port each further hub listens on, by node."""
 
     @property
     def loop(self) -> LoopThread:
@@ -65,7 +67,7 @@ class NodeProcess:
     def listen(self, node_id: str, address: str, authorize: Authorize) -> Hub:
         """A further hub, as ``node_id``, for children that dial that node (its peers)."""
         hub = Hub(node_id, self.settings, authorize, self.certs(node_id), self._loop)
-        hub.start(address)
+        self.ports[node_id] = hub.start(address)
         self.hubs.append(hub)
         log.info("%s: listening on %s", node_id, address)
         return hub
