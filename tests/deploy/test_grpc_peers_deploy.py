@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from deploy_helpers import deploy_config
-from fedge.cli import main
 from fedge.core.errors import ConfigError
 from fedge.core.message import Message
 from fedge.deploy.local import LocalDeployment
@@ -124,15 +123,8 @@ def test_a_direct_deployment_gives_every_device_an_address_and_its_peers(tmp_pat
     assert peers == set(deployment.plan.devices)
 
 
-def test_split_learning_and_moving_peers_are_refused_with_the_reason(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_moving_peers_are_refused_on_the_grpc_engine_with_the_reason(tmp_path: Path) -> None:
     config = deploy_config(tmp_path)
-    code = main(["run", str(config), "--engine", "grpc", "--set", "algorithm='split'"])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert "algorithm" in err and "split:" in err and "in-process object" in err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     moving = load_config(config, ["algorithm='dpmn'", "system.mobility='highway'"])
     with pytest.raises(ConfigError, match=r"system\.mobility.*'static' for dpmn"):
         Plan.of(moving)

@@ -51,6 +51,8 @@ from fedge.learning.split import SplitModel
 from fedge.learning.training import make_optimizer, minibatches
 
 CLOUD = "cloud"
+CLOUD_CALLS = frozenset({"split_forward", "split_backward", "probe"})
+"""The requests an edge sends the cloud's tail (a deployment refuses any other kind)."""
 
 
 class SplitSettings(Section):

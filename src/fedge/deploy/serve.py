@@ -18,8 +18,14 @@ answers the peers that dial it; certificates name both ends). Every device's pee
 neighbours in the system model's peer graph, which must be static (``system.mobility =
 "static"``): the wall clock of a deployment has no simulated positions. Only the kinds of
 ``PEER_CALLS`` pass between devices, and only between graph neighbours.
-Split learning (split, splitfed, ushaped) is refused: its cloud tail is one in-process
-object the edges' heads call synchronously.
+Split learning (split, splitfed, ushaped): edges (the split clients) attach to the cloud and
+call its tail app with calls they start (``CLOUD_CALLS``: feature maps up, gradients back);
+the cloud process holds the tail and the round driver, and evaluates the full model from
+the edge parts the edges return in their messages (its own copy of the head, loaded from
+them, and its own tail: no other process's model is read). Devices run no app and get no
+process. With several edges, SplitFed and U-shaped train them in parallel for real: the tail
+serves their batches in arrival order and U_i weighs by measured wall-clock throughput, so
+those runs are not bit-reproducible (vanilla split, and one edge, are).
 
 Interpretations: deadlines are wall-clock seconds here; a device's parents are its home
 edge then that edge's neighbours (handover when its edge dies); an edge waits for its home
@@ -36,6 +42,7 @@ from pathlib import Path
 
 from fedge.algorithms import ALGORITHMS
 from fedge.algorithms.decentralized import PEER_CALLS
+from fedge.algorithms.split import CLOUD_CALLS
 from fedge.core.errors import ConfigError, FedgeError
 from fedge.core.message import Message
 from fedge.core.node import NodeApp
@@ -57,11 +64,10 @@ SUPPORTED_ROLES = {
     ("edge",): "devices -> edges -> cloud",
     ("edge", "exchange"): "devices -> edges -> cloud, and each edge to its neighbour edges",
     ("peer",): "the cloud drives rounds; devices call their peers relayed by edges or direct",
+    ("split",): "edges (split clients) -> cloud, and each edge calls the cloud's tail",
 }
-UNSUPPORTED_ROLES: dict[tuple[str, ...], str] = {
-    ("split",): "its cloud tail is one in-process object the edges' heads call synchronously; "
-    "there is no message protocol between split client and server yet",
-}
+UNSUPPORTED_ROLES: dict[tuple[str, ...], str] = {}
+"""Why a role tuple has no deployment (a reason for the refusal); others get a generic one."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,8 @@ class Plan:
     """Devices dial their peers themselves (``system.d2d.mode = "direct"``), not via edges."""
     graph: dict[str, list[str]] = field(default_factory=dict)
     """Each device's peers in the system model's peer graph (static)."""
+    split: bool = False
+    """Split learning: edges call the cloud's tail; devices have no process."""
 
     @staticmethod
     def of(cfg: ExperimentConfig) -> Plan:
@@ -110,6 +118,8 @@ class Plan:
             direct = cfg.system.d2d.mode == "direct"
             graph = {d: list(system.peers(d, 0.0)) for d in devices}
             return Plan(not direct, False, edges, devices, home, neighbours, True, direct, graph)
+        if spec.roles == ("split",):
+            return Plan(True, False, edges, [], {}, neighbours, split=True)
         edged = "edge" in spec.roles
         return Plan(edged, "exchange" in spec.roles, edges, devices, home, neighbours)
 
@@ -143,6 +153,8 @@ class Plan:
 
         def check(message: Message, came_from: str) -> str | None:
             src, dst = message.src, message.dst
+            if self.split:
+                return _split_call(message, came_from, self.edges)
             if message.kind not in PEER_CALLS:
                 allowed = ", ".join(sorted(PEER_CALLS))
                 return f"{src} -> {dst}: {message.kind!r} is not a peer call ({allowed})"
@@ -187,6 +199,27 @@ class Plan:
         return ["cloud", *(self.edges if self.hierarchical else []), *self.devices]
 
 
+def _split_call(message: Message, came_from: str, edges: Sequence[str]) -> str | None:
+    """Split learning: an edge may call the cloud's tail (``CLOUD_CALLS``) as itself."""
+    if message.kind not in CLOUD_CALLS:
+        allowed = ", ".join(sorted(CLOUD_CALLS))
+        return f"{message.src} -> {message.dst}: {message.kind!r} is not a tail call ({allowed})"
+    if came_from != message.src or came_from not in edges:
+        return f"{came_from!r} may not send as {message.src!r}"
+    if message.dst != "cloud":
+        return f"a split client calls only the cloud, not {message.dst!r}"
+    return None
+
+
+def _answering(app: NodeApp, seed: int) -> Callable[[Message], Message]:
+    """``app``'s handler for the calls its node answers itself (no downstream)."""
+
+    def handle(message: Message) -> Message:
+        return app.handle(message, app.context(seed, message, None))
+
+    return handle
+
+
 def _local(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg.model_copy(update={"engine": "local"})
 
@@ -228,6 +261,9 @@ def serve_cloud(
             )
         driver = _driver(plan, process.hub, transport, exp.transport.node_id)
         exp.transport = driver  # type: ignore[assignment]
+        if plan.split:  # the edges call the tail: answered by the cloud's own app
+            tail = (_answering(exp.nodes.apps["cloud"], exp.nodes.seed), process.own_thread())
+            Router("cloud", settings, plan.admit("cloud"), process.hub, local=tail)
 
     try:
         if resume_dir is not None:
@@ -267,6 +303,9 @@ def serve_edge(
     _check_ids(plan, "edge", [edge])
     if plan.peer:
         serve_relay(cfg, plan, edge, listen, parents, certs, peers or {})
+        return
+    if plan.split:
+        serve_split_client(cfg, edge, parents, certs)
         return
     set_threads(cfg)
     exp = build(_local(cfg))
@@ -338,6 +377,23 @@ def serve_relay(
         if missing:
             log.warning("%s: %s did not attach; going on without them", edge, missing)
         process.attach(app, parents, downstream).forward = router.deliver
+        process.wait()
+    finally:
+        process.close()
+
+
+def serve_split_client(
+    cfg: ExperimentConfig, edge: str, parents: Sequence[str], certs: str | None
+) -> None:
+    """An edge of split learning: it trains its head on its devices' samples, calling the
+    cloud's tail through its own stream for every minibatch (it has no children)."""
+    set_threads(cfg)
+    exp = build(_local(cfg))
+    process = NodeProcess(cfg.grpc, certs, exp.nodes.seed)
+    try:
+        ways: dict[str, Attachment] = {}
+        reach = Reach(edge, process.settings, process.loop, {"cloud": ["cloud"]}, ways.get)
+        ways["cloud"] = process.attach(exp.nodes.apps[edge], parents, GrpcTransport(reach, edge))
         process.wait()
     finally:
         process.close()
