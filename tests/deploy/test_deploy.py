@@ -6,6 +6,7 @@ uses the tiny digits federation so a deployment takes seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from deploy_helpers import (
     same_weights,
     wait_for,
 )
+from fedge.algorithms import ALGORITHMS
 from fedge.cli import main
 from fedge.deploy.local import LocalDeployment, deploy_local
 from fedge.experiment.config import ExperimentConfig, load_config
@@ -165,8 +167,13 @@ def test_edges_keep_training_while_the_cloud_is_away_and_resynchronise(
     assert "resynchronising" in _log(deployment, edge)
 
 
-def test_deploy_local_rejects_algorithms_it_cannot_run(tmp_path: Path, deploy) -> None:
-    config = _config(tmp_path, "dpmn")
+def test_deploy_local_rejects_algorithms_it_cannot_run(
+    tmp_path: Path, deploy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every registered algorithm has a plan; one whose roles have none is refused."""
+    odd = dataclasses.replace(ALGORITHMS.get("fedavg"), name="odd", roles=("odd",))
+    monkeypatch.setitem(ALGORITHMS._items, "odd", odd)
+    config = _config(tmp_path, "odd")
     with pytest.raises(Exception, match="on the grpc engine one of"):
         deploy_local(load_config(config))
 

@@ -109,6 +109,11 @@ def test_the_plan_routes_devices_as_the_d2d_mode_says(tmp_path: Path) -> None:
     assert "not a peer call" in str(admit(Message(d, p, "peer_train", 1), d))
     assert "may not send as" in str(admit(Message(d, p, "get_model", 1), stranger))
     assert "reached" in str(direct.admit(stranger)(Message(d, p, "get_model", 1), d))
+    dial = direct.authorize_peer(p)  # who may open a stream to a listening device
+    assert dial(d, "device") is None
+    outsider = next(x for x in direct.devices if x != p and x not in direct.graph[p])
+    assert "is not a peer of" in str(dial(outsider, "device"))
+    assert "is not a peer of" in str(dial(d, "edge"))
 
 
 def test_a_direct_deployment_gives_every_device_an_address_and_its_peers(tmp_path: Path) -> None:

@@ -193,7 +193,8 @@ class Attachment:
         except TimeoutError:
             raise CallFailed(f"{self.app.node_id}: not attached to a parent") from None
         outgoing = self._outgoing
-        assert outgoing is not None
+        if outgoing is None:  # the stream broke since
+            raise CallFailed(f"{self.app.node_id}: the stream to its parent just ended")
         call_id = next(self._call_ids)
         reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._calls[call_id], self._callees[call_id] = reply, message.dst
@@ -243,11 +244,11 @@ class Attachment:
         self, stream: Any, outgoing: asyncio.Queue[wire.Frame | None], stop: asyncio.Event
     ) -> None:
         reassembler = wire.Reassembler(self.settings.max_message_bytes)
-        replies = wire.Reassembler(self.settings.max_message_bytes)
+        answers = wire.Reassembler(self.settings.max_message_bytes)
         tasks: set[asyncio.Task[None]] = set()
         stopping = asyncio.ensure_future(stop.wait())
-        incoming = aiter(stream)
-        reading = asyncio.ensure_future(anext(incoming, None))
+        replies = aiter(stream)
+        reading = asyncio.ensure_future(anext(replies, None))
         while True:
             await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if stopping.done():
@@ -259,7 +260,7 @@ class Attachment:
                 stopping.cancel()
                 return
             if frame.kind in (wire.Frame.PEER_REPLY, wire.Frame.PEER_ERROR):
-                self._take_reply(replies, frame)
+                self._take_reply(answers, frame)
                 request = None
             else:
                 request = self._take(reassembler, frame, outgoing)
@@ -267,7 +268,7 @@ class Attachment:
                 task = asyncio.ensure_future(self._answer(request, frame.call_id, outgoing))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-            reading = asyncio.ensure_future(anext(incoming, None))
+            reading = asyncio.ensure_future(anext(replies, None))
 
     def _take(
         self,
