@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from fedge.algorithms.base import RoundRecord
 from fedge.core.errors import FedgeError
+from fedge.core.node import LazyApps
 from fedge.experiment.build import Experiment
 from fedge.experiment.config import ExperimentConfig, parse_config
 from fedge.experiment.engines import ENGINES
@@ -77,6 +78,9 @@ def checkpointer(
         )
         try:
             save_checkpoint(run_dir / CHECKPOINT_NAME, ckpt, refs, meta)
+            apps = getattr(exp.nodes, "apps", None)
+            if isinstance(apps, LazyApps):
+                apps.checkpointed()  # rows only the previous checkpoint referred to go
         except CheckpointError as exc:
             failed.append(exc)
             warnings.warn(
@@ -99,7 +103,16 @@ def restore(
     live = dataclasses.replace(
         exp, coordinator=ckpt.coordinator, transport=ckpt.transport, nodes=ckpt.nodes, rng=ckpt.rng
     )
+    attach_state(live, run_dir)
     return live, ckpt
+
+
+def attach_state(exp: Experiment, run_dir: Path) -> None:
+    """Device state beyond ``[population] state_memory_mb`` goes to ``run_dir``; rows there
+    that the loaded checkpoint does not refer to (a crashed process's) are deleted."""
+    apps = getattr(exp.nodes, "apps", None)
+    if isinstance(apps, LazyApps):
+        apps.attach(run_dir)
 
 
 @dataclass(frozen=True)

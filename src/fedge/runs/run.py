@@ -111,6 +111,7 @@ def run_experiment(
     store = RunStore(config.output.store)
     run_id, run_dir = open_run(store, config, out_dir, exp.data_source)
     try:
+        resume.attach_state(exp, run_dir)
         write_json(exp.partition_report(), run_dir / "partition.json")
         _announce_warnings(exp, run_dir, echo)
         if started is not None:
