@@ -243,6 +243,11 @@ class LazyApps(Mapping[str, NodeApp]):
             self._spill.store.bind(directory)
             self._spill.store.keep_only(self._spill.spilled.values())
 
+    def close(self) -> None:
+        """The run is over (or stopped): close the store, keeping only committed rows."""
+        if self._spill is not None:
+            self._spill.store.close()
+
     def checkpointed(self) -> None:
         """A checkpoint of this object is on disk: rows only older checkpoints referred to
         are deleted."""

@@ -177,6 +177,17 @@ class StateStore:
         if self._db is not None:
             self._db.commit()
 
+    def close(self) -> None:
+        """Drop what was written since the last ``commit`` and close the file, as a crash
+        would (the last checkpoint refers only to committed rows); a later use reopens it.
+        An unbound (temporary) store stays open: nothing else refers to its rows."""
+        if self._db is not None and self._bound:
+            self._db.rollback()
+            self._db.close()
+            self._db = None
+            if self._finalizer is not None:
+                self._finalizer.detach()
+
     def nbytes(self) -> int:
         """Bytes of the states in the store."""
         if self._db is None:

@@ -53,7 +53,10 @@ class NodeSet:
         early (in parallel). In-process there is nothing to start."""
 
     def close(self) -> None:
-        """Release what the node set holds outside this process (nothing in-process)."""
+        """Release what the node set holds outside this process (in-process: the file of a
+        population's spilled device state)."""
+        if isinstance(self.apps, LazyApps):
+            self.apps.close()
 
 
 def flat_membership(tiers: Mapping[str, Sequence[str]]) -> Membership:
