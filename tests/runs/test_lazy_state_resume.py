@@ -125,7 +125,7 @@ def synthetic_config(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("sets", [[], FEEDBACK[1:] + [TINY_BUDGET]], ids=["plain", "spilled"])
+@pytest.mark.parametrize("sets", [[], [*FEEDBACK[1:], TINY_BUDGET]], ids=["plain", "spilled"])
 def test_a_synthetic_run_resumes_bit_identical(synthetic_config, tmp_path, monkeypatch, sets):
     """Clients made from (seed, index) come back the same in the resumed process."""
     full = run_experiment(load_config(synthetic_config, sets), out_dir=tmp_path / "full")
@@ -146,9 +146,9 @@ def test_bad_budgets_are_refused(tiny_config, tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "population.state_memory_mb" in proc.stderr and "greater than 0" in proc.stderr
-    with pytest.raises(ConfigError, match="population.state_memory_mb"):
+    with pytest.raises(ConfigError, match=r"population\.state_memory_mb"):
         load_config(tiny_config, ["population.state_memory_mb='lots'"])
-    with pytest.raises(ConfigError, match="population.state_memory_mb.*'splitfed'"):
+    with pytest.raises(ConfigError, match=r"population\.state_memory_mb.*'splitfed'"):
         build(load_config(tiny_config, ["algorithm='splitfed'", "population.state_memory_mb=1"]))
-    with pytest.raises(ConfigError, match="population.state_memory_mb.*'grpc'"):
+    with pytest.raises(ConfigError, match=r"population\.state_memory_mb.*'grpc'"):
         build(load_config(tiny_config, ["engine='grpc'", "population.state_memory_mb=1"]))
