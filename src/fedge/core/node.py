@@ -265,7 +265,7 @@ class _Spill:
     budget: int
     store: StateStore
     sizes: dict[str, int] = field(default_factory=dict)
-    """Resident, unpinned apps (least recently used first) and their state bytes."""
+    """Lazy apps in memory made under the budget (least recently used first), state bytes."""
     dirty: set[str] = field(default_factory=set)
     """Apps used since their size was last measured."""
     spilled: dict[str, int] = field(default_factory=dict)
