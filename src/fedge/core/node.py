@@ -148,7 +148,7 @@ class LazyApps(Mapping[str, NodeApp]):
         self._known = known
         self._made: dict[str, NodeApp] = {}
         self._on_make: list[Callable[[NodeApp], object]] = []
-        self._spill: _Spill | None = None
+        self._spill: Spill | None = None
 
     def __getitem__(self, node_id: str) -> NodeApp:
         app = self._eager.get(node_id) or self._made.get(node_id)
@@ -192,7 +192,7 @@ class LazyApps(Mapping[str, NodeApp]):
         return len(self._made)
 
     @property
-    def spill(self) -> _Spill | None:
+    def spill(self) -> Spill | None:
         """The budget and its counters (None: unlimited)."""
         return self._spill
 
@@ -206,7 +206,7 @@ class LazyApps(Mapping[str, NodeApp]):
         """Keep at most ``budget_bytes`` of lazy apps' state in memory, the rest in ``store``.
         Apps made before this call (changed after they were made, e.g. an attacker's
         trainer) stay in memory."""
-        self._spill = _Spill(budget_bytes, store)
+        self._spill = Spill(budget_bytes, store)
 
     @contextmanager
     def busy(self) -> Iterator[None]:
@@ -258,7 +258,7 @@ class LazyApps(Mapping[str, NodeApp]):
 
 
 @dataclass
-class _Spill:
+class Spill:
     """The budget of a :class:`LazyApps` and its bookkeeping: resident apps' measured state
     bytes in least-recently-used order, the store row of every spilled device."""
 
