@@ -175,6 +175,8 @@ def test_unbound_store_writes_to_a_temporary_directory_it_removes():
     path = store.path
     assert path is not None and path.exists()
     assert torch.equal(store.get(key)["t"], torch.ones(3))
+    with pytest.raises(FedgeError, match="cannot write the state of d1"):
+        store.put("d1", {"f": lambda: 0})
     with pytest.raises(FedgeError, match="already open"):
         store.bind(path.parent)
     del store

@@ -141,7 +141,13 @@ class StateStore:
 
     def put(self, node_id: str, state: dict[str, Any]) -> int:
         """Write ``state``; returns the row that holds it."""
-        blob = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            blob = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise FedgeError(
+                f"cannot write the state of {node_id} to disk ({exc}); allowed: state that "
+                "pickles, or no [population] state_memory_mb for this algorithm"
+            ) from exc
         cur = self._conn().execute(
             "INSERT INTO state (node, data) VALUES (?, ?)", (node_id, sqlite3.Binary(blob))
         )
