@@ -74,7 +74,7 @@ from fedge.algorithms.hierarchical import edge_eval_summary, spread_summary
 from fedge.core.codec import encoded
 from fedge.core.errors import ConfigError
 from fedge.core.message import Message
-from fedge.core.node import NodeApp, NodeContext
+from fedge.core.node import LazyApps, NodeApp, NodeContext
 from fedge.core.settings import Section
 from fedge.core.sparse import decode_mask, encode_sparse
 from fedge.core.transport import SYNC, Transport
@@ -448,25 +448,27 @@ def decentralized(method: str) -> Callable[[BuildContext], Assembly]:
         def evaluate_on(state: ModelState, data: ArrayDataset) -> dict[str, float]:
             return dict(ctx.evaluator(data)(state))
 
-        tests = [ctx.train.view(idx) for idx in ctx.local_tests]
-        devices = ctx.system.ids("device")
-        apps = {
-            dev: PeerLearner(
+        topology = ctx.system.topology
+
+        def make(dev: str) -> NodeApp:
+            i = topology.device_index(dev)
+            return PeerLearner(
                 METHODS[method],
                 ctx.settings,
                 model,
-                own,
-                own_test,
+                ctx.device_dataset(i),
+                ctx.train.view(ctx.local_tests[i]),
                 ctx.training,
                 ctx.profile.flops_train,
                 evaluate_on,
                 ctx.test,
             ).app(dev)
-            for dev, own, own_test in zip(devices, ctx.device_data(), tests, strict=True)
-        }
+
+        cloud = {"cloud": NodeApp("cloud", "cloud")}
+        apps = LazyApps(cloud, ctx.system.ids("device"), make, topology.is_device)
         s = ctx.config.federation
         coordinator = Decentralized(method, s.evaluate_every, s.deadline_s, s.eval_devices)
-        return Assembly({**apps, "cloud": NodeApp("cloud", "cloud")}, coordinator, SYNC)
+        return Assembly(apps, coordinator, SYNC)
 
     return assemble
 

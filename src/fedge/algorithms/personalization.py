@@ -40,7 +40,7 @@ that round's summary.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -64,7 +64,7 @@ from fedge.algorithms.federation import FederationSettings, assemble_fedavg
 from fedge.algorithms.hierarchical import spread_summary
 from fedge.core.errors import ConfigError
 from fedge.core.message import Message
-from fedge.core.node import Handler, NodeApp, NodeContext
+from fedge.core.node import Handler, LazyApps, NodeApp, NodeContext, each_app
 from fedge.core.settings import Section
 from fedge.core.transport import Transport
 from fedge.core.update import ModelState, Update, Work, clone_state
@@ -277,33 +277,43 @@ class Personalized(RoundLoop):
         return RoundRecord(r, full, metrics, evaluated=True)
 
 
-def personal_devices(
+def personal_device(
     ctx: BuildContext, kind: str = "global", head: Sequence[str] = ()
-) -> dict[str, PersonalDevice]:
-    """One ``PersonalDevice`` per device, over its own training and test splits."""
+) -> Callable[[str], PersonalDevice]:
+    """Makes a device's ``PersonalDevice`` over its own training and test splits, when the
+    device is first reached (a large population stays lazy)."""
     initial = clone_state(state_of(ctx.model))
-    tests = [ctx.train.subset(idx) for idx in ctx.local_tests]
     flops = ctx.profile.flops_train
-    return {
-        d: PersonalDevice(
-            LocalTrainer(ctx.model, data, ctx.training, flops),
-            test,
+    topology = ctx.system.topology
+
+    def make(device: str) -> PersonalDevice:
+        i = topology.device_index(device)
+        return PersonalDevice(
+            LocalTrainer(ctx.model, ctx.device_dataset(i), ctx.training, flops),
+            ctx.train.subset(ctx.local_tests[i]),
             ctx.config.personalization,
             ctx.profile.flops_forward,
             initial,
             kind,
             tuple(head),
         )
-        for d, data, test in zip(ctx.system.ids("device"), ctx.device_data(), tests, strict=True)
-    }
+
+    return make
 
 
 def _personal_fedavg(ctx: BuildContext, kind: str, head: Sequence[str] = ()) -> Assembly:
     """FedAvg (the cloud's coordinator as ``fedavg`` builds it) over personal devices."""
     base = assemble_fedavg(ctx)
     assert isinstance(base.coordinator, RoundLoop)
-    devices = personal_devices(ctx, kind, head)
-    apps = {d: NodeApp(d, "device", dev.handlers()) for d, dev in devices.items()}
+    device = personal_device(ctx, kind, head)
+
+    def make(d: str) -> NodeApp:
+        return NodeApp(d, "device", device(d).handlers())
+
+    topology = ctx.system.topology
+    apps = LazyApps(
+        {"cloud": base.apps["cloud"]}, ctx.system.ids("device"), make, topology.is_device
+    )
     coordinator = Personalized(
         base.coordinator,
         ctx.config.federation.evaluate_every,
@@ -311,7 +321,7 @@ def _personal_fedavg(ctx: BuildContext, kind: str, head: Sequence[str] = ()) -> 
         send=kind == "fedper",
         global_model=ctx.evaluator() if kind == "ditto" else None,
     )
-    return Assembly({**apps, "cloud": base.apps["cloud"]}, coordinator)
+    return Assembly(apps, coordinator)
 
 
 def assemble_fedper(ctx: BuildContext) -> Assembly:
@@ -353,11 +363,14 @@ def personalize(ctx: BuildContext, spec: AlgorithmSpec, assembly: Assembly) -> A
     if not finetuning(ctx.config) or spec.finetune != "global":
         return assembly
     assert isinstance(assembly.coordinator, RoundLoop), "fine-tuning wraps a round loop"
-    devices = personal_devices(ctx)
-    for d, dev in devices.items():
-        app = assembly.apps[d]
-        app.on("personal_eval", dev.personal_eval)
-        app.portable = app.portable | {"personal_eval"}  # a function of the message alone
+    device = personal_device(ctx)
+
+    def install(app: NodeApp) -> None:
+        if app.tier == "device":
+            app.on("personal_eval", device(app.node_id).personal_eval)
+            app.portable = app.portable | {"personal_eval"}  # a function of the message alone
+
+    each_app(assembly.apps, install)
     coordinator = Personalized(
         assembly.coordinator, ctx.config.federation.evaluate_every, global_model=ctx.evaluator()
     )

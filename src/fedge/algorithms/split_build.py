@@ -77,10 +77,10 @@ def tmoa_cut(
 def _edge_data(
     system: SystemModel, train: ArrayDataset, parts: Sequence[np.ndarray]
 ) -> dict[str, ArrayDataset]:
-    devices = system.ids("device")
+    index = system.topology.device_index  # parsed from the id, not a search of every id
     out: dict[str, ArrayDataset] = {}
     for edge in system.ids("edge"):
-        idx = [parts[devices.index(d)] for d in system.attached_devices(edge, 0.0)]
+        idx = [parts[index(d)] for d in system.attached_devices(edge, 0.0)]
         if idx:
             out[edge] = train.view(np.sort(np.concatenate(idx)))
     return out

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedge.core.errors import FedgeError
 from fedge.core.message import Message
+from fedge.core.population import StateStore, node_state_nbytes
 from fedge.core.transport import Transport
 from fedge.core.update import Work
 
@@ -123,6 +126,13 @@ class LazyApps(Mapping[str, NodeApp]):
     population of a million devices costs only the apps of the devices that were reached.
     ``on_make`` functions run on every app made (e.g. installing the client pipeline).
     Iterating lists every id but makes nothing; ``values()`` would make every app.
+
+    With a budget (:meth:`limit`), the resident apps' state is measured and, beyond the
+    budget, the least recently used devices' state goes to a
+    :class:`~fedge.core.population.StateStore` and their apps are dropped (an app whose
+    state is empty is dropped without a write: it costs only a rebuild); the next use makes
+    the app again and puts its state back. Apps are dropped only while no delivery is in
+    progress (``busy``), so no handler ever holds a dropped app.
     """
 
     def __init__(
@@ -138,17 +148,24 @@ class LazyApps(Mapping[str, NodeApp]):
         self._known = known
         self._made: dict[str, NodeApp] = {}
         self._on_make: list[Callable[[NodeApp], object]] = []
+        self._spill: Spill | None = None
 
     def __getitem__(self, node_id: str) -> NodeApp:
         app = self._eager.get(node_id) or self._made.get(node_id)
         if app is not None:
+            if self._spill is not None:
+                self._spill.touch(self._made, node_id)
             return app
         if not self._known(node_id):
             raise KeyError(node_id)
+        if self._spill is not None and self._spill.depth == 0:
+            self._spill.trim(self._made)
         app = self._make(node_id)
         for hook in self._on_make:
             hook(app)
         self._made[node_id] = app
+        if self._spill is not None:
+            self._spill.made(node_id, app)
         return app
 
     def __iter__(self) -> Iterator[str]:
@@ -161,16 +178,157 @@ class LazyApps(Mapping[str, NodeApp]):
     def __contains__(self, node_id: object) -> bool:
         return node_id in self._eager or (isinstance(node_id, str) and self._known(node_id))
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"_spill": None, **state})
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._spill is not None:
+            self._spill.store.commit()  # a checkpoint refers to rows that are on disk
+        return dict(self.__dict__)
+
     @property
     def made(self) -> int:
-        """How many lazy apps exist so far (what the population costs now)."""
+        """How many lazy apps are in memory now (what the population costs now)."""
         return len(self._made)
+
+    @property
+    def spill(self) -> Spill | None:
+        """The budget and its counters (None: unlimited)."""
+        return self._spill
 
     def on_make(self, hook: Callable[[NodeApp], object]) -> None:
         """Run ``hook`` on every app: the eager ones now, the lazy ones when made."""
         for app in (*self._eager.values(), *self._made.values()):
             hook(app)
         self._on_make.append(hook)
+
+    def limit(self, budget_bytes: int, store: StateStore) -> None:
+        """Keep at most ``budget_bytes`` of lazy apps' state in memory, the rest in ``store``.
+        Apps made before this call (changed after they were made, e.g. an attacker's
+        trainer) stay in memory."""
+        self._spill = Spill(budget_bytes, store)
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """A delivery in progress: apps are dropped only once every delivery has ended."""
+        spill = self._spill
+        if spill is None:
+            yield
+            return
+        spill.depth += 1
+        try:
+            yield
+        finally:
+            spill.depth -= 1
+            if spill.depth == 0:
+                spill.trim(self._made)
+
+    def evict(self, node_id: str) -> None:
+        """Write ``node_id``'s state to the store now and drop its app (the next use makes it
+        again with that state); only under a budget, between deliveries, for a lazy app."""
+        spill = self._spill
+        if spill is None or spill.depth or node_id not in spill.sizes:
+            raise FedgeError(
+                f"cannot evict {node_id!r}: only a lazy app in memory, between deliveries, "
+                "of a population with [population] state_memory_mb"
+            )
+        spill.measure(self._made, node_id)
+        spill.dirty.discard(node_id)
+        spill.evict(self._made, node_id)
+
+    def attach(self, directory: Path) -> None:
+        """Keep spilled state in ``directory`` (the run directory), deleting rows there that
+        this object does not refer to (written after the checkpoint it was loaded from)."""
+        if self._spill is not None:
+            self._spill.store.bind(directory)
+            self._spill.store.keep_only(self._spill.spilled.values())
+
+    def close(self) -> None:
+        """The run is over (or stopped): close the store, keeping only committed rows."""
+        if self._spill is not None:
+            self._spill.store.close()
+
+    def checkpointed(self) -> None:
+        """A checkpoint of this object is on disk: rows only older checkpoints referred to
+        are deleted."""
+        if self._spill is not None:
+            self._spill.store.discard(self._spill.superseded)
+            self._spill.store.commit()
+            self._spill.superseded.clear()
+
+
+@dataclass
+class Spill:
+    """The budget of a :class:`LazyApps` and its bookkeeping: resident apps' measured state
+    bytes in least-recently-used order, the store row of every spilled device."""
+
+    budget: int
+    store: StateStore
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Lazy apps in memory made under the budget (least recently used first), state bytes."""
+    dirty: set[str] = field(default_factory=set)
+    """Apps used since their size was last measured."""
+    spilled: dict[str, int] = field(default_factory=dict)
+    """Device -> the store row holding its state."""
+    superseded: list[int] = field(default_factory=list)
+    """Rows read back since the last checkpoint (that checkpoint may still refer to them)."""
+    total: int = 0
+    depth: int = 0
+    evictions: int = 0
+    restores: int = 0
+    peak: int = 0
+    """The most resident state bytes measured."""
+
+    def touch(self, made: dict[str, NodeApp], node_id: str) -> None:
+        if node_id not in self.sizes:
+            return  # eager, or made before the budget was set
+        self.sizes[node_id] = self.sizes.pop(node_id)  # most recently used
+        self.dirty.add(node_id)
+        if self.depth == 0:
+            self.trim(made, keep=node_id)
+
+    def made(self, node_id: str, app: NodeApp) -> None:
+        key = self.spilled.pop(node_id, None)
+        if key is not None:
+            app.state.update(self.store.get(key))
+            self.superseded.append(key)
+            self.restores += 1
+        self.sizes[node_id] = 0
+        self.dirty.add(node_id)
+
+    def trim(self, made: dict[str, NodeApp], keep: str | None = None) -> None:
+        """Measure the apps used since the last trim (dropping those with an empty state),
+        then drop apps, least recently used first, while the state in memory exceeds the
+        budget; ``keep`` (in use now) stays."""
+        used, self.dirty = self.dirty, set()
+        for node_id in used:
+            if node_id in self.sizes:
+                self.measure(made, node_id)
+                if not self.sizes[node_id] and node_id != keep:
+                    self.evict(made, node_id)
+        self.peak = max(self.peak, self.total)
+        while self.total > self.budget:
+            oldest = next(iter(self.sizes))
+            if oldest == keep:
+                break
+            self.evict(made, oldest)
+        if keep is not None:
+            self.dirty.add(keep)  # in use now: measured again next time
+
+    def measure(self, made: dict[str, NodeApp], node_id: str) -> None:
+        """Measure a resident app's state again."""
+        state = made[node_id].state
+        size = node_state_nbytes(state) if state else 0
+        self.total += size - self.sizes[node_id]
+        self.sizes[node_id] = size
+
+    def evict(self, made: dict[str, NodeApp], node_id: str) -> None:
+        """Drop ``node_id``'s app, its state (if any) written to the store."""
+        app = made.pop(node_id)
+        self.total -= self.sizes.pop(node_id)
+        if app.state:
+            self.spilled[node_id] = self.store.put(node_id, app.state)
+            self.evictions += 1
 
 
 def each_app(apps: Mapping[str, NodeApp], hook: Callable[[NodeApp], object]) -> None:

@@ -18,7 +18,8 @@ from fedge.algorithms.personalization import check_personalization, finetuning, 
 from fedge.algorithms.privacy import check_budget, check_privacy, local_transform
 from fedge.algorithms.secure_settings import check_secure
 from fedge.core.errors import ConfigError, FedgeError
-from fedge.core.node import Middleware, NodeApp, derive_seed, each_app
+from fedge.core.node import LazyApps, Middleware, NodeApp, derive_seed, each_app
+from fedge.core.population import StateStore
 from fedge.core.registry import resolve_import_path
 from fedge.core.settings import Section
 from fedge.core.update import ModelState
@@ -482,6 +483,7 @@ def build(cfg: ExperimentConfig, data: SharedData | None = None) -> Experiment:
     each_app(apps, lambda app: _pipeline(app, own_links.get(app.node_id, links), system))
     if assembly.finish:
         each_app(apps, lambda app: _finish(app, assembly.finish))
+    _state_budget(cfg, apps)
     shared = loaded if federation is None else None
     rebuild = partial(node_apps, portable_paths(cfg), shared)
     nodes = node_set(cfg, apps, derive_seed(cfg.seed, "apps"), rebuild)
@@ -503,6 +505,21 @@ def build(cfg: ExperimentConfig, data: SharedData | None = None) -> Experiment:
         attacks=plans,
         probes=_probes(plans, test, model),
     )
+
+
+def _state_budget(cfg: ExperimentConfig, apps: Mapping[str, NodeApp]) -> None:
+    """``[population] state_memory_mb``: device state beyond it goes to disk (the local and
+    Ray engines; a gRPC device process holds its own devices' state)."""
+    budget = cfg.population.budget_bytes()
+    if budget is None:
+        return
+    if cfg.engine == "grpc":
+        allowed = "unset with engine 'grpc' (each device process holds its own state)"
+        raise ConfigError("population.state_memory_mb", cfg.population.state_memory_mb, allowed)
+    if not isinstance(apps, LazyApps):
+        allowed = f"unset for algorithm {cfg.algorithm!r} (it builds every device app up front)"
+        raise ConfigError("population.state_memory_mb", cfg.population.state_memory_mb, allowed)
+    apps.limit(budget, StateStore())
 
 
 def _probes(

@@ -29,6 +29,7 @@ from fedge.algorithms.secure_settings import SecureAggregationSettings
 from fedge.algorithms.split import SplitSettings
 from fedge.caching.settings import CachingSettings
 from fedge.core.errors import ConfigError, FedgeError
+from fedge.core.population import PopulationSettings
 from fedge.core.settings import config_error
 from fedge.learning.training import TrainConfig
 from fedge.runtime.grpc_settings import GrpcSettings
@@ -279,6 +280,7 @@ class ExperimentConfig(Section):
     asynchronous: AsyncSettings = AsyncSettings()
     privacy: PrivacySettings = PrivacySettings()
     system: SystemConfig = SystemConfig()
+    population: PopulationSettings = PopulationSettings()
     ray: RayConfig = RayConfig()
     grpc: GrpcSettings = GrpcSettings()
     secure_aggregation: SecureAggregationSettings = SecureAggregationSettings()

@@ -17,9 +17,12 @@ from typing import IO, Any
 
 from fedge.algorithms.base import RoundRecord
 from fedge.core.errors import FedgeError
+from fedge.core.files import atomic_write_bytes
+from fedge.core.node import LazyApps
 from fedge.experiment.build import Experiment
 from fedge.experiment.config import ExperimentConfig, parse_config
 from fedge.experiment.engines import ENGINES
+from fedge.experiment.systems import sumo_scenario
 from fedge.results import RunNotFoundError, RunStore, read_json
 from fedge.results.files import to_jsonable
 from fedge.runs.checkpoint import (
@@ -77,6 +80,9 @@ def checkpointer(
         )
         try:
             save_checkpoint(run_dir / CHECKPOINT_NAME, ckpt, refs, meta)
+            apps = getattr(exp.nodes, "apps", None)
+            if isinstance(apps, LazyApps):
+                apps.checkpointed()  # rows only the previous checkpoint referred to go
         except CheckpointError as exc:
             failed.append(exc)
             warnings.warn(
@@ -99,7 +105,44 @@ def restore(
     live = dataclasses.replace(
         exp, coordinator=ckpt.coordinator, transport=ckpt.transport, nodes=ckpt.nodes, rng=ckpt.rng
     )
+    attach_state(live, run_dir)
     return live, ckpt
+
+
+FCD_NAME = "sumo-fcd.xml"
+"""The FCD file a run with ``system.mobility = "sumo"`` replays, kept in its directory."""
+
+
+def _sumo_cache(config: ExperimentConfig) -> Path | None:
+    if config.system.mobility != "sumo":
+        return None
+    scenario = sumo_scenario(config.system, config.seed)
+    return Path(config.system.sumo.cache_dir) / f"fcd-{scenario.key()}.xml"
+
+
+def keep_fcd(config: ExperimentConfig, run_dir: Path) -> None:
+    """SUMO mobility: copy the run's FCD file into its directory, so that the run replays
+    from there without SUMO (and without the cache, which is relative to the cwd)."""
+    cached = _sumo_cache(config)
+    if cached is not None and cached.is_file():
+        atomic_write_bytes(run_dir / FCD_NAME, cached.read_bytes())
+
+
+def replay_fcd(config: ExperimentConfig, run_dir: Path) -> None:
+    """Before a resume builds the run again: the FCD file the run kept goes back into the
+    cache (when absent there), so the build replays it instead of running SUMO."""
+    cached, kept = _sumo_cache(config), run_dir / FCD_NAME
+    if cached is not None and kept.is_file() and not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cached, kept.read_bytes())
+
+
+def attach_state(exp: Experiment, run_dir: Path) -> None:
+    """Device state beyond ``[population] state_memory_mb`` goes to ``run_dir``; rows there
+    that the loaded checkpoint does not refer to (a crashed process's) are deleted."""
+    apps = getattr(exp.nodes, "apps", None)
+    if isinstance(apps, LazyApps):
+        apps.attach(run_dir)
 
 
 @dataclass(frozen=True)

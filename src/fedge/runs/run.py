@@ -111,6 +111,8 @@ def run_experiment(
     store = RunStore(config.output.store)
     run_id, run_dir = open_run(store, config, out_dir, exp.data_source)
     try:
+        resume.attach_state(exp, run_dir)
+        resume.keep_fcd(config, run_dir)
         write_json(exp.partition_report(), run_dir / "partition.json")
         _announce_warnings(exp, run_dir, echo)
         if started is not None:
@@ -168,6 +170,7 @@ def resume_experiment(
         try:
             resume.check_unfinished(store, point)
             set_threads(config)
+            resume.replay_fcd(config, point.run_dir)
             fresh = build(config)
             if prepare is not None:
                 prepare(fresh)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 from fedge.core.errors import FedgeError
 from fedge.core.message import Message
@@ -24,16 +25,22 @@ class NodeSet:
 
     def deliver(self, message: Message, downstream: Transport | None) -> tuple[Message, Work]:
         """Run the destination's handler; returns its reply and the work it reported."""
-        app = self._app(message.dst)
-        ctx = app.context(self.seed, message, downstream)
-        return app.handle(message, ctx), ctx.work
+        with self._busy():
+            app = self._app(message.dst)
+            ctx = app.context(self.seed, message, downstream)
+            return app.handle(message, ctx), ctx.work
 
     def respond(self, message: Message) -> tuple[Message, Work]:
         """A portable handler's reply without the node's middleware (run where the node's
         state lives, by ``NodeApp.finish``), and its work."""
-        app = self._app(message.dst)
-        ctx = app.context(self.seed, message, None)
-        return app.respond(message, ctx), ctx.work
+        with self._busy():
+            app = self._app(message.dst)
+            ctx = app.context(self.seed, message, None)
+            return app.respond(message, ctx), ctx.work
+
+    def _busy(self) -> AbstractContextManager[None]:
+        """While a delivery runs, a population under a memory budget drops no app."""
+        return self.apps.busy() if isinstance(self.apps, LazyApps) else nullcontext()
 
     def _app(self, node_id: str) -> NodeApp:
         app = self.apps.get(node_id)
@@ -46,7 +53,10 @@ class NodeSet:
         early (in parallel). In-process there is nothing to start."""
 
     def close(self) -> None:
-        """Release what the node set holds outside this process (nothing in-process)."""
+        """Release what the node set holds outside this process (in-process: the file of a
+        population's spilled device state)."""
+        if isinstance(self.apps, LazyApps):
+            self.apps.close()
 
 
 def flat_membership(tiers: Mapping[str, Sequence[str]]) -> Membership:
