@@ -29,6 +29,7 @@ from fedge.experiment.build import Experiment, build
 from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.engines import set_threads
 from fedge.experiment.systems import build_system
+from fedge.runtime.grpc.guard import ModelCheck
 from fedge.runtime.grpc.node import EdgeState, NodeProcess, shutdown_children
 
 log = logging.getLogger("fedge.grpc")
@@ -135,8 +136,14 @@ def serve_cloud(
     process = NodeProcess(settings, certs, seed=0)
     transport = process.serve("cloud", listen, plan.authorize("cloud"), plan.nodes())
 
+    def started(run_dir: Path) -> None:
+        process.run_id.value = run_dir.name  # children learn it from their first request
+        if announce is not None:
+            announce(run_dir)
+
     def attach(exp: Experiment) -> None:
         assert process.hub is not None
+        process.hub.check = ModelCheck(exp.initial_state)
         missing = process.hub.wait_for(plan.children("cloud"), cfg.grpc.connect_timeout_s)
         if missing:
             raise FedgeError(
@@ -148,9 +155,9 @@ def serve_cloud(
     try:
         if resume_dir is not None:
             log.info("cloud: resuming %s from its last checkpoint", resume_dir)
-            result = resume_experiment(resume_dir, progress=False, prepare=attach, started=announce)
+            result = resume_experiment(resume_dir, progress=False, prepare=attach, started=started)
         else:
-            result = run_experiment(cfg, out_dir, progress=False, prepare=attach, started=announce)
+            result = run_experiment(cfg, out_dir, progress=False, prepare=attach, started=started)
         shutdown_children(transport)
     finally:
         process.close()
@@ -174,6 +181,7 @@ def serve_edge(
     exp = build(_local(cfg))
     app = exp.nodes.apps[edge]
     process = NodeProcess(cfg.grpc, certs, exp.nodes.seed)
+    process.check_models(exp.initial_state)
     try:
         order = [*plan.devices, *plan.edges]
         downstream = process.serve(edge, listen, plan.authorize(edge), order)
@@ -214,6 +222,7 @@ def serve_devices(
     set_threads(cfg)
     exp = build(_local(cfg))
     process = NodeProcess(cfg.grpc, certs, exp.nodes.seed)
+    process.check_models(exp.initial_state)
     try:
         for device in ids:
             process.attach(exp.nodes.apps[device], parents)
