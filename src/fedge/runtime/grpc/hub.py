@@ -196,7 +196,12 @@ class Hub:
         """Read and check the HELLO frame; refuse (and log) anyone who fails the checks."""
         try:
             first = await asyncio.wait_for(anext(requests), self.settings.connect_timeout_s)
-        except (StopAsyncIteration, TimeoutError):
+        except (StopAsyncIteration, TimeoutError, aio.AbortError, aio.AioRpcError) as exc:
+            self.counters["rejected"] += 1  # closed, silent or over the frame limit: no HELLO
+            what = type(exc).__name__
+            log.warning(
+                "%s: refused a child from %s: no HELLO (%s)", self.node_id, context.peer(), what
+            )
             return None
         reason, code = self._refusal(first, context)
         if reason is not None:
@@ -265,7 +270,7 @@ class Hub:
             return  # a further chunk of a message refused already: its ERROR went out once
         refusal = self.run_id.refusal(frame.run)
         if refusal is None and (reply is None or reply.done()):
-            refusal = f"call {frame.call_id} is not outstanding (answered already or never asked)"
+            refusal = "not outstanding (answered already or never asked)"
         if refusal is not None:
             self._refuse(child, frame.call_id, wire.WireError(f"call {frame.call_id}: {refusal}"))
             return
