@@ -69,7 +69,7 @@ class ReplayGuard:
     def refusal(self, call_id: int) -> str | None:
         """None the first time ``call_id`` starts a request, else why it is refused."""
         if call_id in self._seen or call_id < self._floor:
-            return f"call {call_id} was already asked on this stream (a replay)"
+            return "already asked on this stream (a replay)"
         self._seen.add(call_id)
         self._order.append(call_id)
         if len(self._order) > self.window:

@@ -283,7 +283,7 @@ class Hub:
             return
         mismatch = self._mismatch(child, message)
         if mismatch is not None:
-            self._refuse(child, frame.call_id, FedgeError(mismatch))
+            self._refuse(child, frame.call_id, FedgeError(f"call {frame.call_id}: {mismatch}"))
         else:
             reply.set_result(message)
 
