@@ -7,7 +7,7 @@ sent and refused and how, the refusals each node logged, their memory before and
 and whether the final weights equal a run of the same seed on the local engine.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/grpc_fuzz.py [--messages 1000] [--seed 0]
-        [--rounds 3] [--out DIR] [--json]
+        [--rounds 4] [--out DIR] [--json]
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
