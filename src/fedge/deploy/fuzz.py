@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import torch
 from grpc import StatusCode, aio
 
@@ -403,8 +404,6 @@ class Relay:
 
 
 def _service(handler: Callable[..., AsyncIterator[wire.Frame]]) -> Any:
-    import grpc
-
     method = grpc.stream_stream_rpc_method_handler(
         handler,
         request_deserializer=wire.Frame.FromString,
