@@ -31,7 +31,7 @@ import re
 import ssl
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -277,10 +277,11 @@ class _Link:
     replies: dict[int, list[wire.Frame]] = field(default_factory=dict)
     answered: list[int] = field(default_factory=list)
     model_request: Message | None = None
-    waiting_up: dict[int, asyncio.Future[str]] = field(default_factory=dict)
-    """Call id of a message injected towards the parent -> the refusal it waits for."""
-    waiting_down: dict[int, asyncio.Future[str]] = field(default_factory=dict)
-    """Call id of a message injected towards the child -> the refusal it waits for."""
+    waiting_up: dict[int, deque[asyncio.Future[str]]] = field(default_factory=dict)
+    """Call id of messages injected towards the parent -> their refusals to come, in order
+    (a replay reuses a real call id, several times)."""
+    waiting_down: dict[int, deque[asyncio.Future[str]]] = field(default_factory=dict)
+    """The same for messages injected towards the child."""
 
 
 class Relay:
@@ -350,13 +351,8 @@ class Relay:
         """Child -> parent: real replies pass; refusals of injected requests are taken."""
         try:
             async for frame in requests:
-                waiter = link.waiting_down.pop(frame.call_id, None)
-                if waiter is not None:
-                    if frame.kind == wire.Frame.ERROR and not waiter.done():
-                        waiter.set_result(_short(frame.data.decode(errors="replace")))
-                    continue
-                if frame.call_id >= INJECTED_BASE:
-                    continue  # a further refusal of an injected request
+                if _refusal(link.waiting_down, frame) or frame.call_id >= INJECTED_BASE:
+                    continue  # the answer to an injected request is the fuzzer's
                 link.replies.setdefault(frame.call_id, []).append(frame)
                 link.up.put_nowait(frame)
                 if frame.last or frame.kind == wire.Frame.ERROR:
@@ -376,13 +372,7 @@ class Relay:
         """Parent -> child: real requests pass; refusals of injected replies are taken."""
         try:
             async for frame in stream:
-                waiter = link.waiting_up.get(frame.call_id)
-                if waiter is not None and frame.kind == wire.Frame.ERROR:
-                    link.waiting_up.pop(frame.call_id)
-                    if not waiter.done():
-                        waiter.set_result(_short(frame.data.decode(errors="replace")))
-                    continue
-                if frame.call_id >= INJECTED_BASE:
+                if _refusal(link.waiting_up, frame) or frame.call_id >= INJECTED_BASE:
                     continue
                 self._learn(link, frame)
                 link.down.put_nowait(frame)
@@ -401,6 +391,19 @@ class Relay:
                 link.model_request = message
                 if link.node_id == self.victim:
                     self.ready.set()
+
+
+def _refusal(waiting: dict[int, deque[asyncio.Future[str]]], frame: wire.Frame) -> bool:
+    """Take ``frame`` as the refusal of the oldest injected message it answers, if any."""
+    queue = waiting.get(frame.call_id)
+    if not queue or frame.kind != wire.Frame.ERROR:
+        return False
+    waiter = queue.popleft()
+    if not queue:
+        del waiting[frame.call_id]
+    if not waiter.done():
+        waiter.set_result(_short(frame.data.decode(errors="replace")))
+    return True
 
 
 def _service(handler: Callable[..., AsyncIterator[wire.Frame]]) -> Any:
@@ -513,8 +516,9 @@ class FuzzPlan:
     down: Mapping[str, int]
     seed: int = 0
     time_limit_s: float = 120.0
-    refusal_timeout_s: float = 10.0
-    """How long an injected message waits for its refusal before it counts as not refused."""
+    refusal_timeout_s: float = 30.0
+    """How long the last injected message waits for its refusal (they queue behind each
+    other) before those still unanswered count as not refused."""
 
     @staticmethod
     def spread(total: int, seed: int = 0) -> FuzzPlan:
@@ -568,13 +572,9 @@ class Fuzzer:
         await relay.ready.wait()
         link = relay.links[relay.victim]
         order = self.schedule(kinds)
-        replays = [k for k in order if k in REPLAYS]
         pending = [self._send(link, kind, up) for kind in order if kind not in REPLAYS]
         await relay.answered.wait()  # a replay needs a request answered, and its reply
-        for kind in replays:  # one at a time: they reuse the real call ids
-            sent = self._send(link, kind, up)
-            pending.append(sent)
-            await asyncio.wait([sent[1]], timeout=self.plan.refusal_timeout_s)
+        pending += [self._send(link, kind, up) for kind in order if kind in REPLAYS]
         if pending:
             await asyncio.wait([w for _, w in pending], timeout=self.plan.refusal_timeout_s)
         for kind, refusal in pending:
@@ -584,7 +584,7 @@ class Fuzzer:
         """Put one hostile message into ``link``; returns its kind and its refusal to come."""
         call_id, frames = (self.insider.up if up else self.insider.down)(kind, link)
         waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        (link.waiting_up if up else link.waiting_down)[call_id] = waiter
+        (link.waiting_up if up else link.waiting_down).setdefault(call_id, deque()).append(waiter)
         queue = link.up if up else link.down
         for frame in frames:
             queue.put_nowait(frame)
