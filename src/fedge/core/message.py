@@ -13,6 +13,7 @@ dense.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -120,6 +121,8 @@ class Message:
             raise
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise MessageError(f"malformed message header: {exc}") from exc
+        except RecursionError:  # a header nested deeper than any payload tree
+            raise MessageError("malformed message header: nested too deeply") from None
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
@@ -191,8 +194,10 @@ def _split_buffers(tree: Any, body: memoryview) -> list[torch.Tensor]:
             raise MessageError(f"bad tensor reference {spec!r}")
         dtype = _DTYPES[spec["dtype"]]
         shape = [int(s) for s in spec["shape"]]
+        if any(s < 0 for s in shape):
+            raise MessageError(f"bad tensor reference {spec!r}")
         storage = torch.bool if dtype == torch.bool else dtype
-        size = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=storage).element_size()
+        size = math.prod(shape) * torch.empty((), dtype=storage).element_size()
         if offset + size > len(body):
             raise MessageError("message body is shorter than its tensors")
         tensors.append(_from_bytes(body[offset : offset + size], dtype, shape))

@@ -52,6 +52,7 @@ from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.engines import set_threads
 from fedge.experiment.systems import build_system
 from fedge.runtime.grpc.attach import Attachment
+from fedge.runtime.grpc.guard import ModelCheck
 from fedge.runtime.grpc.hub import Hub
 from fedge.runtime.grpc.node import EdgeState, NodeProcess, shutdown_children
 from fedge.runtime.grpc.route import Behind, Reach, Router
@@ -251,8 +252,14 @@ def serve_cloud(
     process = NodeProcess(settings, certs, seed=0)
     transport = process.serve("cloud", listen, plan.authorize("cloud"), plan.nodes())
 
+    def started(run_dir: Path) -> None:
+        process.run_id.value = run_dir.name  # children learn it from their first request
+        if announce is not None:
+            announce(run_dir)
+
     def attach(exp: Experiment) -> None:
         assert process.hub is not None
+        process.hub.check = ModelCheck(exp.initial_state)
         missing = process.hub.wait_for(plan.children("cloud"), cfg.grpc.connect_timeout_s)
         if missing:
             raise FedgeError(
@@ -268,9 +275,9 @@ def serve_cloud(
     try:
         if resume_dir is not None:
             log.info("cloud: resuming %s from its last checkpoint", resume_dir)
-            result = resume_experiment(resume_dir, progress=False, prepare=attach, started=announce)
+            result = resume_experiment(resume_dir, progress=False, prepare=attach, started=started)
         else:
-            result = run_experiment(cfg, out_dir, progress=False, prepare=attach, started=announce)
+            result = run_experiment(cfg, out_dir, progress=False, prepare=attach, started=started)
         shutdown_children(transport)
     finally:
         process.close()
@@ -311,6 +318,7 @@ def serve_edge(
     exp = build(_local(cfg))
     app = exp.nodes.apps[edge]
     process = NodeProcess(cfg.grpc, certs, exp.nodes.seed)
+    process.check_models(exp.initial_state)
     try:
         order = [*plan.devices, *plan.edges]
         downstream = process.serve(edge, listen, plan.authorize(edge), order)
@@ -414,6 +422,7 @@ def serve_devices(
     set_threads(cfg)
     exp = build(_local(cfg))
     process = NodeProcess(cfg.grpc, certs, exp.nodes.seed)
+    process.check_models(exp.initial_state)
     try:
         if plan.peer:
             _serve_peers(process, plan, exp, ids, parents, peers or {})

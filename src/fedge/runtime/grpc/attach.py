@@ -9,7 +9,10 @@ different speeds). A parent that refuses the child for a permanent reason (its c
 names another node, the parent does not know it, another protocol) is dropped from the list
 without retries; when none is left the child stops with ``ParentRefused``. Requests run on an
 executor thread, so a long handler (an edge coordinating its devices) never blocks the
-stream. A request that fails is answered with an ERROR frame and logged.
+stream. A request that fails is answered with an ERROR frame and logged; so is one that
+breaks the protocol, belongs to another run, repeats a call id already taken on this stream
+(a replay), or carries a model that does not fit this node's model (see ``guard``): such a
+request is refused before any handler sees it.
 
 A child also starts calls of its own over the same stream (``request``: PEER_REQUEST frames
 up, the reply as PEER_REPLY frames down), to any node its parent can route to; a call waits
@@ -37,6 +40,7 @@ from fedge.core.message import Message
 from fedge.core.node import NodeApp
 from fedge.core.transport import Transport
 from fedge.runtime.grpc import wire
+from fedge.runtime.grpc.guard import ModelCheck, ReplayGuard, RunIdentity
 from fedge.runtime.grpc.settings import GrpcSettings, pause
 from fedge.runtime.grpc.tls import NodeCerts
 
@@ -74,6 +78,7 @@ class Attachment:
         certs: NodeCerts | None,
         executor: Executor,
         downstream: Transport | None = None,
+        run: RunIdentity | None = None,
     ) -> None:
         if not parents:
             raise ValueError(f"{app.node_id} has no parent address to attach to")
@@ -100,6 +105,10 @@ class Attachment:
         self._calls: dict[int, asyncio.Future[Message]] = {}
         self._callees: dict[int, str] = {}
         self._call_ids = itertools.count(1)
+        self.run_id = run if run is not None else RunIdentity()
+        """The run this node serves, learned from its first request (shared in a process)."""
+        self.check: ModelCheck | None = None
+        """Checks the models of every request against this node's model (None: no check)."""
 
     async def run(self, stop: asyncio.Event) -> None:
         index, delay_s = 0, self.settings.retry_initial_s
@@ -137,7 +146,9 @@ class Attachment:
     async def _session(self, address: str, stop: asyncio.Event) -> bool:
         """One stream to ``address``; True when it was established (then broke or ended)."""
         outgoing: asyncio.Queue[wire.Frame | None] = asyncio.Queue()
-        outgoing.put_nowait(wire.hello(self.app.node_id, self.app.tier, self.parents[0]))
+        outgoing.put_nowait(
+            wire.hello(self.app.node_id, self.app.tier, self.parents[0], self.run_id.value)
+        )
 
         async def frames() -> Any:
             while (frame := await outgoing.get()) is not None:
@@ -198,8 +209,8 @@ class Attachment:
         call_id = next(self._call_ids)
         reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._calls[call_id], self._callees[call_id] = reply, message.dst
-        kind = wire.Frame.PEER_REQUEST
-        for frame in wire.message_frames(call_id, message, self.settings.chunk_bytes, kind):
+        chunk, kind = self.settings.chunk_bytes, wire.Frame.PEER_REQUEST
+        for frame in wire.message_frames(call_id, message, chunk, self.run_id.value, kind):
             outgoing.put_nowait(frame)
         try:
             return await asyncio.wait_for(reply, self.settings.call_timeout_s)
@@ -245,6 +256,7 @@ class Attachment:
     ) -> None:
         reassembler = wire.Reassembler(self.settings.max_message_bytes)
         answers = wire.Reassembler(self.settings.max_message_bytes)
+        guard = ReplayGuard()
         tasks: set[asyncio.Task[None]] = set()
         stopping = asyncio.ensure_future(stop.wait())
         replies = aiter(stream)
@@ -263,7 +275,7 @@ class Attachment:
                 self._take_reply(answers, frame)
                 request = None
             else:
-                request = self._take(reassembler, frame, outgoing)
+                request = self._take(reassembler, guard, frame, outgoing)
             if request is not None:
                 task = asyncio.ensure_future(self._answer(request, frame.call_id, outgoing))
                 tasks.add(task)
@@ -273,6 +285,7 @@ class Attachment:
     def _take(
         self,
         reassembler: wire.Reassembler,
+        guard: ReplayGuard,
         frame: wire.Frame,
         outgoing: asyncio.Queue[wire.Frame | None],
     ) -> Message | None:
@@ -283,11 +296,29 @@ class Attachment:
             )
             return None
         try:
-            return reassembler.add(frame)
-        except wire.WireError as exc:
+            request = self._checked(reassembler, guard, frame)
+        except Exception as exc:  # WireError, or anything a hostile message could provoke
+            reassembler.forget(frame.call_id)
             log.warning("%s: rejected a request: %s", self.app.node_id, exc)
             outgoing.put_nowait(wire.error(frame.call_id, str(exc)))
             return None
+        if request is not None:
+            self.run_id.learn(frame.run)
+        return request
+
+    def _checked(
+        self, reassembler: wire.Reassembler, guard: ReplayGuard, frame: wire.Frame
+    ) -> Message | None:
+        """The request ``frame`` completes, if any; raises WireError for one to refuse."""
+        reason = self.run_id.refusal(frame.run)
+        if reason is None and frame.seq == 0:
+            reason = guard.refusal(frame.call_id)
+        request = reassembler.add(frame) if reason is None else None
+        if request is not None and self.check is not None:
+            reason = self.check.refusal(request)
+        if reason is not None:
+            raise wire.WireError(f"call {frame.call_id}: {reason}")
+        return request
 
     async def _answer(
         self, request: Message, call_id: int, outgoing: asyncio.Queue[wire.Frame | None]
@@ -299,7 +330,9 @@ class Attachment:
             else:
                 chosen = self.executor_for(request) if self.executor_for is not None else None
                 reply = await loop.run_in_executor(chosen or self._executor, self.handle, request)
-            frames = wire.message_frames(call_id, reply, self.settings.chunk_bytes)
+            frames = wire.message_frames(
+                call_id, reply, self.settings.chunk_bytes, self.run_id.value
+            )
         except Exception as exc:  # the handler's failure goes back to the caller, logged
             log.exception("%s: %s request failed", self.app.node_id, request.kind)
             frames = [wire.error(call_id, f"{type(exc).__name__}: {exc}")]

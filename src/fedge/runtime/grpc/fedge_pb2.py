@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x66\x65\x64ge.proto\x12\x08\x66\x65\x64ge.v1\"F\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\r\x12\x0c\n\x04home\x18\x04 \x01(\t\"\xe0\x01\n\x05\x46rame\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.fedge.v1.Frame.Kind\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x1e\n\x05hello\x18\x06 \x01(\x0b\x32\x0f.fedge.v1.Hello\"Y\n\x04Kind\x12\t\n\x05HELLO\x10\x00\x12\t\n\x05\x43HUNK\x10\x01\x12\t\n\x05\x45RROR\x10\x02\x12\x10\n\x0cPEER_REQUEST\x10\n\x12\x0e\n\nPEER_REPLY\x10\x0b\x12\x0e\n\nPEER_ERROR\x10\x0c\x32\x36\n\x04Node\x12.\n\x06\x41ttach\x12\x0f.fedge.v1.Frame\x1a\x0f.fedge.v1.Frame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x66\x65\x64ge.proto\x12\x08\x66\x65\x64ge.v1\"S\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\r\x12\x0c\n\x04home\x18\x04 \x01(\t\x12\x0b\n\x03run\x18( \x01(\t\"\xed\x01\n\x05\x46rame\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.fedge.v1.Frame.Kind\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x1e\n\x05hello\x18\x06 \x01(\x0b\x32\x0f.fedge.v1.Hello\x12\x0b\n\x03run\x18( \x01(\t\"Y\n\x04Kind\x12\t\n\x05HELLO\x10\x00\x12\t\n\x05\x43HUNK\x10\x01\x12\t\n\x05\x45RROR\x10\x02\x12\x10\n\x0cPEER_REQUEST\x10\n\x12\x0e\n\nPEER_REPLY\x10\x0b\x12\x0e\n\nPEER_ERROR\x10\x0c\x32\x36\n\x04Node\x12.\n\x06\x41ttach\x12\x0f.fedge.v1.Frame\x1a\x0f.fedge.v1.Frame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,11 +32,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedge_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HELLO']._serialized_start=25
-  _globals['_HELLO']._serialized_end=95
-  _globals['_FRAME']._serialized_start=98
-  _globals['_FRAME']._serialized_end=322
-  _globals['_FRAME_KIND']._serialized_start=233
-  _globals['_FRAME_KIND']._serialized_end=322
-  _globals['_NODE']._serialized_start=324
-  _globals['_NODE']._serialized_end=378
+  _globals['_HELLO']._serialized_end=108
+  _globals['_FRAME']._serialized_start=111
+  _globals['_FRAME']._serialized_end=348
+  _globals['_FRAME_KIND']._serialized_start=259
+  _globals['_FRAME_KIND']._serialized_end=348
+  _globals['_NODE']._serialized_start=350
+  _globals['_NODE']._serialized_end=404
 # @@protoc_insertion_point(module_scope)

@@ -7,19 +7,21 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Hello(_message.Message):
-    __slots__ = ("node_id", "tier", "protocol", "home")
+    __slots__ = ("node_id", "tier", "protocol", "home", "run")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     HOME_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     tier: str
     protocol: int
     home: str
-    def __init__(self, node_id: _Optional[str] = ..., tier: _Optional[str] = ..., protocol: _Optional[int] = ..., home: _Optional[str] = ...) -> None: ...
+    run: str
+    def __init__(self, node_id: _Optional[str] = ..., tier: _Optional[str] = ..., protocol: _Optional[int] = ..., home: _Optional[str] = ..., run: _Optional[str] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("kind", "call_id", "seq", "last", "data", "hello")
+    __slots__ = ("kind", "call_id", "seq", "last", "data", "hello", "run")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         HELLO: _ClassVar[Frame.Kind]
@@ -40,10 +42,12 @@ class Frame(_message.Message):
     LAST_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     kind: Frame.Kind
     call_id: int
     seq: int
     last: bool
     data: bytes
     hello: Hello
-    def __init__(self, kind: _Optional[_Union[Frame.Kind, str]] = ..., call_id: _Optional[int] = ..., seq: _Optional[int] = ..., last: _Optional[bool] = ..., data: _Optional[bytes] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ...) -> None: ...
+    run: str
+    def __init__(self, kind: _Optional[_Union[Frame.Kind, str]] = ..., call_id: _Optional[int] = ..., seq: _Optional[int] = ..., last: _Optional[bool] = ..., data: _Optional[bytes] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., run: _Optional[str] = ...) -> None: ...

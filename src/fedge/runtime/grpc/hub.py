@@ -3,7 +3,10 @@
 A device or edge dials its parent and holds one ``Attach`` stream; the hub sends requests
 down that stream and matches the replies by call id. A child that says it is someone else
 than its certificate names, an unknown node, an out-of-order, oversized or undecodable
-message: each is rejected and logged, and the server carries on. A call whose child drops
+message: each is rejected and logged, and the server carries on. So is a HELLO or reply of
+another run, a reply to a call that is not outstanding (answered already, or never asked:
+refused at its first chunk, nothing buffered) and a reply whose models do not fit this
+node's model (``guard``; the call fails and its reply is absent). A call whose child drops
 waits up to ``reattach_s`` for the same node to attach again (a restarted edge, a device
 that reconnected) and is then sent again; otherwise it fails and its reply is absent.
 
@@ -21,7 +24,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -33,11 +36,13 @@ from grpc import aio
 from fedge.core.errors import FedgeError
 from fedge.core.message import Message
 from fedge.runtime.grpc import wire
+from fedge.runtime.grpc.guard import ModelCheck, RunIdentity
 from fedge.runtime.grpc.settings import GrpcSettings, LoopThread
 from fedge.runtime.grpc.tls import NodeCerts
 
 log = logging.getLogger("fedge.grpc")
 
+REFUSED_MEMORY = 64
 Authorize = Callable[[str, str], str | None]
 """(node id, tier) -> None to accept the child, or the reason it is refused."""
 Route = Callable[[Message, str], Awaitable[Message]]
@@ -59,6 +64,8 @@ class _Child:
     """Calls sent through this child to another node: call id -> the node that answers."""
     calls: wire.Reassembler | None = None
     """The messages of the calls the child starts (PEER_REQUEST frames)."""
+    refused: deque[int] = field(default_factory=lambda: deque(maxlen=REFUSED_MEMORY))
+    """Calls refused lately: their further chunks are dropped without another ERROR."""
 
 
 class Hub:
@@ -71,8 +78,13 @@ class Hub:
         authorize: Authorize,
         certs: NodeCerts | None,
         loop: LoopThread,
+        run: RunIdentity | None = None,
     ) -> None:
         self.node_id = node_id
+        self.run_id = run if run is not None else RunIdentity()
+        """The run this node serves: stamped on requests, checked on HELLOs and replies."""
+        self.check: ModelCheck | None = None
+        """Checks the models of every reply against this node's model (None: no check)."""
         self.settings = settings
         self.counters: Counter[str] = Counter()
         self._authorize = authorize
@@ -167,7 +179,7 @@ class Hub:
             child.pending[call_id] = reply
             if child.node_id != message.dst:
                 child.relayed[call_id] = message.dst
-            for frame in wire.chunks(call_id, data, self.settings.chunk_bytes):
+            for frame in wire.chunks(call_id, data, self.settings.chunk_bytes, self.run_id.value):
                 await child.queue.put(frame)
             self.counters["bytes_sent"] += len(data)
             self.counters["messages"] += 1
@@ -214,7 +226,12 @@ class Hub:
         """Read and check the HELLO frame; refuse (and log) anyone who fails the checks."""
         try:
             first = await asyncio.wait_for(anext(requests), self.settings.connect_timeout_s)
-        except (StopAsyncIteration, TimeoutError):
+        except (StopAsyncIteration, TimeoutError, aio.AbortError, aio.AioRpcError) as exc:
+            self.counters["rejected"] += 1  # closed, silent or over the frame limit: no HELLO
+            what = type(exc).__name__
+            log.warning(
+                "%s: refused a child from %s: no HELLO (%s)", self.node_id, context.peer(), what
+            )
             return None
         reason, code = self._refusal(first, context)
         if reason is not None:
@@ -244,6 +261,9 @@ class Hub:
         if hello.protocol != wire.PROTOCOL_VERSION:
             reason = f"protocol {hello.protocol}, this node speaks {wire.PROTOCOL_VERSION}"
             return reason, grpc.StatusCode.FAILED_PRECONDITION
+        other_run = self.run_id.refusal(hello.run)
+        if other_run is not None:
+            return other_run, grpc.StatusCode.FAILED_PRECONDITION
         if self._certs is not None:
             names = context.auth_context().get("x509_common_name", [])
             named = [n.decode() for n in names]
@@ -280,32 +300,56 @@ class Hub:
             if reply is not None and not reply.done():
                 reply.set_exception(FedgeError(f"{child.node_id}: {reason}"))
             return
+        if frame.seq > 0 and frame.call_id in child.refused:
+            return  # a further chunk of a message refused already: its ERROR went out once
+        refusal = self.run_id.refusal(frame.run)
+        if refusal is None and (reply is None or reply.done()):
+            refusal = "not outstanding (answered already or never asked)"
+        if refusal is not None:
+            self._refuse(child, frame.call_id, wire.WireError(f"call {frame.call_id}: {refusal}"))
+            return
         try:
             message = child.reassembler.add(frame)
-        except wire.WireError as exc:
-            self.counters["rejected"] += 1
-            log.warning("%s: rejected a message from %s: %s", self.node_id, child.node_id, exc)
-            child.queue.put_nowait(wire.error(frame.call_id, str(exc)))
-            if reply is not None and not reply.done():
-                reply.set_exception(exc)
+        except Exception as exc:  # WireError, or anything a hostile message could provoke
+            self._refuse(child, frame.call_id, exc)
             return
-        if message is None:
+        if message is None or reply is None:
             return
-        if reply is None or reply.done():
-            log.info("%s: dropped a late reply from %s", self.node_id, child.node_id)
-        elif message.src != child.relayed.get(frame.call_id, child.node_id):
-            self.counters["rejected"] += 1
-            log.warning("%s: %s sent a reply as %r", self.node_id, child.node_id, message.src)
-            reply.set_exception(FedgeError(f"{child.node_id} answered as {message.src!r}"))
+        mismatch = self._mismatch(child, frame.call_id, message)
+        if mismatch is not None:
+            self._refuse(child, frame.call_id, FedgeError(f"call {frame.call_id}: {mismatch}"))
         else:
             reply.set_result(message)
+
+    def _mismatch(self, child: _Child, call_id: int, message: Message) -> str | None:
+        """Why a complete reply may not be taken (sender, models), or None. A call relayed
+        through the child must be answered by the node it was for."""
+        sender = child.relayed.get(call_id, child.node_id)
+        if message.src != sender:
+            return f"{child.node_id} answered as {message.src!r}"
+        return self.check.refusal(message) if self.check is not None else None
+
+    def _refuse(self, child: _Child, call_id: int, exc: Exception) -> None:
+        """Refuse a reply (or a frame of one): count, log, ERROR to the child, fail the call."""
+        self.counters["rejected"] += 1
+        log.warning("%s: rejected a message from %s: %s", self.node_id, child.node_id, exc)
+        child.reassembler.forget(call_id)
+        child.refused.append(call_id)
+        child.queue.put_nowait(wire.error(call_id, str(exc)))
+        reply = child.pending.get(call_id)
+        if reply is not None and not reply.done():
+            reply.set_exception(exc)
 
     def _take_call(self, child: _Child, frame: wire.Frame) -> None:
         """A chunk of a call the child started; a whole message goes to ``route``."""
         assert child.calls is not None
         try:
+            refusal = self.run_id.refusal(frame.run)
+            if refusal is not None:
+                raise wire.WireError(f"call {frame.call_id}: {refusal}")
             message = child.calls.add(frame)
         except wire.WireError as exc:
+            child.calls.forget(frame.call_id)
             self.counters["rejected"] += 1
             log.warning("%s: rejected a call from %s: %s", self.node_id, child.node_id, exc)
             child.queue.put_nowait(wire.error(frame.call_id, str(exc), wire.Frame.PEER_ERROR))
@@ -321,8 +365,9 @@ class Hub:
             if self.route is None:
                 raise FedgeError(f"{self.node_id} takes no calls from its children")
             reply = await self.route(message, child.node_id)
-            kind = wire.Frame.PEER_REPLY
-            frames = wire.message_frames(call_id, reply, self.settings.chunk_bytes, kind)
+            frames = wire.message_frames(
+                call_id, reply, self.settings.chunk_bytes, self.run_id.value, wire.Frame.PEER_REPLY
+            )
             self.counters["messages"] += 2
         except Exception as exc:  # refused or failed: the caller learns why, nothing hangs
             self.counters["refused_calls"] += 1

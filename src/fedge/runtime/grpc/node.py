@@ -24,8 +24,9 @@ from fedge.core.files import atomic_write_bytes
 from fedge.core.message import Message
 from fedge.core.node import NodeApp, NodeContext
 from fedge.core.transport import Transport
-from fedge.core.update import Update
+from fedge.core.update import ModelState, Update
 from fedge.runtime.grpc.attach import Attachment, ParentRefused
+from fedge.runtime.grpc.guard import ModelCheck, RunIdentity
 from fedge.runtime.grpc.hub import Authorize, Hub
 from fedge.runtime.grpc.settings import GrpcSettings, LoopThread, pause
 from fedge.runtime.grpc.tls import NodeCerts
@@ -55,6 +56,9 @@ class NodeProcess:
         self.attachments: list[Attachment] = []
         self._running: list[Future[None]] = []
         self._executors = [self._executor]
+        self.run_id = RunIdentity()
+        """The run this process serves: set at the cloud, learned by the others."""
+        self.check: ModelCheck | None = None
         self.hubs: list[Hub] = []
         """Further hubs of the process's nodes (a device that peers dial directly)."""
         self.ports: dict[str, int] = {}
@@ -66,7 +70,10 @@ class NodeProcess:
 
     def listen(self, node_id: str, address: str, authorize: Authorize) -> Hub:
         """A further hub, as ``node_id``, for children that dial that node (its peers)."""
-        hub = Hub(node_id, self.settings, authorize, self.certs(node_id), self._loop)
+        hub = Hub(
+            node_id, self.settings, authorize, self.certs(node_id), self._loop, run=self.run_id
+        )
+        hub.check = self.check
         self.ports[node_id] = hub.start(address)
         self.hubs.append(hub)
         log.info("%s: listening on %s", node_id, address)
@@ -79,7 +86,10 @@ class NodeProcess:
         self, node_id: str, listen: str, authorize: Authorize, order: Sequence[str] = ()
     ) -> GrpcTransport:
         """Listen for children of ``node_id``; the transport reaches them (in ``order``)."""
-        self.hub = Hub(node_id, self.settings, authorize, self.certs(node_id), self._loop)
+        self.hub = Hub(
+            node_id, self.settings, authorize, self.certs(node_id), self._loop, run=self.run_id
+        )
+        self.hub.check = self.check
         self.port = self.hub.start(listen)
         log.info("%s: listening on port %d", node_id, self.port)
         return GrpcTransport(self.hub, node_id, order)
@@ -102,12 +112,19 @@ class NodeProcess:
             self.certs(app.node_id),
             executor or self._executor,
             downstream,
+            run=self.run_id,
         )
+        attachment.check = self.check
         self.attachments.append(attachment)
         running = self._loop.submit(attachment.run(self._stop))
         running.add_done_callback(self._ended)
         self._running.append(running)
         return attachment
+
+    def check_models(self, template: ModelState) -> None:
+        """Refuse requests and replies whose models do not fit ``template`` (see ``guard``);
+        call before ``serve`` and ``attach``."""
+        self.check = ModelCheck(template)
 
     def _ended(self, running: Future[None]) -> None:
         """An attachment refused for good stops the process (``wait`` raises it)."""

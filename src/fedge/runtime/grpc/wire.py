@@ -23,25 +23,36 @@ class WireError(FedgeError):
 
 
 def chunks(
-    call_id: int, data: bytes, chunk_bytes: int, kind: pb.Frame.Kind = pb.Frame.CHUNK
+    call_id: int,
+    data: bytes,
+    chunk_bytes: int,
+    run: str = "",
+    kind: pb.Frame.Kind = pb.Frame.CHUNK,
 ) -> Iterator[pb.Frame]:
     """``data`` as frames of ``kind`` (CHUNK, or PEER_REQUEST / PEER_REPLY for the calls a
-    child starts) of at most ``chunk_bytes``; an empty message is one frame."""
+    child starts) of at most ``chunk_bytes``; an empty message is one frame. ``run`` is the
+    id of the run the message belongs to (see ``guard``)."""
     view = memoryview(data)
     count = max(1, -(-len(data) // chunk_bytes))
     for seq in range(count):
         piece = bytes(view[seq * chunk_bytes : (seq + 1) * chunk_bytes])
-        yield pb.Frame(kind=kind, call_id=call_id, seq=seq, last=seq == count - 1, data=piece)
+        yield pb.Frame(
+            kind=kind, call_id=call_id, seq=seq, last=seq == count - 1, data=piece, run=run
+        )
 
 
 def message_frames(
-    call_id: int, message: Message, chunk_bytes: int, kind: pb.Frame.Kind = pb.Frame.CHUNK
+    call_id: int,
+    message: Message,
+    chunk_bytes: int,
+    run: str = "",
+    kind: pb.Frame.Kind = pb.Frame.CHUNK,
 ) -> list[pb.Frame]:
-    return list(chunks(call_id, message.encode(), chunk_bytes, kind))
+    return list(chunks(call_id, message.encode(), chunk_bytes, run, kind))
 
 
-def hello(node_id: str, tier: str, home: str = "") -> pb.Frame:
-    info = pb.Hello(node_id=node_id, tier=tier, protocol=PROTOCOL_VERSION, home=home)
+def hello(node_id: str, tier: str, home: str = "", run: str = "") -> pb.Frame:
+    info = pb.Hello(node_id=node_id, tier=tier, protocol=PROTOCOL_VERSION, home=home, run=run)
     return pb.Frame(kind=pb.Frame.HELLO, hello=info)
 
 
@@ -61,12 +72,25 @@ class Reassembler:
     """Collects the chunks of each call; a message over ``max_message_bytes`` is refused.
 
     ``add`` returns the decoded message when a call's last chunk arrives, None before.
-    A violation raises WireError and forgets the call, so the stream can go on.
+    A violation raises WireError and forgets the call, so the stream can go on. What one
+    peer can make it hold is bounded: at most ``max_open_calls`` unfinished messages and
+    ``max_buffered_bytes`` (default: twice ``max_message_bytes``) of their chunks together.
     """
 
     max_message_bytes: int
-    max_open_calls: int = 1024
+    max_open_calls: int = 64
+    max_buffered_bytes: int = 0
     _open: dict[int, _Partial] = field(default_factory=dict)
+    _buffered: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_buffered_bytes <= 0:
+            self.max_buffered_bytes = 2 * self.max_message_bytes
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of unfinished messages held now."""
+        return self._buffered
 
     def add(self, frame: pb.Frame) -> Message | None:
         partial = self._open.get(frame.call_id)
@@ -75,26 +99,35 @@ class Reassembler:
                 raise WireError(f"more than {self.max_open_calls} messages in flight")
             partial = self._open[frame.call_id] = _Partial()
         if frame.seq != len(partial.pieces):
-            del self._open[frame.call_id]
+            self.forget(frame.call_id)
             raise WireError(
                 f"call {frame.call_id}: chunk {frame.seq} out of order "
                 f"(expected {len(partial.pieces)})"
             )
-        partial.nbytes += len(frame.data)
-        if partial.nbytes > self.max_message_bytes:
-            del self._open[frame.call_id]
+        if partial.nbytes + len(frame.data) > self.max_message_bytes:
+            self.forget(frame.call_id)
             raise WireError(
                 f"call {frame.call_id}: message exceeds max_message_bytes "
                 f"= {self.max_message_bytes}"
             )
+        if self._buffered + len(frame.data) > self.max_buffered_bytes:
+            self.forget(frame.call_id)
+            raise WireError(
+                f"call {frame.call_id}: unfinished messages would hold more than "
+                f"{self.max_buffered_bytes} bytes"
+            )
+        partial.nbytes += len(frame.data)
+        self._buffered += len(frame.data)
         partial.pieces.append(frame.data)
         if not frame.last:
             return None
-        del self._open[frame.call_id]
+        self.forget(frame.call_id)
         try:
             return Message.decode(b"".join(partial.pieces))
         except MessageError as exc:
             raise WireError(f"call {frame.call_id}: {exc}") from exc
 
     def forget(self, call_id: int) -> None:
-        self._open.pop(call_id, None)
+        partial = self._open.pop(call_id, None)
+        if partial is not None:
+            self._buffered -= partial.nbytes
