@@ -47,10 +47,12 @@ from fedge.core.errors import ConfigError, FedgeError
 from fedge.core.message import Message
 from fedge.core.node import NodeApp
 from fedge.core.transport import SYNC
+from fedge.core.update import ModelState
 from fedge.experiment.build import Experiment, build
 from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.engines import set_threads
 from fedge.experiment.systems import build_system
+from fedge.learning.split import SplitModel
 from fedge.runtime.grpc.attach import Attachment
 from fedge.runtime.grpc.guard import ModelCheck
 from fedge.runtime.grpc.hub import Hub
@@ -259,7 +261,7 @@ def serve_cloud(
 
     def attach(exp: Experiment) -> None:
         assert process.hub is not None
-        process.hub.check = ModelCheck(exp.initial_state)
+        process.hub.check = ModelCheck(_template(exp))
         missing = process.hub.wait_for(plan.children("cloud"), cfg.grpc.connect_timeout_s)
         if missing:
             raise FedgeError(
@@ -282,6 +284,15 @@ def serve_cloud(
     finally:
         process.close()
     return result.run_dir
+
+
+def _template(exp: Experiment) -> ModelState:
+    """The parameters this run's messages may carry: the model's, and for split learning its
+    edge parts too (the early-exit head under ``exit.``)."""
+    parts = getattr(exp.coordinator, "parts", None)
+    if isinstance(parts, SplitModel):
+        return {**exp.initial_state, **parts.edge_state()}
+    return exp.initial_state
 
 
 def _driver(plan: Plan, hub: Hub, transport: GrpcTransport, node_id: str) -> GrpcTransport:
@@ -318,7 +329,7 @@ def serve_edge(
     exp = build(_local(cfg))
     app = exp.nodes.apps[edge]
     process = NodeProcess(cfg.grpc, certs, exp.nodes.seed)
-    process.check_models(exp.initial_state)
+    process.check_models(_template(exp))
     try:
         order = [*plan.devices, *plan.edges]
         downstream = process.serve(edge, listen, plan.authorize(edge), order)
@@ -422,7 +433,7 @@ def serve_devices(
     set_threads(cfg)
     exp = build(_local(cfg))
     process = NodeProcess(cfg.grpc, certs, exp.nodes.seed)
-    process.check_models(exp.initial_state)
+    process.check_models(_template(exp))
     try:
         if plan.peer:
             _serve_peers(process, plan, exp, ids, parents, peers or {})
