@@ -227,6 +227,7 @@ class RayNodeSet(NodeSet):
         self._started_ray = False
         self._seq = 0
         self._touched: dict[str, int] = {}
+        self._stay: set[tuple[str, str]] = set()
         """Node -> when (a count of deliveries) it was last delivered to in this driver."""
         self.remote_deliveries = 0
         """Deliveries answered by the pool (portable ones), for tests and diagnostics."""
@@ -262,8 +263,11 @@ class RayNodeSet(NodeSet):
             self._pending[id(m)] = (m, *self._submit(m.dst, templates[key]))
 
     def offloads(self, message: Message) -> bool:
+        """An offload kind whose subtree has not been found to reach a node that keeps run
+        state outside its node state (then it stays in the driver for the rest of the run)."""
         app = self.apps.get(message.dst)
-        return app is not None and message.kind in app.offload
+        offload = app is not None and message.kind in app.offload
+        return offload and (message.dst, message.kind) not in self._stay
 
     def prefetch_nested(
         self, messages: Sequence[Message], arrivals: Sequence[float], system: object
@@ -286,7 +290,8 @@ class RayNodeSet(NodeSet):
             actors = self._pool()
             i = min(range(len(actors)), key=self._load.__getitem__)
             self._load[i] += 1
-            ref = actors[i].nested.remote(m.dst, self._put(m), arrive_s, self._system[1], states)
+            template = self._ray.put(replace(m, dst=""))  # as is: not every payload encodes
+            ref = actors[i].nested.remote(m.dst, template, arrive_s, self._system[1], states)
             self._nested[id(m)] = (ref, i, arrive_s, self._seq)
 
     def deliver(self, message: Message, downstream: Transport | None) -> tuple[Message, Work]:
@@ -320,6 +325,8 @@ class RayNodeSet(NodeSet):
             and downstream.now() == arrive_s
             and all(self._touched.get(n, 0) <= seq for n in result.states)
         )
+        if not result.clean:
+            self._stay.add((message.dst, message.kind))
         if not usable or not isinstance(downstream, SimulatedTransport):
             self.local_subtrees += 1
             return super().deliver(message, downstream)
