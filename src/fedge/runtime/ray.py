@@ -1,12 +1,13 @@
-"""The Ray engine: portable device work runs on a bounded pool of Ray actors.
+"""The Ray engine: device work and edge rounds run on a bounded pool of Ray actors.
 
-The driver keeps every app: edges, the cloud, peer and split devices run here exactly as
-on the local engine. A fixed pool of ``workers`` actors (never one per client) each builds
-the node apps once from a picklable factory; a portable delivery (``NodeApp.portable``, e.g.
-a device's ``train``) runs on the least-loaded actor. Transports call ``prefetch`` with the
-messages they are about to deliver, so their portable work runs in parallel; their
-sequential loop then takes each result in order, so the simulated charging, and every
-number, is the same as on the local engine (given the same torch thread count).
+The driver keeps every app and its state; the cloud, split learning and whatever cannot run
+apart (below) run here exactly as on the local engine. A fixed pool of ``workers`` actors
+(never one per client) each builds the node apps once from a picklable factory; a portable
+delivery (``NodeApp.portable``, e.g. a device's ``train``) runs on the least-loaded actor.
+Transports call ``prefetch`` with the messages they are about to deliver, so their portable
+work runs in parallel; their sequential loop then takes each result in order, so the
+simulated charging, and every number, is the same as on the local engine (given the same
+torch thread count).
 
 A batch's shared payload (the global model every chosen device receives) is put into the
 object store once, in its wire encoding (``Message.encode``: much faster than pickling
@@ -23,7 +24,8 @@ worker's ended: the same float operations in the same order as on the local engi
 result is used only if nothing it reached was delivered to since it was started (a vehicle
 that moved into the next edge's round, a handover) and every node it reached keeps its run
 state in its node state (``portable`` / ``offload`` kinds); otherwise the delivery runs
-again in the driver, so the numbers never change, only the parallelism.
+again in the driver, so the numbers never change, only the parallelism. Offloaded messages
+travel as Python objects (not every payload has a wire encoding: cluster ids as keys).
 
 Every node state lives in the driver between deliveries, so a checkpoint of this node set
 holds the run; the pool is not stored and starts again on resume.
@@ -222,7 +224,8 @@ class RayNodeSet(NodeSet):
         self._actors: list[Any] = []
         self._load: list[int] = []
         self._pending: dict[int, tuple[Message, Any, int]] = {}
-        self._nested: dict[int, tuple[Any, int, float, int]] = {}
+        self._nested: dict[int, tuple[Message, Any, int, float, int]] = {}
+        """id(message) -> (message: keeps the id unique, result ref, actor, arrival, seq)."""
         self._system: tuple[object, Any] | None = None
         self._started_ray = False
         self._seq = 0
@@ -292,7 +295,7 @@ class RayNodeSet(NodeSet):
             self._load[i] += 1
             template = self._ray.put(replace(m, dst=""))  # as is: not every payload encodes
             ref = actors[i].nested.remote(m.dst, template, arrive_s, self._system[1], states)
-            self._nested[id(m)] = (ref, i, arrive_s, self._seq)
+            self._nested[id(m)] = (m, ref, i, arrive_s, self._seq)
 
     def deliver(self, message: Message, downstream: Transport | None) -> tuple[Message, Work]:
         try:
@@ -313,7 +316,7 @@ class RayNodeSet(NodeSet):
     ) -> tuple[Message, Work]:
         """The pool's result of an offloaded delivery when it is still exact here (else the
         delivery runs in the driver): states back, charges replayed, the clock moved on."""
-        ref, actor, arrive_s, seq = self._nested.pop(id(message))
+        _, ref, actor, arrive_s, seq = self._nested.pop(id(message))
         try:
             result: _Nested = self._get(ref, message)
         finally:

@@ -328,9 +328,11 @@ class SimulatedTransport:
         up = [m for m in messages if is_up(m.dst, m.round)]
         self._nodes.prefetch(up)
         if any(self._nodes.offloads(m) for m in up):
-            nested = [(m, t) for m, t in zip(up, self._arrivals(up), strict=True)]
-            chosen = [(m, t) for m, t in nested if self._nodes.offloads(m)]
-            self._nodes.prefetch_nested([m for m, _ in chosen], [t for _, t in chosen], self._system)
+            timed = zip(up, self._arrivals(up), strict=True)
+            chosen = [(m, t) for m, t in timed if self._nodes.offloads(m)]
+            self._nodes.prefetch_nested(
+                [m for m, _ in chosen], [t for _, t in chosen], self._system
+            )
 
     def _arrivals(self, messages: Sequence[Message]) -> list[float]:
         """When each request of a batch sent now reaches its node, priced as ``_deliver_all``
