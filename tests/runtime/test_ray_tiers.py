@@ -75,6 +75,19 @@ def test_moving_vehicles_make_edges_rerun_in_the_driver(ray_session, tiny_config
     same_run(local, on_ray)
 
 
+def test_edges_on_shared_links_start_when_their_request_arrives(
+    ray_session, tiny_config, monkeypatch
+):
+    """With shared links the edges' requests are priced together; each subtree must start at
+    exactly that arrival, else it would run again in the driver."""
+    sets = [*BASE, "algorithm='hierarchical'", "system.links.shared=true"]
+    local = run_experiment(load_config(tiny_config, sets))
+    seen = counting(monkeypatch)
+    on_ray = run_experiment(load_config(tiny_config, [*sets, "engine='ray'"]))
+    assert seen == {"remote": 4, "local": 0}  # 2 edges x 2 rounds, all from the pool
+    same_run(local, on_ray)
+
+
 def test_ray_run_resumes_on_ray_bit_identical(ray_session, tiny_config, tmp_path, monkeypatch):
     """A Ray run stopped in round 3 resumes from its round-2 checkpoint on Ray and ends as
     an uninterrupted local run does (Ray equals local: the contract tests)."""

@@ -24,7 +24,8 @@ worker's ended: the same float operations in the same order as on the local engi
 result is used only if nothing it reached was delivered to since it was started (a vehicle
 that moved into the next edge's round, a handover) and every node it reached keeps its run
 state in its node state (``portable`` / ``offload`` kinds); otherwise the delivery runs
-again in the driver, so the numbers never change, only the parallelism. Offloaded messages
+again in the driver, so the numbers never change, only the parallelism; a node and kind
+whose subtree reached such a node stays in the driver from then on. Offloaded messages
 travel as Python objects (not every payload has a wire encoding: cluster ids as keys).
 
 Every node state lives in the driver between deliveries, so a checkpoint of this node set
