@@ -17,7 +17,7 @@ every side and repeat must be identical to the local engine's.
 With ``--algorithm hierarchical`` (or ``msfl``, ``single_server``) the same workload runs
 as hierarchical FL over ``--edges`` edge servers: each edge's round (its devices' training
 and its aggregation) runs on the pool, in parallel across edges, and the table also counts
-the edge rounds that ran there (``edge rounds on pool``); the weights must still be those of
+the edge rounds that ran there (``edges on pool``); the weights must still be those of
 the local engine.
 
 Run from the repo root (about 3 minutes a repeat on a 2-core machine)::
@@ -132,7 +132,7 @@ def print_table(rows: list[dict[str, Any]], setup: dict[str, Any]) -> None:
     print("  ".join(f"{k}={v}" for k, v in setup.items()))
     heads = ["devices", "side", "pool start s", "round 1 s", "later round s", "later min s"]
     heads += ["ray/local later", "ray/local min", "ray/local all", "same weights"]
-    heads += ["edge rounds on pool"]
+    heads += ["edges on pool"]
     print("".join(f"{h:>16}" for h in heads))
     for r in rows:
         cells = [r["devices"], r["side"], f"{r['pool_start_s']:.2f}", f"{r['round1_s']:.2f}"]

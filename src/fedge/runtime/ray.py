@@ -231,8 +231,9 @@ class RayNodeSet(NodeSet):
         self._started_ray = False
         self._seq = 0
         self._touched: dict[str, int] = {}
-        self._stay: set[tuple[str, str]] = set()
         """Node -> when (a count of deliveries) it was last delivered to in this driver."""
+        self._stay: set[tuple[str, str]] = set()
+        """(node, kind) whose subtree reached a node keeping state outside its node state."""
         self.remote_deliveries = 0
         """Deliveries answered by the pool (portable ones), for tests and diagnostics."""
         self.remote_subtrees = 0
@@ -290,12 +291,15 @@ class RayNodeSet(NodeSet):
             self._system = (system, self._ray.put(system))
         reached = set(self._touched) | {m.dst for m, _ in todo}
         states = self._ray.put({n: self.apps[n].state for n in sorted(reached) if n in self.apps})
+        templates: dict[tuple[str, str, int, int], Any] = {}
         for m, arrive_s in todo:
+            key = (m.src, m.kind, m.round, id(m.payload))
+            if key not in templates:  # as is: not every payload has a wire encoding
+                templates[key] = self._ray.put(replace(m, dst=""))
             actors = self._pool()
             i = min(range(len(actors)), key=self._load.__getitem__)
             self._load[i] += 1
-            template = self._ray.put(replace(m, dst=""))  # as is: not every payload encodes
-            ref = actors[i].nested.remote(m.dst, template, arrive_s, self._system[1], states)
+            ref = actors[i].nested.remote(m.dst, templates[key], arrive_s, self._system[1], states)
             self._nested[id(m)] = (m, ref, i, arrive_s, self._seq)
 
     def deliver(self, message: Message, downstream: Transport | None) -> tuple[Message, Work]:
