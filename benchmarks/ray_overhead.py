@@ -14,11 +14,19 @@ the later rounds (the steady state: median and fastest) and for all rounds. With
 reported (a shared machine is noisy: the pool needs every core). The final weights of
 every side and repeat must be identical to the local engine's.
 
+With ``--algorithm hierarchical`` (or ``msfl``, ``single_server``) the same workload runs
+as hierarchical FL over ``--edges`` edge servers: each edge's round (its devices' training
+and its aggregation) runs on the pool, in parallel across edges, and the table also counts
+the edge rounds that ran there (``edges on pool``); the weights must still be those of
+the local engine.
+
 Run from the repo root (about 3 minutes a repeat on a 2-core machine)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ray_overhead.py
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ray_overhead.py --repeats 3 --rounds 2
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ray_overhead.py --devices 10 --json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ray_overhead.py --algorithm hierarchical \
+        --edges 2 --devices 8 --workers 2 --wires encoded
 """
 
 from __future__ import annotations
@@ -42,11 +50,14 @@ from fedge.runtime import NodeSet, SimulatedTransport
 from fedge.runtime.ray import WIRES, RayNodeSet, Wire
 
 CONFIG = "examples/quickstart.toml"
+HIERARCHIES = ("fedavg", "hierarchical", "msfl", "single_server")
 
 
 def config(devices: int, args: argparse.Namespace) -> ExperimentConfig:
     sets = [f"rounds={args.rounds}", f"system.devices={devices}", "threads=1"]
     sets += [f"federation.clients_per_round={devices}", f"training.steps={args.steps}"]
+    if args.algorithm != "fedavg":  # every device of an edge trains in each edge round
+        sets += [f"algorithm={args.algorithm!r}", f"system.edges={args.edges}"]
     return load_config(CONFIG, [*sets, *args.set])
 
 
@@ -73,7 +84,9 @@ def run_side(cfg: ExperimentConfig, wire: Wire | None, workers: int) -> dict[str
     finally:
         nodes.close()
     round_s = [b - a for a, b in itertools.pairwise(marks)]
-    return {"pool_start_s": pool_s, "round_s": round_s, "state": history.final_state}
+    subtrees = getattr(nodes, "remote_subtrees", 0)  # edge rounds taken from the pool
+    return {"pool_start_s": pool_s, "round_s": round_s, "state": history.final_state,
+            "subtrees": subtrees}  # fmt: skip
 
 
 def identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -93,6 +106,7 @@ def summarise(devices: int, wire: Wire | None, runs: list[dict[str, Any]]) -> di
         "later_round_min_s": min(min(r["round_s"][1:] or r["round_s"]) for r in runs),
         "all_rounds_s": statistics.median(sum(r["round_s"]) for r in runs),
         "walls": [r["round_s"] for r in runs],
+        "subtrees": statistics.median(r["subtrees"] for r in runs),
     }
 
 
@@ -118,12 +132,13 @@ def print_table(rows: list[dict[str, Any]], setup: dict[str, Any]) -> None:
     print("  ".join(f"{k}={v}" for k, v in setup.items()))
     heads = ["devices", "side", "pool start s", "round 1 s", "later round s", "later min s"]
     heads += ["ray/local later", "ray/local min", "ray/local all", "same weights"]
+    heads += ["edges on pool"]
     print("".join(f"{h:>16}" for h in heads))
     for r in rows:
         cells = [r["devices"], r["side"], f"{r['pool_start_s']:.2f}", f"{r['round1_s']:.2f}"]
         cells += [f"{r['later_round_s']:.2f}", f"{r['later_round_min_s']:.2f}"]
         cells += [f"{r[k]:.3f}" for k in ("ratio_later", "ratio_later_min", "ratio_all")]
-        print("".join(f"{c!s:>16}" for c in (*cells, r["identical"])))
+        print("".join(f"{c!s:>16}" for c in (*cells, r["identical"], r["subtrees"])))
 
 
 def main() -> None:
@@ -134,6 +149,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="local SGD steps per device and round")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Ray actors")
     p.add_argument("--wires", nargs="+", default=list(WIRES), choices=WIRES)
+    p.add_argument("--algorithm", default="fedavg", choices=HIERARCHIES, help="edges on Ray")
+    p.add_argument("--edges", type=int, default=2, help="edge servers (not for fedavg)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args()
@@ -142,6 +159,7 @@ def main() -> None:
     start = time.perf_counter()
     ray.init(num_cpus=args.workers, include_dashboard=False, logging_level=logging.WARNING)
     setup = {"config": CONFIG, "rounds": args.rounds, "steps": args.steps, "repeats": args.repeats}
+    setup.update(algorithm=args.algorithm, edges=args.edges if args.algorithm != "fedavg" else 0)
     setup.update(workers=args.workers, ray_init_s=round(time.perf_counter() - start, 2))
     try:
         rows = [row for n in args.devices for row in measure(n, args)]

@@ -304,7 +304,12 @@ def assemble_clustered(ctx: BuildContext) -> Assembly:
     pipeline = ServerPipeline(s.aggregator, dict(s.aggregator_params))
     edge = ClusterEdge(pipeline, s.deadline_s)
     edges = {
-        e: NodeApp(e, "edge", {"cluster_train": edge.train, "get_updates": edge.get_updates})
+        e: NodeApp(
+            e,
+            "edge",
+            {"cluster_train": edge.train, "get_updates": edge.get_updates},
+            offload=frozenset({"cluster_train"}),  # its run state is in the node state
+        )
         for e in ctx.system.ids("edge")
     }
     devices = ctx.system.ids("device")

@@ -164,7 +164,7 @@ class PeerLearner:
     global_test: ArrayDataset | None = None
 
     def app(self, node_id: str) -> NodeApp:
-        app = NodeApp(node_id, "device")
+        app = NodeApp(node_id, "device", offload=frozenset({"peer_train"}))  # state-only
         app.on("peer_train", self.train).on("peer_exchange", self.exchange)
         return app.on("get_model", self.get_model).on("get_update", self.get_update)
 

@@ -316,7 +316,7 @@ def edge_apps(
         defend(ctx, inner.pipeline, "edge", own)
         server = EdgeServer(inner, evaluate, absorb_handovers=not exchange)
         handlers = {"edge_train": server.train, "handover": server.handover}
-        apps[edge] = NodeApp(edge, "edge", dict(handlers))
+        apps[edge] = NodeApp(edge, "edge", dict(handlers), offload=_offload(inner, handlers))
     if not exchange:
         return apps
     for edge, val in zip(edges, ctx.validation, strict=False):
@@ -330,6 +330,15 @@ def edge_apps(
         )
         apps[edge].on("get_model", ex.get_model).on("exchange", ex.exchange)
     return apps
+
+
+def _offload(inner: FedAvg, handlers: Mapping[str, object]) -> frozenset[str]:
+    """The edge's kinds an engine may run elsewhere with their devices: all of them when
+    the edge keeps its whole run state in its node state, none when its aggregation keeps
+    some of its own (defence stages' flags, a server optimizer's moments)."""
+    pipeline = inner.pipeline
+    own_state = pipeline.prepare_stages or pipeline.finalize_stages or pipeline.optimizer
+    return frozenset() if own_state else frozenset(handlers)
 
 
 def assemble_hierarchical(ctx: BuildContext) -> Assembly:

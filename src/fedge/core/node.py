@@ -67,6 +67,11 @@ class NodeApp:
     ``middleware`` runs, in order, on every reply before it leaves the node (``finish``);
     it may keep state in the node's ``state``, so an engine that runs a portable handler
     elsewhere calls ``respond`` there and ``finish`` where the node's state lives.
+
+    ``offload`` names the kinds whose handler keeps everything it changes in ``state`` and
+    in the nodes it reaches through its downstream transport (an edge's round over its
+    devices): an engine may run such a delivery, with the nodes it reaches, in another
+    process, carrying their ``state`` there and back (the Ray engine's edges in parallel).
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class NodeApp:
         tier: str,
         handlers: dict[str, Handler] | None = None,
         portable: frozenset[str] = frozenset(),
+        offload: frozenset[str] = frozenset(),
     ):
         self.node_id = node_id
         self.tier = tier
@@ -82,6 +88,7 @@ class NodeApp:
         self.state: dict[str, Any] = {}
         self.portable = portable
         self.middleware: list[Middleware] = []
+        self.offload = offload
 
     def on(self, kind: str, handler: Handler) -> NodeApp:
         self.handlers[kind] = handler

@@ -95,7 +95,7 @@ def portable_paths(cfg: ExperimentConfig) -> ExperimentConfig:
 
 for _engine in (
     Engine("local", "in-process on the simulated clock (the default)", in_process),
-    Engine("ray", "device training on a bounded Ray actor pool", ray_pool, resumable=False),
+    Engine("ray", "device training and edge rounds on a bounded Ray actor pool", ray_pool),
     Engine(
         "grpc",
         "a real deployment: cloud, edge and device processes over gRPC + TLS on loopback",

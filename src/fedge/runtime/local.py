@@ -52,6 +52,18 @@ class NodeSet:
         """Messages about to be delivered, in order; an engine may start their portable work
         early (in parallel). In-process there is nothing to start."""
 
+    def offloads(self, message: Message) -> bool:
+        """Whether this node set may run ``message`` elsewhere with the nodes it reaches
+        (``prefetch_nested``); in-process, never."""
+        return False
+
+    def prefetch_nested(
+        self, messages: Sequence[Message], arrivals: Sequence[float], system: object
+    ) -> None:
+        """Offloadable messages about to be delivered, each with the simulated time it will
+        arrive at its node and the system model its nested deliveries are charged on; an
+        engine may start them early. In-process there is nothing to start."""
+
     def close(self) -> None:
         """Release what the node set holds outside this process (in-process: the file of a
         population's spilled device state)."""

@@ -1,25 +1,45 @@
-"""The Ray engine: portable device work runs on a bounded pool of Ray actors.
+"""The Ray engine: device work and edge rounds run on a bounded pool of Ray actors.
 
-The driver keeps every app: edges, the cloud, peer and split devices run here exactly as
-on the local engine. A fixed pool of ``workers`` actors (never one per client) each builds
-the node apps once from a picklable factory; a portable delivery (``NodeApp.portable``, e.g.
-a device's ``train``) runs on the least-loaded actor. Transports call ``prefetch`` with the
-messages they are about to deliver, so their portable work runs in parallel; their
-sequential loop then takes each result in order, so the simulated charging, and every
-number, is the same as on the local engine (given the same torch thread count).
+The driver keeps every app and its state; the cloud, split learning and whatever cannot run
+apart (below) run here exactly as on the local engine. A fixed pool of ``workers`` actors
+(never one per client) each builds the node apps once from a picklable factory; a portable
+delivery (``NodeApp.portable``, e.g. a device's ``train``) runs on the least-loaded actor.
+Transports call ``prefetch`` with the messages they are about to deliver, so their portable
+work runs in parallel; their sequential loop then takes each result in order, so the
+simulated charging, and every number, is the same as on the local engine (given the same
+torch thread count).
 
 A batch's shared payload (the global model every chosen device receives) is put into the
 object store once, in its wire encoding (``Message.encode``: much faster than pickling
 tensors); replies come back encoded too.
+
+Edges in parallel: a delivery of a kind its node marks ``offload`` (an edge's round over its
+devices) runs on a worker together with every delivery it makes downstream, on a simulated
+transport at that node whose clock starts when the request arrives (the driver's transport
+says when, ``prefetch_nested``) and whose ledger only records its charges. The driver sends
+the node states the subtree may read (every node delivered to so far) and, when it takes
+the result in the original order, puts back the states of the nodes the subtree reached,
+replays the recorded charges on its own ledger and moves the edge's clock to where the
+worker's ended: the same float operations in the same order as on the local engine. A
+result is used only if nothing it reached was delivered to since it was started (a vehicle
+that moved into the next edge's round, a handover) and every node it reached keeps its run
+state in its node state (``portable`` / ``offload`` kinds); otherwise the delivery runs
+again in the driver, so the numbers never change, only the parallelism; a node and kind
+whose subtree reached such a node stays in the driver from then on. Offloaded messages
+travel as Python objects (not every payload has a wire encoding: cluster ids as keys).
+
+Every node state lives in the driver between deliveries, so a checkpoint of this node set
+holds the run; the pool is not stored and starts again on resume.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any, Literal
 
@@ -31,6 +51,7 @@ from fedge.core.node import LazyApps, NodeApp
 from fedge.core.transport import Transport
 from fedge.core.update import Work
 from fedge.runtime.local import NodeSet
+from fedge.runtime.simulated import Charge, RecordingLedger, SimulatedTransport, replay
 
 AppsFactory = Callable[[], Mapping[str, NodeApp]]
 """Builds the node apps in a worker; pickled to every actor, so a module-level function or
@@ -73,12 +94,88 @@ def _wrap(message: Message, wire: Wire) -> Message | bytes:
     return message.encode() if wire == "encoded" else message
 
 
+class _Subtree(NodeSet):
+    """A worker's node set for offloaded deliveries: it records which nodes a subtree
+    reached (with the kinds delivered) and sets node states as the driver sends them, every
+    other node it ever reached back to its state as built."""
+
+    def __init__(self, apps: Mapping[str, NodeApp], seed: int) -> None:
+        super().__init__(apps, seed)
+        self.reached: dict[str, set[str]] = {}
+        self._built: dict[str, dict[str, Any]] = {}
+
+    def restore(self, states: Mapping[str, dict[str, Any]]) -> None:
+        for node in states:
+            self._keep_built(node)
+        for node, built in self._built.items():
+            state = self.apps[node].state
+            state.clear()
+            state.update(states[node] if node in states else copy.deepcopy(built))
+        self.reached = {}
+
+    def _keep_built(self, node: str) -> None:
+        if node not in self._built:
+            self._built[node] = copy.deepcopy(self._app(node).state)
+
+    def deliver(self, message: Message, downstream: Transport | None) -> tuple[Message, Work]:
+        self._keep_built(message.dst)
+        self.reached.setdefault(message.dst, set()).add(message.kind)
+        return super().deliver(message, downstream)
+
+    def clean(self, root: str) -> bool:
+        """Whether every node reached below ``root`` keeps its run state in its state."""
+        for node, kinds in self.reached.items():
+            app = self.apps[node]
+            if node != root and not kinds <= app.portable | app.offload:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class _Nested:
+    """What an offloaded delivery did: its reply and work, when its node's clock ended, the
+    charges in order, and the states of the nodes it reached."""
+
+    reply: Message | bytes
+    work: Work
+    end_s: float
+    charges: list[Charge]
+    states: dict[str, dict[str, Any]]
+    clean: bool
+
+
 class _Worker:
-    """One pool actor: the node apps built once, answering portable deliveries."""
+    """One pool actor: the node apps built once, answering portable and offloaded
+    deliveries."""
 
     def __init__(self, factory: AppsFactory, seed: int, threads: int) -> None:
         torch.set_num_threads(threads)
-        self._nodes = NodeSet(factory(), seed)
+        self._nodes = _Subtree(factory(), seed)
+
+    def nested(
+        self,
+        dst: str,
+        template: Message | bytes,
+        start_s: float,
+        system: Any,
+        states: Mapping[str, dict[str, Any]],
+    ) -> _Nested:
+        """Deliver ``template`` to ``dst`` with its downstream deliveries, on a simulated
+        transport at ``dst`` from ``start_s`` that records its charges."""
+        message = replace(_unwrap(template), dst=dst)
+        self._nodes.restore(states)
+        ledger = RecordingLedger()
+        child = SimulatedTransport(self._nodes, system, dst, start_s, ledger)
+        reply, work = self._nodes.deliver(message, child)
+        reached = {n: self._nodes.apps[n].state for n in self._nodes.reached}
+        return _Nested(
+            reply.encode() if isinstance(template, bytes) else reply,
+            work,
+            child.now(),
+            ledger.log,
+            reached,
+            self._nodes.clean(dst),
+        )
 
     def deliver(self, dst: str, template: Message | bytes) -> tuple[Message | bytes, Work]:
         """Deliver ``template`` addressed to ``dst``; the reply in the template's form."""
@@ -88,6 +185,18 @@ class _Worker:
 
     def ready(self) -> bool:
         return True
+
+
+class _Rebuild:
+    """The apps factory, named (not stored) in checkpoints: it is rebuilt from the config."""
+
+    checkpoint_by_reference = True
+
+    def __init__(self, factory: AppsFactory) -> None:
+        self.factory = factory
+
+    def __call__(self) -> Mapping[str, NodeApp]:
+        return self.factory()
 
 
 class RayNodeSet(NodeSet):
@@ -110,15 +219,27 @@ class RayNodeSet(NodeSet):
         if wire not in WIRES:
             raise ConfigError("wire", wire, " or ".join(WIRES))
         self._ray = import_ray()
-        self._factory = factory
+        self._factory = _Rebuild(factory)
         self._workers, self._address = workers, address
         self._threads, self._wire = max(threads, 1), wire
         self._actors: list[Any] = []
         self._load: list[int] = []
         self._pending: dict[int, tuple[Message, Any, int]] = {}
+        self._nested: dict[int, tuple[Message, Any, int, float, int]] = {}
+        """id(message) -> (message: keeps the id unique, result ref, actor, arrival, seq)."""
+        self._system: tuple[object, Any] | None = None
         self._started_ray = False
+        self._seq = 0
+        self._touched: dict[str, int] = {}
+        """Node -> when (a count of deliveries) it was last delivered to in this driver."""
+        self._stay: set[tuple[str, str]] = set()
+        """(node, kind) whose subtree reached a node keeping state outside its node state."""
         self.remote_deliveries = 0
         """Deliveries answered by the pool (portable ones), for tests and diagnostics."""
+        self.remote_subtrees = 0
+        """Offloaded deliveries (edge rounds) whose pool result was used."""
+        self.local_subtrees = 0
+        """Offloaded deliveries run again in the driver (their subtree met another's)."""
 
     @property
     def pool_size(self) -> int:
@@ -146,19 +267,102 @@ class RayNodeSet(NodeSet):
                 templates[key] = self._put(m)
             self._pending[id(m)] = (m, *self._submit(m.dst, templates[key]))
 
+    def offloads(self, message: Message) -> bool:
+        """An offload kind whose subtree has not been found to reach a node that keeps run
+        state outside its node state (then it stays in the driver for the rest of the run)."""
+        app = self.apps.get(message.dst)
+        offload = app is not None and message.kind in app.offload
+        return offload and (message.dst, message.kind) not in self._stay
+
+    def prefetch_nested(
+        self, messages: Sequence[Message], arrivals: Sequence[float], system: object
+    ) -> None:
+        """Start every offloadable message's subtree on the pool from the current node
+        states; ``deliver`` takes the result or runs it again in the driver."""
+        todo = [
+            (m, t)
+            for m, t in zip(messages, arrivals, strict=True)
+            if id(m) not in self._nested and self.offloads(m)
+        ]
+        if not todo:
+            return
+        self._pool()
+        if self._system is None or self._system[0] is not system:
+            self._system = (system, self._ray.put(system))
+        reached = set(self._touched) | {m.dst for m, _ in todo}
+        states = self._ray.put({n: self.apps[n].state for n in sorted(reached) if n in self.apps})
+        templates: dict[tuple[str, str, int, int], Any] = {}
+        for m, arrive_s in todo:
+            key = (m.src, m.kind, m.round, id(m.payload))
+            if key not in templates:  # as is: not every payload has a wire encoding
+                templates[key] = self._ray.put(replace(m, dst=""))
+            actors = self._pool()
+            i = min(range(len(actors)), key=self._load.__getitem__)
+            self._load[i] += 1
+            ref = actors[i].nested.remote(m.dst, templates[key], arrive_s, self._system[1], states)
+            self._nested[id(m)] = (m, ref, i, arrive_s, self._seq)
+
     def deliver(self, message: Message, downstream: Transport | None) -> tuple[Message, Work]:
-        if not self.is_portable(message):
+        try:
+            if id(message) in self._nested:
+                return self._deliver_nested(message, downstream)
+            if not self.is_portable(message):
+                return super().deliver(message, downstream)
+            return self._deliver_portable(message)
+        finally:
+            self._touch(message.dst)
+
+    def _touch(self, node: str) -> None:
+        self._seq += 1
+        self._touched[node] = self._seq
+
+    def _deliver_nested(
+        self, message: Message, downstream: Transport | None
+    ) -> tuple[Message, Work]:
+        """The pool's result of an offloaded delivery when it is still exact here (else the
+        delivery runs in the driver): states back, charges replayed, the clock moved on."""
+        _, ref, actor, arrive_s, seq = self._nested.pop(id(message))
+        try:
+            result: _Nested = self._get(ref, message)
+        finally:
+            if actor < len(self._load):
+                self._load[actor] -= 1
+        usable = (
+            result.clean
+            and isinstance(downstream, SimulatedTransport)
+            and downstream.now() == arrive_s
+            and all(self._touched.get(n, 0) <= seq for n in result.states)
+        )
+        if not result.clean:
+            self._stay.add((message.dst, message.kind))
+        if not usable or not isinstance(downstream, SimulatedTransport):
+            self.local_subtrees += 1
             return super().deliver(message, downstream)
+        for node, state in result.states.items():
+            own = self.apps[node].state
+            own.clear()
+            own.update(state)
+            self._touch(node)
+        replay(downstream.ledger, result.charges)
+        downstream.advance_to(result.end_s)
+        self.remote_subtrees += 1
+        return _unwrap(result.reply), result.work
+
+    def _get(self, ref: Any, message: Message) -> Any:
+        try:
+            return self._ray.get(ref)
+        except self._ray.exceptions.RayActorError as exc:
+            raise FedgeError(
+                f"a Ray worker died delivering {message.kind!r} to {message.dst!r}: {exc}"
+            ) from exc
+
+    def _deliver_portable(self, message: Message) -> tuple[Message, Work]:
         entry = self._pending.pop(id(message), None)
         if entry is None:  # not prefetched (the pending entry keeps ``id`` unique)
             entry = (message, *self._submit(message.dst, self._put(message)))
         _, ref, actor = entry
         try:
-            form, work = self._ray.get(ref)
-        except self._ray.exceptions.RayActorError as exc:
-            raise FedgeError(
-                f"a Ray worker died delivering {message.kind!r} to {message.dst!r}: {exc}"
-            ) from exc
+            form, work = self._get(ref, message)
         finally:
             if actor < len(self._load):
                 self._load[actor] -= 1
@@ -170,6 +374,8 @@ class RayNodeSet(NodeSet):
         """Kill the pool's actors; shut Ray down if this node set started it."""
         actors, self._actors, self._load = self._actors, [], []
         self._pending.clear()
+        self._nested.clear()
+        self._system = None
         for actor in actors:
             self._ray.kill(actor)
         if self._started_ray:
@@ -201,8 +407,22 @@ class RayNodeSet(NodeSet):
         """``workers`` (or one per CPU), never more than the nodes with portable work."""
         if isinstance(self.apps, LazyApps):  # a large population: do not make every app
             return max(1, min(self._workers or cpus, len(self.apps)))
-        portable = sum(1 for app in self.apps.values() if app.portable)
+        portable = sum(1 for app in self.apps.values() if app.portable or app.offload)
         return max(1, min(self._workers or cpus, portable))
+
+    _LIVE = ("_ray", "_actors", "_load", "_pending", "_nested", "_system", "_started_ray")
+    """What belongs to this process's Ray session: not in a checkpoint."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in self._LIVE}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._ray = import_ray()
+        self._actors, self._load = [], []
+        self._pending, self._nested = {}, {}
+        self._system = None
+        self._started_ray = False
 
     def _connect(self) -> None:
         if self._ray.is_initialized():

@@ -40,6 +40,7 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedge.core.message import Message
 from fedge.core.transport import ABSENT, SYNC
@@ -98,6 +99,59 @@ class Ledger:
             out[f"energy_j_{tier}"] = joules
         out.update(self.latency())
         return out
+
+
+Charge = tuple[str, tuple[Any, ...]]
+"""One ledger operation: ("count", (key, amount)), ("energy", (node, tier, kind, joules)) or
+("latency", (component, round, seconds))."""
+
+
+class _CountLog(defaultdict[str, float]):
+    """Counters that record every increment: each key reads 0, so ``c[k] += v`` stores
+    exactly ``v``, which is logged as the increment."""
+
+    def __init__(self, log: list[Charge]) -> None:
+        super().__init__(float)
+        self._log = log
+
+    def __getitem__(self, key: str) -> float:
+        return 0.0
+
+    def __setitem__(self, key: str, value: float) -> None:
+        self._log.append(("count", (key, value)))
+
+
+class _EnergyLog(EnergyLedger):
+    def __init__(self, log: list[Charge]) -> None:
+        super().__init__()
+        self._log = log
+
+    def charge(self, node_id: str, tier: str, kind: str, energy_j: float) -> None:
+        self._log.append(("energy", (node_id, tier, kind, energy_j)))
+
+
+class RecordingLedger(Ledger):
+    """A ledger that only records its charges, in order, so that another process's ledger
+    can ``replay`` them: the same float additions in the same order give the same totals
+    (an edge's round run on a Ray worker is charged on the driver's ledger)."""
+
+    def __init__(self) -> None:
+        self.log: list[Charge] = []
+        super().__init__(_CountLog(self.log), _EnergyLog(self.log))
+
+    def note_latency(self, component: str, round_index: int, time_s: float) -> None:
+        self.log.append(("latency", (component, round_index, time_s)))
+
+
+def replay(ledger: Ledger, log: Sequence[Charge]) -> None:
+    """Apply a ``RecordingLedger``'s charges to ``ledger``, in their order."""
+    for op, args in log:
+        if op == "count":
+            ledger.counters[args[0]] += args[1]
+        elif op == "energy":
+            ledger.energy.charge(*args)
+        else:
+            ledger.note_latency(*args)
 
 
 _COMPONENTS = {
@@ -271,7 +325,29 @@ class SimulatedTransport:
     def _prefetch(self, messages: Sequence[Message]) -> None:
         """Let the node set start the work of the messages that will be delivered (in order)."""
         is_up = self._system.is_available
-        self._nodes.prefetch([m for m in messages if is_up(m.dst, m.round)])
+        up = [m for m in messages if is_up(m.dst, m.round)]
+        self._nodes.prefetch(up)
+        if any(self._nodes.offloads(m) for m in up):
+            timed = zip(up, self._arrivals(up), strict=True)
+            chosen = [(m, t) for m, t in timed if self._nodes.offloads(m)]
+            self._nodes.prefetch_nested(
+                [m for m, _ in chosen], [t for _, t in chosen], self._system
+            )
+
+    def _arrivals(self, messages: Sequence[Message]) -> list[float]:
+        """When each request of a batch sent now reaches its node, priced as ``_deliver_all``
+        prices it (the system model's costs are pure), without charging anything."""
+        start_s = self.now()
+        paid = [i for i, m in enumerate(messages) if SYNC not in (m.src, m.dst)]
+        batch = [(messages[i].src, messages[i].dst, messages[i].nbytes(), start_s) for i in paid]
+        if self._system.links.shared:
+            costs = self._system.transfers(batch)
+        else:
+            costs = [self._system.transfer(*hop) for hop in batch]
+        out = [start_s + 0.0] * len(messages)
+        for i, cost in zip(paid, costs, strict=True):
+            out[i] = start_s + cost.time_s
+        return out
 
     def send(self, messages: Sequence[Message], deadline_s: float | None = None) -> list[Message]:
         self._prefetch(messages)
