@@ -165,6 +165,7 @@ def serve_edge(
     certs: str | None,
     state_dir: str,
     peers: Mapping[str, str] | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> None:
     """Serve one edge until the cloud says shutdown: devices below, the cloud above, and
     (multi-server FL) a stream to each neighbour edge in ``peers`` (id -> address)."""
@@ -179,13 +180,16 @@ def serve_edge(
         downstream = process.serve(edge, listen, plan.authorize(edge), order)
         _attach_peers(process, app, plan.peers(edge), peers or {})
         assert process.hub is not None
+        state = EdgeState(state_dir, app)
+        # A restarted edge waits for its devices only ``reattach_s`` (as long as the cloud's
+        # call waits for the edge): some may have moved to a neighbour edge meanwhile.
+        restarted = state.restore()
+        patience_s = cfg.grpc.reattach_s if restarted else cfg.grpc.connect_timeout_s
         expected = [*plan.children(edge), *plan.peers(edge)]
-        missing = process.hub.wait_for(expected, cfg.grpc.connect_timeout_s)
+        missing = process.hub.wait_for(expected, patience_s)
         if missing:
             log.warning("%s: %s did not attach; going on without them", edge, missing)
-        state = EdgeState(state_dir, app)
-        state.restore()
-        attachment = process.attach(app, parents, downstream)
+        attachment = process.attach(app, parents, downstream, names=names)
         attachment.after.append(state.save)
         process.keep_training(attachment)
         process.wait()
@@ -202,11 +206,16 @@ def _attach_peers(
     if unknown:
         raise ConfigError("--peer", ", ".join(unknown), "ID=HOST:PORT for every neighbour edge")
     for neighbour in neighbours:
-        process.attach(app, [peers[neighbour]], executor=process.own_thread())
+        address = peers[neighbour]
+        process.attach(app, [address], executor=process.own_thread(), names={address: neighbour})
 
 
 def serve_devices(
-    cfg: ExperimentConfig, ids: Sequence[str], parents: Sequence[str], certs: str | None
+    cfg: ExperimentConfig,
+    ids: Sequence[str],
+    parents: Sequence[str],
+    certs: str | None,
+    names: Mapping[str, str] | None = None,
 ) -> None:
     """Serve devices (one stream and identity each) until their parent says shutdown."""
     plan = Plan.of(cfg)
@@ -216,7 +225,7 @@ def serve_devices(
     process = NodeProcess(cfg.grpc, certs, exp.nodes.seed)
     try:
         for device in ids:
-            process.attach(exp.nodes.apps[device], parents)
+            process.attach(exp.nodes.apps[device], parents, names=names)
         process.wait()
     finally:
         process.close()

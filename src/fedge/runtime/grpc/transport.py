@@ -50,9 +50,16 @@ class GrpcTransport:
         return self._node_id
 
     def nodes(self, tier: str) -> list[str]:
-        """Attached children of ``tier`` in the deployment's order (then by name)."""
+        """Attached children of ``tier`` in the deployment's order (then by name).
+
+        When every child of ``tier`` that ever attached is away (a partition, a restart of
+        the only edge), it waits up to ``reattach_s`` for one to come back rather than run a
+        round with nobody."""
+        attached = self._hub.attached(tier)
+        if not attached and self._hub.seen(tier):
+            attached = self._hub.wait_for_any(tier, self._hub.settings.reattach_s)
         rank = self._rank
-        return sorted(self._hub.attached(tier), key=lambda n: (rank.get(n, len(rank)), n))
+        return sorted(attached, key=lambda n: (rank.get(n, len(rank)), n))
 
     def send(self, messages: Sequence[Message], deadline_s: float | None = None) -> list[Message]:
         limit_s = self._hub.settings.call_timeout_s
