@@ -90,7 +90,8 @@ def test_edges_cut_off_from_a_live_cloud_train_alone_and_resynchronise(
     assert all(r["edges"] >= 1 for r in rows)  # no round ran with nobody
     for edge in deployment.plan.edges:
         assert "resynchronising" in _log(deployment, edge)
-    assert "detached during round" in _log(deployment, "cloud") or rows[-1]["edges"] == 2
+    cloud = _log(deployment, "cloud")
+    assert all(cloud.count(f"edge {e} attached from") >= 2 for e in deployment.plan.edges)
 
 
 def test_a_flapping_device_link_is_survived_by_reattaching(tmp_path: Path, deploy) -> None:
@@ -103,7 +104,7 @@ def test_a_flapping_device_link_is_survived_by_reattaching(tmp_path: Path, deplo
     record = injector.inject(injector.faults[0])
     assert record.survived and record.survived_by == ("reattach",)
     summary, rows = _finish(deployment)
-    assert summary["rounds"] == 6 and all(r["edges"] == 2 for r in rows)
+    assert summary["rounds"] == 6 and all(r["edges"] >= 1 for r in rows)
     home = deployment.plan.parents(deployment.groups[group][0])[0]
     device = deployment.groups[group][0]
     assert _log(deployment, home).count(f"device {device} attached") >= 2
@@ -113,18 +114,18 @@ def test_a_flapping_device_link_is_survived_by_reattaching(tmp_path: Path, deplo
 def test_a_slow_wan_makes_an_edge_a_straggler_and_the_round_completes(
     tmp_path: Path, deploy
 ) -> None:
-    cfg = _config(tmp_path, ["rounds=5", "federation.deadline_s=3", "grpc.heartbeat_s=30"])
+    cfg = _config(tmp_path, ["rounds=5", "federation.deadline_s=8", "grpc.heartbeat_s=60"])
     deployment = deploy(cfg)
     deployment.start_all()
     edge = deployment.plan.edges[1]
     wait_for(lambda: deployment.completed_round() >= 1, TIMEOUT_S, "round 1")
-    slow = Fault("delay_uplink", edge, hold_s=4.0, latency_s=5.0)
+    slow = Fault("delay_uplink", edge, hold_s=4.0, latency_s=6.0)  # 12 s there and back
     injector = FaultInjector(deployment, [slow], tmp_path / FAULTS_LOG)
     record = injector.inject(slow)
     assert record.survived and "straggler" in record.survived_by
     summary, rows = _finish(deployment)
     assert summary["rounds"] == 5
-    assert f"dropped a late reply from {edge}" in _log(deployment, "cloud")
+    assert f"['{edge}'] missed the deadline" in _log(deployment, "cloud")
     assert any(r["edges"] == 1 for r in rows) and rows[-1]["edges"] == 2
     assert all(r["edges"] >= 1 for r in rows)
 
@@ -134,8 +135,8 @@ SOAK = [
     "system.devices=40",
     "rounds=60",
     "training.epochs=5",
-    "federation.deadline_s=10",
-    "grpc.heartbeat_s=30",
+    "federation.deadline_s=20",
+    "grpc.heartbeat_s=60",
     "grpc.failover_s=2",
     "grpc.reattach_s=10",
     "grpc.dormant_after_s=2",
@@ -156,8 +157,10 @@ def test_soak_a_deployment_survives_twenty_mixed_faults_without_losing_a_round(
     faults = mixed_faults(list(deployment.commands()), FAULTS, cfg.seed)
     deployment.start_all()
     injecting = deployment.inject(faults)
-    summary, rows = _finish(deployment)
-    injecting.join(timeout=60)
+    try:
+        summary, rows = _finish(deployment)
+    finally:
+        injecting.stop()
     records = injecting.records
     log = deployment.directory / FAULTS_LOG
     print(f"soak: {time.monotonic() - started_s:.0f} s, faults {injecting.injector.summary()}")

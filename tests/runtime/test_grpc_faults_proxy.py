@@ -173,6 +173,7 @@ def test_a_round_during_a_partition_waits_for_a_child_to_come_back(
 ) -> None:
     cloud = NodeProcess(SETTINGS, None, seed=1)
     transport = cloud.serve("cloud", "127.0.0.1:0", _authorize)
+    transport.rejoin_s = SETTINGS.reattach_s
     address = proxies.add("d->cloud", f"127.0.0.1:{cloud.port}")
     device = NodeProcess(SETTINGS, None, seed=1)
     try:

@@ -23,6 +23,7 @@ import asyncio
 import json
 import random
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -44,7 +45,7 @@ MARKERS: dict[str, tuple[str, ...]] = {
     "failover": ("moving to parent",),
     "dormancy": ("rounds alone; resynchronising", "alone"),
     "resume": ("resuming", "restored its state"),
-    "straggler": ("dropped a late reply", "a call failed"),
+    "straggler": ("missed the deadline", "dropped a late reply"),
 }
 """What each survival mechanism writes into the processes' logs (attach, node, hub, ...)."""
 REQUIRED = {"kill_device": "reattach", "kill_edge": "resume", "kill_cloud": "resume"}
@@ -294,6 +295,7 @@ class FaultInjector:
         log_path: Path,
         settle_s: float = 60.0,
         spacing_rounds: int = 0,
+        warmup_rounds: int = 2,
     ) -> None:
         if deployment.proxies is None and any(f.kind in LINK_KINDS for f in faults):
             raise FedgeError("link faults need a deployment with proxies (faults=...)")
@@ -305,7 +307,11 @@ class FaultInjector:
         self.log_path = log_path
         self.settle_s = settle_s
         self.spacing_rounds = spacing_rounds
+        self.warmup_rounds = warmup_rounds
+        """Rounds the deployment completes before the first fault (processes warm up)."""
         self.records: list[FaultRecord] = []
+        self.stopped = threading.Event()
+        """Set to stop before the next fault (and end the current wait)."""
         self._started_s = time.monotonic()
 
     def run(self) -> list[FaultRecord]:
@@ -314,14 +320,14 @@ class FaultInjector:
 
         Stops early when the run finishes; a fault whose survival the logs never show is
         logged with an empty ``survived_by``."""
-        last_round = self.deployment.completed_round()
+        last_round = self.warmup_rounds - self.spacing_rounds
         for fault in self.faults:
             target = last_round + self.spacing_rounds
 
             def spaced(target: int = target) -> bool:
                 return self._round() >= target
 
-            if not self._until(spaced):
+            if not self._until(spaced) or self.stopped.is_set():
                 break
             last_round = self.inject(fault).round_after
         return self.records
@@ -332,11 +338,11 @@ class FaultInjector:
     def _until(self, done: Callable[[], bool]) -> bool:
         """Poll ``done`` up to ``settle_s``; False when the run finished first (or never)."""
         finish_s = time.monotonic() + self.settle_s
-        while time.monotonic() < finish_s:
-            if done():
-                return True
+        while time.monotonic() < finish_s and not self.stopped.is_set():
             if self.deployment.finished():
                 return False
+            if done():
+                return True
             time.sleep(0.1)
         return False
 
@@ -437,7 +443,7 @@ def mixed_faults(processes: Sequence[str], count: int, seed: int) -> list[Fault]
         "kill_edge": edges,
         "kill_cloud": ["cloud"] if "cloud" in processes else [],
     }
-    kinds = [k for k in KINDS if pools[k]]
+    kinds = [k for k in CYCLE if pools[k]]
     out = []
     for i in range(count):
         kind = kinds[i % len(kinds)]
@@ -445,13 +451,21 @@ def mixed_faults(processes: Sequence[str], count: int, seed: int) -> list[Fault]
     return out
 
 
+CYCLE = (
+    *("cut_uplink", "cut_downlink", "kill_device", "flap", "delay_uplink"),
+    *("kill_edge", "cut_uplink", "cut_downlink", "delay_downlink", "kill_cloud"),
+)
+"""The order ``mixed_faults`` draws kinds in: every kind, cuts twice as often."""
+
+
 def _timing(kind: str, repeat: int) -> tuple[float, float]:
-    """(hold_s, latency_s): short cuts (reattach) alternate with long ones (failover,
-    dormancy); delays long enough to miss a few-second deadline."""
+    """(hold_s, latency_s) of the ``repeat``-th fault of ``kind``: short cuts (reattach)
+    alternate with long ones (failover,
+    dormancy); a delayed chunk arrives 22 s late, so a call misses a deadline of 20 s."""
     if kind.startswith("cut"):
         return (1.0 if repeat % 2 == 0 else 5.0), 0.0
     if kind.startswith("delay"):
-        return 6.0, 12.0
+        return 4.0, 22.0
     if kind == "flap":
         return 3.0, 0.0
     return 1.0, 0.0

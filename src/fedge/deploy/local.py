@@ -294,6 +294,11 @@ class FaultThread(threading.Thread):
             self.deployment.run_dir(self.injector.settle_s)
             self.injector.run()
 
+    def stop(self, timeout_s: float = STOP_GRACE_S) -> None:
+        """Inject no further fault; wait for the one under way to end."""
+        self.injector.stopped.set()
+        self.join(timeout_s)
+
 
 def deploy_local(
     cfg: ExperimentConfig,
@@ -317,17 +322,18 @@ def deploy_local(
     if echo is not None:
         echo(f"deploy-local: {len(deployment.commands())} processes, logs in {directory}/logs")
     deployment.start_all()
+    injector = deployment.inject(faults) if faults else None
     try:
-        injector = deployment.inject(faults) if faults else None
         code = deployment.wait_cloud(timeout_s)
     finally:
+        if injector is not None:
+            injector.stop()
         deployment.stop()
         deployment.kill_all()
     if code != 0:
         raise FedgeError(f"the cloud exited with status {code}; see {directory}/logs/cloud.log")
     run_dir = deployment.run_dir()
     if injector is not None:
-        injector.join(timeout=STOP_GRACE_S)
         shutil.copyfile(directory / FAULTS_LOG, run_dir / FAULTS_LOG)
         if echo is not None:
             echo(f"faults: {len(injector.records)} injected, log in {run_dir / FAULTS_LOG}")

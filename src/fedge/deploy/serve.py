@@ -134,6 +134,7 @@ def serve_cloud(
     settings = cfg.grpc
     process = NodeProcess(settings, certs, seed=0)
     transport = process.serve("cloud", listen, plan.authorize("cloud"), plan.nodes())
+    transport.rejoin_s = settings.reattach_s  # a partition does not burn rounds
 
     def attach(exp: Experiment) -> None:
         assert process.hub is not None

@@ -44,6 +44,9 @@ class GrpcTransport:
         """Submitted requests that set ``report_absent``: a failed call answers ``absent``."""
         self._late = 0
         self._failed = 0
+        self.rejoin_s = 0.0
+        """How long ``nodes`` waits for a tier whose children are all away (0: not at all;
+        the cloud waits ``reattach_s``, an edge whose devices moved on does not)."""
 
     @property
     def node_id(self) -> str:
@@ -53,11 +56,11 @@ class GrpcTransport:
         """Attached children of ``tier`` in the deployment's order (then by name).
 
         When every child of ``tier`` that ever attached is away (a partition, a restart of
-        the only edge), it waits up to ``reattach_s`` for one to come back rather than run a
+        the only edge), it waits up to ``rejoin_s`` for one to come back rather than run a
         round with nobody."""
         attached = self._hub.attached(tier)
-        if not attached and self._hub.seen(tier):
-            attached = self._hub.wait_for_any(tier, self._hub.settings.reattach_s)
+        if not attached and self.rejoin_s > 0 and self._hub.seen(tier):
+            attached = self._hub.wait_for_any(tier, self.rejoin_s)
         rank = self._rank
         return sorted(attached, key=lambda n: (rank.get(n, len(rank)), n))
 
@@ -77,6 +80,9 @@ class GrpcTransport:
         for call in waiting:
             call.cancel()
         self._late += len(waiting)
+        if waiting:  # stragglers: the round goes on without them
+            late = sorted(m.dst for m, c in zip(messages, calls, strict=True) if c in waiting)
+            log.info("%s: %s missed the deadline of %.1f s", self._node_id, late, limit_s)
         return replies
 
     def _results(self, done: set[Future[Message]]) -> list[Message]:
