@@ -114,12 +114,12 @@ def test_a_flapping_device_link_is_survived_by_reattaching(tmp_path: Path, deplo
 def test_a_slow_wan_makes_an_edge_a_straggler_and_the_round_completes(
     tmp_path: Path, deploy
 ) -> None:
-    cfg = _config(tmp_path, ["rounds=5", "federation.deadline_s=8", "grpc.heartbeat_s=60"])
+    cfg = _config(tmp_path, ["rounds=5", "federation.deadline_s=20", "grpc.heartbeat_s=60"])
     deployment = deploy(cfg)
     deployment.start_all()
     edge = deployment.plan.edges[1]
-    wait_for(lambda: deployment.completed_round() >= 1, TIMEOUT_S, "round 1")
-    slow = Fault("delay_uplink", edge, hold_s=4.0, latency_s=6.0)  # 12 s there and back
+    wait_for(lambda: deployment.completed_round() >= 2, TIMEOUT_S, "round 2")
+    slow = Fault("delay_uplink", edge, hold_s=2.0, latency_s=22.0)  # beyond the deadline
     injector = FaultInjector(deployment, [slow], tmp_path / FAULTS_LOG)
     record = injector.inject(slow)
     assert record.survived and "straggler" in record.survived_by
