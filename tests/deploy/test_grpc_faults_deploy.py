@@ -56,10 +56,12 @@ def _log(deployment: LocalDeployment, name: str) -> str:
     return (deployment.directory / "logs" / f"{name}.log").read_text(errors="replace")
 
 
-def _finish(deployment: LocalDeployment) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _finish(
+    deployment: LocalDeployment, timeout_s: float = TIMEOUT_S
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Wait for the cloud; the summary and the rows, checked for lost rounds."""
     try:
-        assert deployment.wait_cloud(TIMEOUT_S) == 0, _log(deployment, "cloud")[-3000:]
+        assert deployment.wait_cloud(timeout_s) == 0, _log(deployment, "cloud")[-3000:]
     finally:
         deployment.stop()
     run_dir = deployment.run_dir()
@@ -144,6 +146,8 @@ SOAK = [
 """1 cloud, 4 edges, 40 devices (one process per edge's devices); deadlines that a slow
 WAN misses; devices fail over after 2 s, edges go dormant after 2 s."""
 FAULTS = 20
+SOAK_TIMEOUT_S = 900.0
+"""A hard bound (a quiet 2-core machine needs a few minutes; a loaded one far more)."""
 
 
 @pytest.mark.soak
@@ -158,7 +162,7 @@ def test_soak_a_deployment_survives_twenty_mixed_faults_without_losing_a_round(
     deployment.start_all()
     injecting = deployment.inject(faults)
     try:
-        summary, rows = _finish(deployment)
+        summary, rows = _finish(deployment, SOAK_TIMEOUT_S)
     finally:
         injecting.stop()
     records = injecting.records
