@@ -443,7 +443,12 @@ def _add_deployment(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_set(srv, SET_HELP)
     srv.add_argument("--id", default="cloud", help="node id; devices: several, comma-separated")
     srv.add_argument("--listen", help="host:port to serve children on (cloud and edges)")
-    srv.add_argument("--parent", action="append", default=[], help="host:port, repeatable")
+    srv.add_argument(
+        "--parent",
+        action="append",
+        default=[],
+        help="HOST:PORT or ID=HOST:PORT (then its certificate must name ID), repeatable",
+    )
     tls = srv.add_mutually_exclusive_group()
     tls.add_argument("--certs", help="directory written by `fedge certs` (default: grpc.certs)")
     tls.add_argument("--insecure", action="store_true", help="no TLS (debugging only)")
@@ -467,6 +472,14 @@ def _add_deployment(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     dep.add_argument("--certs", help="use these certificates instead of making new ones")
     dep.add_argument(
         "--devices-per-process", type=int, default=0, help="0: one process per edge's devices"
+    )
+    dep.add_argument(
+        "--faults",
+        type=int,
+        default=0,
+        metavar="N",
+        help="inject N mixed network and process faults (link proxies, kill -9 and restart); "
+        "the fault log goes to the run directory",
     )
 
 
@@ -500,7 +513,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.listen is not None:
         check_address("--listen", args.listen)
     for parent in args.parent:
-        check_address("--parent", parent)
+        node, sep, address = parent.rpartition("=")
+        if sep and not node:
+            raise FedgeError(f"--parent: got {parent!r}; allowed: HOST:PORT or ID=HOST:PORT")
+        check_address("--parent", address)
     return serve_from_cli(args)
 
 
@@ -508,8 +524,12 @@ def cmd_deploy_local(args: argparse.Namespace) -> int:
     from fedge.deploy.local import deploy_local
     from fedge.experiment.config import load_config
 
+    if args.faults < 0:
+        raise FedgeError(f"--faults: got {args.faults}; allowed: a number of faults >= 0")
     cfg = load_config(args.config, args.overrides)
-    run_dir, summary = deploy_local(cfg, args.out, args.certs, args.devices_per_process, echo=_echo)
+    run_dir, summary = deploy_local(
+        cfg, args.out, args.certs, args.devices_per_process, echo=_echo, faults=args.faults
+    )
     _print_summary(summary, run_dir)
     print(f"run: {run_dir}")
     return 0

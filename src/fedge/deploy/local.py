@@ -10,12 +10,15 @@ single processes (faults), always by the process id it started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,11 +27,20 @@ from typing import Any
 
 from fedge.core.errors import FedgeError
 from fedge.core.files import atomic_write_bytes
+from fedge.deploy.faults import (
+    FAULTS_LOG,
+    Fault,
+    FaultInjector,
+    FaultRecord,
+    LinkProxies,
+    mixed_faults,
+)
 from fedge.deploy.serve import Plan
 from fedge.experiment.config import ExperimentConfig, load_config
 from fedge.results import read_rows_csv
+from fedge.runs.checkpoint import CHECKPOINT_NAME, read_checkpoint_header
 from fedge.runs.result import RunResult
-from fedge.runtime.grpc.tls import make_certs
+from fedge.runtime.grpc.tls import make_certs, names_node
 
 CLOUD_FILE = "cloud.json"
 """Written by the cloud when its run directory exists: {"run_dir": ..., "run_id": ...}."""
@@ -52,6 +64,11 @@ class LocalDeployment:
     devices_per_process: int = 0
     """0: the devices of one edge (or all, without edges) share a process."""
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    faults: bool = False
+    """Put a ``LinkProxy`` on every child→parent link (``proxies``) to inject network faults."""
+    proxies: LinkProxies | None = None
+    link_latency_s: float = 0.0
+    """With ``faults``: the latency of every healthy link, each way (a WAN on loopback)."""
 
     def __post_init__(self) -> None:
         self.cfg = self.cfg.model_copy(update={"engine": "grpc"})
@@ -71,6 +88,20 @@ class LocalDeployment:
             for i, node in enumerate(parents)
         }
         self.groups = self._device_groups()
+        self._last_round = 0
+        self._restarting: set[str] = set()
+        if self.faults and self.proxies is None:
+            self.proxies = LinkProxies(host, self.link_latency_s)
+
+    def _dial(self, child: str, parent: str) -> str:
+        """``ID=HOST:PORT`` the process ``child`` dials to reach ``parent``: its proxy with
+        faults on, else the listener. The id makes the child check the parent's certificate
+        (when the certificates name their nodes)."""
+        address = self.address[parent]
+        if self.proxies is not None:
+            address = self.proxies.add(f"{child}->{parent}", address)
+        named = self.certs is not None and names_node(Path(self.certs), parent)
+        return f"{parent}={address}" if named else address
 
     def _device_groups(self) -> dict[str, list[str]]:
         by_parent: dict[str, list[str]] = {}
@@ -103,21 +134,25 @@ class LocalDeployment:
             )
         }
         for edge in self.plan.edges if self.plan.hierarchical else []:
-            peers = [a for p in self.plan.peers(edge) for a in ("--peer", f"{p}={self.address[p]}")]
+            peers = [a for p in self.plan.peers(edge) for a in ("--peer", self._peer(edge, p))]
             out[edge] = self._command(
                 "edge", "--id", edge, "--listen", self.address[edge],
-                "--parent", self.address["cloud"],
+                "--parent", self._dial(edge, "cloud"),
                 "--state-dir", str(self.directory / "state"), *peers,
             )  # fmt: skip
         for name, devices in self.groups.items():
             parents = [
-                a for p in self.plan.parents(devices[0]) for a in ("--parent", self.address[p])
+                a for p in self.plan.parents(devices[0]) for a in ("--parent", self._dial(name, p))
             ]
             out[name] = self._command("device", "--id", ",".join(devices), *parents)
             if self.plan.direct:
                 known = dict.fromkeys(p for d in devices for p in [d, *self.plan.graph[d]])
                 out[name] += [a for p in known for a in ("--peer", f"{p}={self.address[p]}")]
         return out
+
+    def _peer(self, edge: str, peer: str) -> str:
+        address = self._dial(edge, peer).rpartition("=")[2]
+        return f"{peer}={address}"
 
     def start(self, name: str, extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
         log = (self.directory / "logs" / f"{name}.log").open("ab")
@@ -140,14 +175,89 @@ class LocalDeployment:
             proc.wait(timeout=10)
 
     def kill_all(self) -> None:
+        """Kill every process still running, and close the proxies."""
         for name in self.processes:
             self.kill(name)
+        if self.proxies is not None:
+            self.proxies.close()
+            self.proxies = None
+
+    def inject(self, faults: int | Sequence[Fault], settle_s: float = 120.0) -> FaultThread:
+        """Play ``faults`` (a count of mixed ones, or the list) in a thread, once the cloud
+        has started, logging them to ``DIRECTORY/faults.log``; returns the thread."""
+        if isinstance(faults, int):
+            faults = mixed_faults(list(self.commands()), faults, self.cfg.seed)
+        injector = FaultInjector(self, faults, self.directory / FAULTS_LOG, settle_s)
+        thread = FaultThread(injector, self)
+        thread.start()
+        return thread
+
+    def related(self, name: str) -> list[str]:
+        """The processes that notice when process ``name`` or its links fail: itself, its
+        parents and its children (all of them for the cloud)."""
+        if name == "cloud":
+            return list(self.commands())
+        parents = {name: ["cloud"]} if name in self.plan.edges else {}
+        for group, devices in self.groups.items():
+            edges = self.plan.parents(devices[0]) if self.plan.hierarchical else ["cloud"]
+            if group == name:
+                parents[group] = edges
+            elif name in edges:
+                parents[group] = [name]
+        return list(dict.fromkeys([name, *parents.get(name, []), *parents]))
+
+    def nodes_of(self, name: str, children: bool = False) -> list[str]:
+        """The node ids process ``name`` hosts, with ``children`` also those attached to
+        them by the plan (every node for the cloud: all notice it)."""
+        if name == "cloud":
+            return self.plan.nodes() if children else ["cloud"]
+        hosted = list(self.groups.get(name, [name]))
+        below = self.plan.children(name) if children and name in self.plan.edges else []
+        return [*hosted, *below]
+
+    def finished(self) -> bool:
+        """Whether the cloud process has exited."""
+        cloud = self.processes.get("cloud")
+        return cloud is not None and cloud.poll() is not None and not self._replaced(cloud)
+
+    def completed_round(self) -> int:
+        """The last round the cloud checkpointed (0 before the first, or before it started)."""
+        if not (self.directory / CLOUD_FILE).exists():
+            return 0
+        checkpoint = self.run_dir() / CHECKPOINT_NAME
+        with contextlib.suppress(FedgeError):  # none yet, or being replaced: the last seen
+            self._last_round = int(read_checkpoint_header(checkpoint)["round"])
+        return self._last_round
+
+    def restart(self, name: str, down_s: float, extra: Sequence[str] = ()) -> None:
+        """Kill process ``name``, leave it down ``down_s``, start it again with ``extra``
+        arguments (``wait_cloud`` waits for the new cloud meanwhile)."""
+        self._restarting.add(name)
+        try:
+            self.kill(name)
+            time.sleep(down_s)
+            self.start(name, extra)
+        finally:
+            self._restarting.discard(name)
 
     def wait_cloud(self, timeout_s: float) -> int:
-        try:
-            return self.processes["cloud"].wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise FedgeError(f"the cloud did not finish within {timeout_s:.0f} s") from None
+        """The exit status of the cloud (of the last one started, across restarts)."""
+        finish_s = time.monotonic() + timeout_s
+        while True:
+            cloud = self.processes["cloud"]
+            try:
+                code = cloud.wait(timeout=max(0.0, min(1.0, finish_s - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                code = None
+            if code is not None and not self._replaced(cloud):
+                return code
+            if time.monotonic() >= finish_s:
+                raise FedgeError(f"the cloud did not finish within {timeout_s:.0f} s")
+            time.sleep(0.1 if code is not None else 0.0)
+
+    def _replaced(self, process: subprocess.Popen[bytes]) -> bool:
+        """Whether ``process`` (the cloud's) is being restarted or was replaced."""
+        return "cloud" in self._restarting or self.processes["cloud"] is not process
 
     def run_dir(self, timeout_s: float = 0.0) -> Path:
         """The run directory the cloud announced (waits up to ``timeout_s`` for it)."""
@@ -171,6 +281,29 @@ class LocalDeployment:
                 proc.wait(timeout=10)
 
 
+class FaultThread(threading.Thread):
+    """Runs a ``FaultInjector`` once the cloud announced its run directory."""
+
+    def __init__(self, injector: FaultInjector, deployment: LocalDeployment) -> None:
+        super().__init__(name="fedge-faults", daemon=True)
+        self.injector = injector
+        self.deployment = deployment
+
+    @property
+    def records(self) -> list[FaultRecord]:
+        return self.injector.records
+
+    def run(self) -> None:
+        with contextlib.suppress(FedgeError):  # no run directory: the cloud failed early
+            self.deployment.run_dir(self.injector.settle_s)
+            self.injector.run()
+
+    def stop(self, timeout_s: float = STOP_GRACE_S) -> None:
+        """Inject no further fault; wait for the one under way to end."""
+        self.injector.stopped.set()
+        self.join(timeout_s)
+
+
 def deploy_local(
     cfg: ExperimentConfig,
     out: str | Path | None = None,
@@ -178,22 +311,36 @@ def deploy_local(
     devices_per_process: int = 0,
     timeout_s: float = 24 * 3600,
     echo: Callable[[str], None] | None = None,
+    faults: int | Sequence[Fault] = 0,
 ) -> tuple[Path, dict[str, Any]]:
     """Run ``cfg`` as a gRPC deployment on loopback; returns the run directory the cloud
-    wrote (the same files as ``fedge run``) and its summary."""
+    wrote (the same files as ``fedge run``) and its summary.
+
+    ``faults``: a number of mixed faults (``faults.mixed_faults`` with the config's seed) or
+    the faults themselves, injected one at a time through a proxy on every link (and by
+    killing and restarting processes); the fault log goes to ``FAULTS_LOG`` in the run
+    directory."""
     root = Path(out if out is not None else cfg.output.dir)
     directory = root / f"deploy-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    deployment = LocalDeployment(cfg, directory, certs, devices_per_process)
+    deployment = LocalDeployment(cfg, directory, certs, devices_per_process, faults=bool(faults))
     if echo is not None:
         echo(f"deploy-local: {len(deployment.commands())} processes, logs in {directory}/logs")
     deployment.start_all()
+    injector = deployment.inject(faults) if faults else None
     try:
         code = deployment.wait_cloud(timeout_s)
     finally:
+        if injector is not None:
+            injector.stop()
         deployment.stop()
+        deployment.kill_all()
     if code != 0:
         raise FedgeError(f"the cloud exited with status {code}; see {directory}/logs/cloud.log")
     run_dir = deployment.run_dir()
+    if injector is not None:
+        shutil.copyfile(directory / FAULTS_LOG, run_dir / FAULTS_LOG)
+        if echo is not None:
+            echo(f"faults: {len(injector.records)} injected, log in {run_dir / FAULTS_LOG}")
     return run_dir, json.loads((run_dir / "summary.json").read_text())
 
 
@@ -234,6 +381,13 @@ def _announcer(path: str | None) -> Callable[[Path], None] | None:
     return announce
 
 
+def _parents(items: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """``--parent`` items (``HOST:PORT`` or ``ID=HOST:PORT``) as addresses in order, and the
+    node id each named address's certificate must carry."""
+    named = {i.partition("=")[2]: i.partition("=")[0] for i in items if "=" in i}
+    return [i.rpartition("=")[2] for i in items], named
+
+
 def _peers(items: Sequence[str]) -> dict[str, str]:
     """``ID=HOST:PORT`` items as a mapping; a malformed one is named."""
     peers = {}
@@ -269,7 +423,11 @@ def serve_from_cli(args: Any) -> int:
         if not args.listen:
             raise FedgeError("serve edge: got no --listen; allowed: --listen HOST:PORT")
         state_dir = args.state_dir or cfg.grpc.checkpoint_dir or str(Path(cfg.output.dir) / "state")
-        serve_edge(cfg, args.id, args.listen, args.parent, certs, state_dir, _peers(args.peer))
+        addresses, names = _parents(args.parent)
+        peers = _peers(args.peer)
+        serve_edge(cfg, args.id, args.listen, addresses, certs, state_dir, peers, names)
         return 0
-    serve_devices(cfg, [i for i in args.id.split(",") if i], args.parent, certs, _peers(args.peer))
+    addresses, names = _parents(args.parent)
+    ids = [i for i in args.id.split(",") if i]
+    serve_devices(cfg, ids, addresses, certs, _peers(args.peer), names)
     return 0

@@ -253,6 +253,7 @@ def serve_cloud(
     settings = cfg.grpc
     process = NodeProcess(settings, certs, seed=0)
     transport = process.serve("cloud", listen, plan.authorize("cloud"), plan.nodes())
+    transport.rejoin_s = settings.reattach_s  # a partition does not burn rounds
 
     def started(run_dir: Path) -> None:
         process.run_id.value = run_dir.name  # children learn it from their first request
@@ -314,16 +315,17 @@ def serve_edge(
     certs: str | None,
     state_dir: str,
     peers: Mapping[str, str] | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> None:
     """Serve one edge until the cloud says shutdown: devices below, the cloud above, and
     (multi-server FL) a stream to each neighbour edge in ``peers`` (id -> address)."""
     plan = Plan.of(cfg)
     _check_ids(plan, "edge", [edge])
     if plan.peer:
-        serve_relay(cfg, plan, edge, listen, parents, certs, peers or {})
+        serve_relay(cfg, plan, edge, listen, parents, certs, peers or {}, names)
         return
     if plan.split:
-        serve_split_client(cfg, edge, parents, certs)
+        serve_split_client(cfg, edge, parents, certs, names)
         return
     set_threads(cfg)
     exp = build(_local(cfg))
@@ -335,13 +337,16 @@ def serve_edge(
         downstream = process.serve(edge, listen, plan.authorize(edge), order)
         _attach_peers(process, app, plan.peers(edge), peers or {})
         assert process.hub is not None
+        state = EdgeState(state_dir, app)
+        # A restarted edge waits for its devices only ``reattach_s`` (as long as the cloud's
+        # call waits for the edge): some may have moved to a neighbour edge meanwhile.
+        restarted = state.restore()
+        patience_s = cfg.grpc.reattach_s if restarted else cfg.grpc.connect_timeout_s
         expected = [*plan.children(edge), *plan.peers(edge)]
-        missing = process.hub.wait_for(expected, cfg.grpc.connect_timeout_s)
+        missing = process.hub.wait_for(expected, patience_s)
         if missing:
             log.warning("%s: %s did not attach; going on without them", edge, missing)
-        state = EdgeState(state_dir, app)
-        state.restore()
-        attachment = process.attach(app, parents, downstream)
+        attachment = process.attach(app, parents, downstream, names=names)
         attachment.after.append(state.save)
         process.keep_training(attachment)
         process.wait()
@@ -358,7 +363,8 @@ def _attach_peers(
     if unknown:
         raise ConfigError("--peer", ", ".join(unknown), "ID=HOST:PORT for every neighbour edge")
     for neighbour in neighbours:
-        process.attach(app, [peers[neighbour]], executor=process.own_thread())
+        address = peers[neighbour]
+        process.attach(app, [address], executor=process.own_thread(), names={address: neighbour})
 
 
 def serve_relay(
@@ -369,6 +375,7 @@ def serve_relay(
     parents: Sequence[str],
     certs: str | None,
     peers: Mapping[str, str],
+    names: Mapping[str, str] | None = None,
 ) -> None:
     """An edge of a decentralized method: no model of its own, it passes the driver's
     requests down to its devices and relays its devices' calls to their peers (down, or up
@@ -381,7 +388,10 @@ def serve_relay(
         if unknown:
             raise ConfigError("--peer", ", ".join(unknown), "ID=HOST:PORT for every relay edge")
         side = process.own_thread()  # a peer edge's shutdown never waits behind our own
-        up = {e: process.attach(app, [peers[e]], executor=side) for e in plan.peers(edge)}
+        up = {
+            e: process.attach(app, [peers[e]], executor=side, names={peers[e]: e})
+            for e in plan.peers(edge)
+        }
         router = Router(
             edge,
             cfg.grpc,
@@ -395,14 +405,18 @@ def serve_relay(
         missing = process.hub.wait_for(expected, cfg.grpc.connect_timeout_s)
         if missing:
             log.warning("%s: %s did not attach; going on without them", edge, missing)
-        process.attach(app, parents, downstream).forward = router.deliver
+        process.attach(app, parents, downstream, names=names).forward = router.deliver
         process.wait()
     finally:
         process.close()
 
 
 def serve_split_client(
-    cfg: ExperimentConfig, edge: str, parents: Sequence[str], certs: str | None
+    cfg: ExperimentConfig,
+    edge: str,
+    parents: Sequence[str],
+    certs: str | None,
+    names: Mapping[str, str] | None = None,
 ) -> None:
     """An edge of split learning: it trains its head on its devices' samples, calling the
     cloud's tail through its own stream for every minibatch (it has no children)."""
@@ -412,7 +426,8 @@ def serve_split_client(
     try:
         ways: dict[str, Attachment] = {}
         reach = Reach(edge, process.settings, process.loop, {"cloud": ["cloud"]}, ways.get)
-        ways["cloud"] = process.attach(exp.nodes.apps[edge], parents, GrpcTransport(reach, edge))
+        downstream = GrpcTransport(reach, edge)
+        ways["cloud"] = process.attach(exp.nodes.apps[edge], parents, downstream, names=names)
         process.wait()
     finally:
         process.close()
@@ -424,6 +439,7 @@ def serve_devices(
     parents: Sequence[str],
     certs: str | None,
     peers: Mapping[str, str] | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> None:
     """Serve devices (one stream and identity each) until their parent says shutdown; a
     decentralized method's devices also reach their peers (``peers``: id -> address of
@@ -436,10 +452,10 @@ def serve_devices(
     process.check_models(_template(exp))
     try:
         if plan.peer:
-            _serve_peers(process, plan, exp, ids, parents, peers or {})
+            _serve_peers(process, plan, exp, ids, parents, peers or {}, names or {})
         else:
             for device in ids:
-                process.attach(exp.nodes.apps[device], parents)
+                process.attach(exp.nodes.apps[device], parents, names=names)
         process.wait()
     finally:
         process.close()
@@ -452,6 +468,7 @@ def _serve_peers(
     ids: Sequence[str],
     parents: Sequence[str],
     peers: Mapping[str, str],
+    names: Mapping[str, str],
 ) -> None:
     """Devices of a decentralized method: the driver's requests on the node's own thread,
     their peers' calls on another (a device waiting for a peer never blocks that peer)."""
@@ -468,7 +485,7 @@ def _serve_peers(
         ways: dict[str, Attachment] = {}
         reach = Reach(device, process.settings, process.loop, {"device": graph}, ways.get)
         downstream = GrpcTransport(reach, device, graph)
-        control = process.attach(app, parents, downstream)
+        control = process.attach(app, parents, downstream, names=names)
         control.executor_for = lambda m, g=frozenset(graph): side if m.src in g else None
         if not plan.direct:
             ways.update({p: control for p in graph})
@@ -476,4 +493,5 @@ def _serve_peers(
         hub = process.listen(device, peers[device], plan.authorize_peer(device))
         Router(device, process.settings, plan.admit(device), hub, local=(control.handle, side))
         for p in graph:
-            ways[p] = process.attach(app, [peers[p]], downstream, executor=side)
+            dialled = {peers[p]: p}  # the certificate must name the peer, not just its host
+            ways[p] = process.attach(app, [peers[p]], downstream, executor=side, names=dialled)

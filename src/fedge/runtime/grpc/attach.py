@@ -28,7 +28,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -79,6 +79,7 @@ class Attachment:
         executor: Executor,
         downstream: Transport | None = None,
         run: RunIdentity | None = None,
+        names: Mapping[str, str] | None = None,
     ) -> None:
         if not parents:
             raise ValueError(f"{app.node_id} has no parent address to attach to")
@@ -109,6 +110,9 @@ class Attachment:
         """The run this node serves, learned from its first request (shared in a process)."""
         self.check: ModelCheck | None = None
         """Checks the models of every request against this node's model (None: no check)."""
+        self._names = dict(names or {})
+        """Parent address -> the node id its certificate must name (dialling a proxy or a
+        NAT address, the host name alone would not say who answered)."""
 
     async def run(self, stop: asyncio.Event) -> None:
         index, delay_s = 0, self.settings.retry_initial_s
@@ -138,7 +142,9 @@ class Attachment:
             await pause(stop, pause_s)
 
     def _channel(self, address: str) -> aio.Channel:
-        options = self.settings.options()
+        options: list[tuple[str, int | str]] = [*self.settings.options()]
+        if address in self._names:
+            options.append(("grpc.ssl_target_name_override", self._names[address]))
         if self._certs is None:
             return aio.insecure_channel(address, options=options)
         return aio.secure_channel(address, self._certs.channel(), options=options)

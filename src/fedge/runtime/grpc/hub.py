@@ -92,6 +92,8 @@ class Hub:
         self._loop = loop
         self._children: dict[str, _Child] = {}
         self._arrived: dict[str, asyncio.Event] = {}
+        self._tiers_seen: set[str] = set()
+        self._any_arrived = asyncio.Event()
         self._ids = itertools.count(1)
         self._server: aio.Server | None = None
         self.route: Route | None = None
@@ -141,6 +143,23 @@ class Hub:
 
     def attached(self, tier: str) -> list[str]:
         return sorted(n for n, c in list(self._children.items()) if c.tier == tier)
+
+    def seen(self, tier: str) -> bool:
+        """Whether a child of ``tier`` has ever attached to this hub."""
+        return tier in self._tiers_seen
+
+    def wait_for_any(self, tier: str, timeout_s: float) -> list[str]:
+        """Block up to ``timeout_s`` until a child of ``tier`` is attached; returns those
+        attached then (none when the time ran out)."""
+
+        async def wait() -> None:
+            while not self.attached(tier):
+                self._any_arrived.clear()
+                await self._any_arrived.wait()
+
+        with contextlib.suppress(TimeoutError):
+            self._loop.submit(asyncio.wait_for(wait(), timeout_s)).result()
+        return self.attached(tier)
 
     def wait_for(self, node_ids: list[str], timeout_s: float) -> list[str]:
         """Block until every node in ``node_ids`` is attached; returns those still missing."""
@@ -247,6 +266,8 @@ class Hub:
             previous.queue.put_nowait(None)
         self._children[child.node_id] = child
         self._event(child.node_id).set()
+        self._tiers_seen.add(child.tier)
+        self._any_arrived.set()
         log.info(
             "%s: %s %s attached from %s", self.node_id, child.tier, child.node_id, context.peer()
         )

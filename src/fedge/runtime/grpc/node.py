@@ -14,7 +14,7 @@ import logging
 import pickle
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -100,9 +100,11 @@ class NodeProcess:
         parents: Sequence[str],
         downstream: Transport | None = None,
         executor: Executor | None = None,
+        names: Mapping[str, str] | None = None,
     ) -> Attachment:
         """Dial the first reachable parent as ``app``'s node and answer its requests (on the
-        process's thread unless ``executor`` is given)."""
+        process's thread unless ``executor`` is given); ``names`` maps a parent address to
+        the node id its certificate must name."""
         app.on(SHUTDOWN, self._shutdown)
         attachment = Attachment(
             app,
@@ -113,6 +115,7 @@ class NodeProcess:
             executor or self._executor,
             downstream,
             run=self.run_id,
+            names=names,
         )
         attachment.check = self.check
         self.attachments.append(attachment)

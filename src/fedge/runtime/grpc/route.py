@@ -109,6 +109,12 @@ class Reach:
     def attached(self, tier: str) -> list[str]:
         return list(self._members.get(tier, ()))
 
+    def seen(self, tier: str) -> bool:
+        return False  # fixed members: nothing to wait for
+
+    def wait_for_any(self, tier: str, timeout_s: float) -> list[str]:
+        return self.attached(tier)
+
     def call(self, message: Message) -> Future[Message]:
         attachment = self._through(message.dst)
         if attachment is None:
@@ -137,3 +143,11 @@ class Behind:
         if tier in self._members:
             return list(self._members[tier])
         return self._hub.attached(tier)
+
+    def seen(self, tier: str) -> bool:
+        return tier not in self._members and self._hub.seen(tier)
+
+    def wait_for_any(self, tier: str, timeout_s: float) -> list[str]:
+        if tier in self._members:
+            return self.attached(tier)
+        return self._hub.wait_for_any(tier, timeout_s)

@@ -1,6 +1,8 @@
 """TLS for a test deployment: a CA, one certificate per node, gRPC credentials from them.
 
-Every node's certificate carries its node id as the subject common name; servers require a
+Every node's certificate carries its node id as the subject common name (and, from this
+version on, as a DNS name, so a child can check it reached the parent it meant whatever
+address it dialled: ``grpc.ssl_target_name_override``); servers require a
 client certificate signed by the CA and check that the id a client claims is the one its
 certificate names (per-node authentication). Keys are EC P-256, written with mode 0600.
 """
@@ -146,7 +148,7 @@ def issue_certs(
             done["kept"].append(node)
             continue
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = _cert(node, key, ca_cert.subject, ca_key, hosts)
+        cert = _cert(node, key, ca_cert.subject, ca_key, list(dict.fromkeys([*hosts, node])))
         _write_key(key, root / f"{node}.key")
         (root / f"{node}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         done["replaced" if exists else "created"].append(node)
@@ -187,6 +189,17 @@ def _load_or_make_ca(root: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certi
     _write_key(key, root / CA_KEY)
     (root / CA_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return key, cert
+
+
+def names_node(directory: Path, node_id: str) -> bool:
+    """Whether ``node_id``'s certificate in ``directory`` carries its id as a DNS name, so a
+    child can insist on talking to that node whatever address it dials (a proxy, NAT)."""
+    try:
+        cert = x509.load_pem_x509_certificate((directory / f"{node_id}.pem").read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return False
+    return node_id in san.get_values_for_type(x509.DNSName)
 
 
 @dataclass(frozen=True)

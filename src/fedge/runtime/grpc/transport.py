@@ -33,6 +33,14 @@ class Caller(Protocol):
 
     def attached(self, tier: str) -> list[str]: ...
 
+    def seen(self, tier: str) -> bool:
+        """Whether a node of ``tier`` was ever reachable (a partition can take them all)."""
+        ...
+
+    def wait_for_any(self, tier: str, timeout_s: float) -> list[str]:
+        """Wait up to ``timeout_s`` for a node of ``tier``; those reachable then."""
+        ...
+
 
 class GrpcTransport:
     """A transport at ``node_id`` that reaches the children attached to its hub."""
@@ -56,15 +64,25 @@ class GrpcTransport:
         """Submitted requests that set ``report_absent``: a failed call answers ``absent``."""
         self._late = 0
         self._failed = 0
+        self.rejoin_s = 0.0
+        """How long ``nodes`` waits for a tier whose children are all away (0: not at all;
+        the cloud waits ``reattach_s``, an edge whose devices moved on does not)."""
 
     @property
     def node_id(self) -> str:
         return self._node_id
 
     def nodes(self, tier: str) -> list[str]:
-        """Attached children of ``tier`` in the deployment's order (then by name)."""
+        """Attached children of ``tier`` in the deployment's order (then by name).
+
+        When every child of ``tier`` that ever attached is away (a partition, a restart of
+        the only edge), it waits up to ``rejoin_s`` for one to come back rather than run a
+        round with nobody."""
+        attached = self._hub.attached(tier)
+        if not attached and self.rejoin_s > 0 and self._hub.seen(tier):
+            attached = self._hub.wait_for_any(tier, self.rejoin_s)
         rank = self._rank
-        return sorted(self._hub.attached(tier), key=lambda n: (rank.get(n, len(rank)), n))
+        return sorted(attached, key=lambda n: (rank.get(n, len(rank)), n))
 
     def send(self, messages: Sequence[Message], deadline_s: float | None = None) -> list[Message]:
         limit_s = self._hub.settings.call_timeout_s
@@ -82,6 +100,9 @@ class GrpcTransport:
         for call in waiting:
             call.cancel()
         self._late += len(waiting)
+        if waiting:  # stragglers: the round goes on without them
+            late = sorted(m.dst for m, c in zip(messages, calls, strict=True) if c in waiting)
+            log.info("%s: %s missed the deadline of %.1f s", self._node_id, late, limit_s)
         return replies
 
     def _results(self, done: set[Future[Message]]) -> list[Message]:
