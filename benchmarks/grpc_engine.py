@@ -170,13 +170,69 @@ def connections(n: int, certs: str) -> dict[str, float]:
     }
 
 
+def _quickstart_state() -> dict[str, torch.Tensor]:
+    """The quickstart's model (the FedAvg CNN on 28x28 images, 10 classes): about 6.6 MB."""
+    from fedge.learning.models import build_model
+
+    model = build_model("fedavg_cnn", (1, 28, 28), 10)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def broadcast(
+    n: int, certs: str, processes: int, n_rounds: int, chunk_bytes: int
+) -> dict[str, float]:
+    """One edge sends the quickstart model to ``n`` TLS device streams (opened by
+    ``processes`` other processes) and collects their acknowledgements, ``n_rounds`` times.
+
+    The messages share the model's tensors, as a coordinator's broadcast does."""
+    ids = [f"d{i}" for i in range(n)]
+    state = _quickstart_state()
+    model_bytes = Message("edge0", ids[0], "ack", 1, {"state": state}).nbytes()
+    settings = GrpcSettings(connect_timeout_s=300.0, call_timeout_s=600.0, chunk_bytes=chunk_bytes)
+    process, transport = _hub(certs, ids, settings)
+    share = -(-n // processes)
+    children = [
+        _spawn(f"localhost:{process.port}", certs, ids[i : i + share], 1200)
+        for i in range(0, n, share)
+    ]
+    times = []
+    try:
+        assert process.hub is not None
+        missing = process.hub.wait_for(ids, 300.0)
+        for r in range(n_rounds):
+            batch = [Message("edge0", d, "ack", r + 1, {"state": state}) for d in ids]
+            start = time.perf_counter()
+            replies = transport.send(batch, 600.0)
+            times.append(time.perf_counter() - start)
+    finally:
+        transport.send([Message("edge0", d, "shutdown") for d in transport.nodes("device")], 60)
+        for child in children:
+            child.wait(120)
+        process.close()
+    return {
+        "connections": n,
+        "attached": n - len(missing),
+        "chunk_bytes": chunk_bytes,
+        "model_mb": model_bytes / 2**20,
+        "round_s": statistics.median(times),
+        "rounds": n_rounds,
+        "replies": len(replies),
+        "edge_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--part", choices=("all", "transfer", "rounds", "connections"), default="all")
+    p.add_argument(
+        "--part", choices=("all", "transfer", "rounds", "connections", "broadcast"), default="all"
+    )
     p.add_argument("--model-mb", type=float, default=45.0, help="about ResNet-18's size")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--connections", type=int, default=1000)
+    p.add_argument("--device-processes", type=int, default=4)
+    p.add_argument("--broadcast-rounds", type=int, default=2)
+    p.add_argument("--chunk-bytes", type=int, default=GrpcSettings().chunk_bytes)
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,6 +246,15 @@ def main() -> None:
                 print(json.dumps({"rounds": result}))
         if args.part in ("all", "connections"):
             print(json.dumps({"connections": connections(args.connections, certs)}))
+        if args.part in ("all", "broadcast"):
+            result = broadcast(
+                args.connections,
+                certs,
+                args.device_processes,
+                args.broadcast_rounds,
+                args.chunk_bytes,
+            )
+            print(json.dumps({"broadcast": result}))
 
 
 if __name__ == "__main__":

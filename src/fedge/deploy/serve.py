@@ -17,6 +17,7 @@ every edge (or device), so the first round sees the whole federation.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ from fedge.experiment.build import Experiment, build
 from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.engines import set_threads
 from fedge.experiment.systems import build_system
+from fedge.results import write_json
+from fedge.runtime.grpc.figures import MEASURED_PREFIX as MEASURED
+from fedge.runtime.grpc.figures import NodeFigures, modelled_keys
 from fedge.runtime.grpc.node import EdgeState, NodeProcess, shutdown_children
 
 log = logging.getLogger("fedge.grpc")
@@ -144,6 +148,7 @@ def serve_cloud(
                 f"{cfg.grpc.connect_timeout_s}: {', '.join(missing[:8])}"
             )
         exp.transport = transport  # type: ignore[assignment]
+        process.hub.figures = NodeFigures("cloud", "cloud", exp.system)
 
     try:
         if resume_dir is not None:
@@ -154,7 +159,17 @@ def serve_cloud(
         shutdown_children(transport)
     finally:
         process.close()
+    _mark_figures(result.run_dir / "summary.json")
     return result.run_dir
+
+
+def _mark_figures(path: Path) -> None:
+    """Name in summary.json which figures the system model computed and which were measured
+    (the same keys as a local run's, but here only the bytes are counted on the wire)."""
+    summary = json.loads(path.read_text())
+    summary["modelled"] = modelled_keys(summary)
+    summary["measured"] = sorted(k for k in summary if k.startswith(("bytes_", "wire_", MEASURED)))
+    write_json(summary, path)
 
 
 def serve_edge(
@@ -174,10 +189,11 @@ def serve_edge(
     exp = build(_local(cfg))
     app = exp.nodes.apps[edge]
     process = NodeProcess(cfg.grpc, certs, exp.nodes.seed)
+    figures = NodeFigures(edge, "edge", exp.system)
     try:
         order = [*plan.devices, *plan.edges]
-        downstream = process.serve(edge, listen, plan.authorize(edge), order)
-        _attach_peers(process, app, plan.peers(edge), peers or {})
+        downstream = process.serve(edge, listen, plan.authorize(edge), order, figures)
+        _attach_peers(process, app, plan.peers(edge), peers or {}, figures)
         assert process.hub is not None
         expected = [*plan.children(edge), *plan.peers(edge)]
         missing = process.hub.wait_for(expected, cfg.grpc.connect_timeout_s)
@@ -185,7 +201,7 @@ def serve_edge(
             log.warning("%s: %s did not attach; going on without them", edge, missing)
         state = EdgeState(state_dir, app)
         state.restore()
-        attachment = process.attach(app, parents, downstream)
+        attachment = process.attach(app, parents, downstream, figures=figures)
         attachment.after.append(state.save)
         process.keep_training(attachment)
         process.wait()
@@ -194,7 +210,11 @@ def serve_edge(
 
 
 def _attach_peers(
-    process: NodeProcess, app: NodeApp, neighbours: Sequence[str], peers: Mapping[str, str]
+    process: NodeProcess,
+    app: NodeApp,
+    neighbours: Sequence[str],
+    peers: Mapping[str, str],
+    figures: NodeFigures | None = None,
 ) -> None:
     """Attach ``app`` to every neighbour edge; their requests (``get_model``) run on their
     own thread, so two edges exchanging at once never wait on each other."""
@@ -202,7 +222,9 @@ def _attach_peers(
     if unknown:
         raise ConfigError("--peer", ", ".join(unknown), "ID=HOST:PORT for every neighbour edge")
     for neighbour in neighbours:
-        process.attach(app, [peers[neighbour]], executor=process.own_thread())
+        process.attach(
+            app, [peers[neighbour]], executor=process.own_thread(), figures=figures, reports=False
+        )
 
 
 def serve_devices(
@@ -216,7 +238,8 @@ def serve_devices(
     process = NodeProcess(cfg.grpc, certs, exp.nodes.seed)
     try:
         for device in ids:
-            process.attach(exp.nodes.apps[device], parents)
+            figures = NodeFigures(device, "device", exp.system)
+            process.attach(exp.nodes.apps[device], parents, figures=figures)
         process.wait()
     finally:
         process.close()

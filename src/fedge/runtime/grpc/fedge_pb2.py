@@ -24,19 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x66\x65\x64ge.proto\x12\x08\x66\x65\x64ge.v1\"F\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\r\x12\x0c\n\x04home\x18\x04 \x01(\t\"\xae\x01\n\x05\x46rame\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.fedge.v1.Frame.Kind\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x1e\n\x05hello\x18\x06 \x01(\x0b\x32\x0f.fedge.v1.Hello\"\'\n\x04Kind\x12\t\n\x05HELLO\x10\x00\x12\t\n\x05\x43HUNK\x10\x01\x12\t\n\x05\x45RROR\x10\x02\x32\x36\n\x04Node\x12.\n\x06\x41ttach\x12\x0f.fedge.v1.Frame\x1a\x0f.fedge.v1.Frame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x66\x65\x64ge.proto\x12\x08\x66\x65\x64ge.v1\"F\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\r\x12\x0c\n\x04home\x18\x04 \x01(\t\"\xd0\x01\n\x05\x46rame\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.fedge.v1.Frame.Kind\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x1e\n\x05hello\x18\x06 \x01(\x0b\x32\x0f.fedge.v1.Hello\x12 \n\x06report\x18\x14 \x01(\x0b\x32\x10.fedge.v1.Report\"\'\n\x04Kind\x12\t\n\x05HELLO\x10\x00\x12\t\n\x05\x43HUNK\x10\x01\x12\t\n\x05\x45RROR\x10\x02\"\xed\x01\n\x06Report\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12(\n\x04sums\x18\x03 \x03(\x0b\x32\x1a.fedge.v1.Report.SumsEntry\x12,\n\x06maxima\x18\x04 \x03(\x0b\x32\x1c.fedge.v1.Report.MaximaEntry\x12\x11\n\thandler_s\x18\x05 \x01(\x01\x1a+\n\tSumsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bMaximaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\x36\n\x04Node\x12.\n\x06\x41ttach\x12\x0f.fedge.v1.Frame\x1a\x0f.fedge.v1.Frame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedge_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_REPORT_SUMSENTRY']._loaded_options = None
+  _globals['_REPORT_SUMSENTRY']._serialized_options = b'8\001'
+  _globals['_REPORT_MAXIMAENTRY']._loaded_options = None
+  _globals['_REPORT_MAXIMAENTRY']._serialized_options = b'8\001'
   _globals['_HELLO']._serialized_start=25
   _globals['_HELLO']._serialized_end=95
   _globals['_FRAME']._serialized_start=98
-  _globals['_FRAME']._serialized_end=272
-  _globals['_FRAME_KIND']._serialized_start=233
-  _globals['_FRAME_KIND']._serialized_end=272
-  _globals['_NODE']._serialized_start=274
-  _globals['_NODE']._serialized_end=328
+  _globals['_FRAME']._serialized_end=306
+  _globals['_FRAME_KIND']._serialized_start=267
+  _globals['_FRAME_KIND']._serialized_end=306
+  _globals['_REPORT']._serialized_start=309
+  _globals['_REPORT']._serialized_end=546
+  _globals['_REPORT_SUMSENTRY']._serialized_start=456
+  _globals['_REPORT_SUMSENTRY']._serialized_end=499
+  _globals['_REPORT_MAXIMAENTRY']._serialized_start=501
+  _globals['_REPORT_MAXIMAENTRY']._serialized_end=546
+  _globals['_NODE']._serialized_start=548
+  _globals['_NODE']._serialized_end=602
 # @@protoc_insertion_point(module_scope)

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,7 @@ from grpc import aio
 from fedge.core.errors import FedgeError
 from fedge.core.message import Message
 from fedge.runtime.grpc import wire
+from fedge.runtime.grpc.figures import NodeFigures
 from fedge.runtime.grpc.settings import GrpcSettings, LoopThread
 from fedge.runtime.grpc.tls import NodeCerts
 
@@ -44,8 +47,10 @@ class _Child:
     node_id: str
     tier: str
     reassembler: wire.Reassembler
-    queue: asyncio.Queue[wire.Frame | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[wire.Frame | wire.Outgoing | None] = field(default_factory=asyncio.Queue)
     pending: dict[int, asyncio.Future[Message]] = field(default_factory=dict)
+    handler_s: dict[int, float] = field(default_factory=dict)
+    """Call id -> the child's handler time for it (from the report on its reply)."""
 
 
 class Hub:
@@ -69,6 +74,8 @@ class Hub:
         self._arrived: dict[str, asyncio.Event] = {}
         self._ids = itertools.count(1)
         self._server: aio.Server | None = None
+        self.figures: NodeFigures | None = None
+        """This node's figures: requests it sends, its children's reports (None: not kept)."""
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -81,7 +88,7 @@ class Hub:
         handler = grpc.stream_stream_rpc_method_handler(
             self._attach,
             request_deserializer=wire.Frame.FromString,
-            response_serializer=wire.Frame.SerializeToString,
+            response_serializer=wire.serialize,
         )
         service = grpc.method_handlers_generic_handler("fedge.v1.Node", {"Attach": handler})
         server.add_generic_rpc_handlers((service,))
@@ -122,25 +129,29 @@ class Hub:
             self._loop.submit(asyncio.wait_for(wait(), timeout_s)).result()
         return [n for n in node_ids if n not in self._children]
 
-    def call(self, message: Message) -> Future[Message]:
-        """Send ``message`` to its child and resolve with the reply (see the module doc)."""
-        return self._loop.submit(self._call(message))
+    def call(self, message: Message, parts: Sequence[bytes] | None = None) -> Future[Message]:
+        """Send ``message`` to its child and resolve with the reply (see the module doc);
+        ``parts``: the message already encoded (``Message.encode_parts``)."""
+        return self._loop.submit(self._call(message, parts))
 
     # -- the event loop side -------------------------------------------------------------
 
     def _event(self, node_id: str) -> asyncio.Event:
         return self._arrived.setdefault(node_id, asyncio.Event())
 
-    async def _call(self, message: Message) -> Message:
-        data = message.encode()
+    async def _call(self, message: Message, parts: Sequence[bytes] | None) -> Message:
+        parts = message.encode_parts() if parts is None else parts
         while True:
             child = await self._attached_child(message.dst)
             call_id = next(self._ids)
             reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
             child.pending[call_id] = reply
-            for frame in wire.chunks(call_id, data, self.settings.chunk_bytes):
-                await child.queue.put(frame)
-            self.counters["bytes_sent"] += len(data)
+            started_s = time.monotonic()
+            sent_s: list[float] = []
+            out = wire.Outgoing(call_id, parts, self.settings.chunk_bytes)
+            out.on_sent = functools.partial(self._sent, message, out, child.tier, sent_s)
+            child.queue.put_nowait(out)  # streamed one chunk at a time by _attach
+            self.counters["bytes_sent"] += out.nbytes
             self.counters["messages"] += 1
             try:
                 answer = await reply
@@ -151,7 +162,28 @@ class Hub:
             finally:
                 child.pending.pop(call_id, None)
             self.counters["messages"] += 1
+            self._timed(message, child, call_id, started_s, sent_s)
             return answer
+
+    def _sent(self, message: Message, out: wire.Outgoing, tier: str, sent_s: list[float]) -> None:
+        """A request's last frame is written: charge it (bytes once, by its sender)."""
+        sent_s.append(time.monotonic())
+        if self.figures is not None:
+            self.figures.sent(message, out.nbytes, out.wire_bytes, f"down_{tier}")
+
+    def _timed(
+        self, message: Message, child: _Child, call_id: int, started_s: float, sent_s: list[float]
+    ) -> None:
+        """Wall latencies of one answered call: the broadcast of the request, and the rest of
+        the round trip beyond the child's handler (collecting the reply)."""
+        handler_s = child.handler_s.pop(call_id, 0.0)
+        if self.figures is None:
+            return
+        done_s = time.monotonic()
+        on_wire_s = (sent_s[0] if sent_s else done_s) - started_s
+        collect_s = max(0.0, done_s - started_s - on_wire_s - handler_s)
+        self.figures.measured(f"measured_broadcast_{child.tier}", message.round, on_wire_s)
+        self.figures.measured(f"measured_collect_{child.tier}", message.round, collect_s)
 
     async def _attached_child(self, node_id: str) -> _Child:
         child = self._children.get(node_id)
@@ -165,7 +197,7 @@ class Hub:
 
     async def _attach(
         self, requests: AsyncIterator[wire.Frame], context: aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[wire.Frame]:
+    ) -> AsyncIterator[wire.Frame | bytes]:
         requests = aiter(requests)
         child = await self._admit(requests, context)
         if child is None:
@@ -173,7 +205,12 @@ class Hub:
         reader = asyncio.ensure_future(self._read(child, requests))
         try:
             while (frame := await child.queue.get()) is not None:
-                yield frame
+                if isinstance(frame, wire.Outgoing):
+                    for piece in frame.frames():
+                        yield piece  # returns once gRPC took it: one chunk at a time
+                    frame.sent()
+                else:
+                    yield frame
         finally:
             reader.cancel()
             self._detach(child)
@@ -237,6 +274,8 @@ class Hub:
     def _take(self, child: _Child, frame: wire.Frame) -> None:
         """One frame from a child: a chunk of a reply, or the error a call ended with."""
         reply = child.pending.get(frame.call_id)
+        if frame.HasField("report"):
+            self._reported(child, frame)
         if frame.kind == wire.Frame.ERROR:
             child.reassembler.forget(frame.call_id)
             reason = frame.data.decode(errors="replace")
@@ -265,6 +304,14 @@ class Hub:
             reply.set_exception(FedgeError(f"{child.node_id} answered as {message.src!r}"))
         else:
             reply.set_result(message)
+
+    def _reported(self, child: _Child, frame: wire.Frame) -> None:
+        """A child's figures (on the last chunk of a reply): kept even for a late reply."""
+        if frame.call_id in child.pending:
+            child.handler_s[frame.call_id] = frame.report.handler_s
+        if self.figures is not None:
+            self.figures.merge(frame.report)
+            self.figures.received_report(child.tier, wire.report_wire_bytes(frame.report))
 
     def _detach(self, child: _Child) -> None:
         if self._children.get(child.node_id) is child:

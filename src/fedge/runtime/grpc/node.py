@@ -26,6 +26,7 @@ from fedge.core.node import NodeApp, NodeContext
 from fedge.core.transport import Transport
 from fedge.core.update import Update
 from fedge.runtime.grpc.attach import Attachment, ParentRefused
+from fedge.runtime.grpc.figures import NodeFigures
 from fedge.runtime.grpc.hub import Authorize, Hub
 from fedge.runtime.grpc.settings import GrpcSettings, LoopThread, pause
 from fedge.runtime.grpc.tls import NodeCerts
@@ -60,10 +61,17 @@ class NodeProcess:
         return NodeCerts.load(self._certs_dir, node_id) if self._certs_dir else None
 
     def serve(
-        self, node_id: str, listen: str, authorize: Authorize, order: Sequence[str] = ()
+        self,
+        node_id: str,
+        listen: str,
+        authorize: Authorize,
+        order: Sequence[str] = (),
+        figures: NodeFigures | None = None,
     ) -> GrpcTransport:
-        """Listen for children of ``node_id``; the transport reaches them (in ``order``)."""
+        """Listen for children of ``node_id``; the transport reaches them (in ``order``);
+        ``figures``: where the node counts what it sends and its children report."""
         self.hub = Hub(node_id, self.settings, authorize, self.certs(node_id), self._loop)
+        self.hub.figures = figures
         self.port = self.hub.start(listen)
         log.info("%s: listening on port %d", node_id, self.port)
         return GrpcTransport(self.hub, node_id, order)
@@ -74,9 +82,12 @@ class NodeProcess:
         parents: Sequence[str],
         downstream: Transport | None = None,
         executor: Executor | None = None,
+        figures: NodeFigures | None = None,
+        reports: bool = True,
     ) -> Attachment:
         """Dial the first reachable parent as ``app``'s node and answer its requests (on the
-        process's thread unless ``executor`` is given)."""
+        process's thread unless ``executor`` is given); the node's ``figures`` are charged
+        and, with ``reports``, sent up with every reply."""
         app.on(SHUTDOWN, self._shutdown)
         attachment = Attachment(
             app,
@@ -87,6 +98,7 @@ class NodeProcess:
             executor or self._executor,
             downstream,
         )
+        attachment.figures, attachment.reports = figures, reports
         self.attachments.append(attachment)
         running = self._loop.submit(attachment.run(self._stop))
         running.add_done_callback(self._ended)

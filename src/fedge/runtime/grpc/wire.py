@@ -6,7 +6,7 @@ chunks, the size limit, what a malformed message does) is testable without a net
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from fedge.core.errors import FedgeError
@@ -35,6 +35,106 @@ def chunks(call_id: int, data: bytes, chunk_bytes: int) -> Iterator[pb.Frame]:
 
 def message_frames(call_id: int, message: Message, chunk_bytes: int) -> list[pb.Frame]:
     return list(chunks(call_id, message.encode(), chunk_bytes))
+
+
+GRPC_PREFIX_BYTES = 5
+"""gRPC's length prefix in front of every serialised frame (compression flag, u32 length)."""
+_REPORT_TAG = b"\xa2\x01"  # Frame.report: field 20, length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _chunk_header(call_id: int, seq: int, last: bool, size: int) -> bytes:
+    """A CHUNK frame's fields before its data, as protobuf writes them (defaults left out)."""
+    head = b"\x08\x01"  # kind = CHUNK
+    if call_id:
+        head += b"\x10" + _varint(call_id)
+    if seq:
+        head += b"\x18" + _varint(seq)
+    if last:
+        head += b"\x20\x01"
+    if size:
+        head += b"\x2a" + _varint(size)
+    return head
+
+
+class Outgoing:
+    """One message on its way out: CHUNK frames, serialised one at a time from the message's
+    encoded parts, so the stream holds one chunk at a time and a broadcast's messages share
+    the tensors' bytes (``Message.encode_parts`` with a cache) instead of a copy per child.
+
+    ``frames()`` yields each frame already serialised (``serialize`` passes bytes through),
+    so a chunk is copied once, from the parts into its frame. ``report`` rides on the last
+    frame. ``wire_bytes`` is what the frames take on the stream without the report: their
+    serialised size plus gRPC's prefix. ``on_sent`` runs after the last frame was written.
+    """
+
+    def __init__(
+        self,
+        call_id: int,
+        parts: Sequence[bytes],
+        chunk_bytes: int,
+        report: pb.Report | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> None:
+        self.call_id = call_id
+        self.parts = parts
+        self.chunk_bytes = chunk_bytes
+        self.report = report
+        self.on_sent = on_sent
+        self.nbytes = sum(len(p) for p in parts)
+        self.count = max(1, -(-self.nbytes // chunk_bytes))
+        self.wire_bytes = sum(
+            len(_chunk_header(call_id, seq, seq == self.count - 1, self._size(seq)))
+            + self._size(seq)
+            + GRPC_PREFIX_BYTES
+            for seq in range(self.count)
+        )
+
+    def _size(self, seq: int) -> int:
+        return min(self.chunk_bytes, self.nbytes - seq * self.chunk_bytes)
+
+    def frames(self) -> Iterator[bytes]:
+        views = [memoryview(p).cast("B") for p in self.parts if len(p)]
+        index, offset = 0, 0
+        for seq in range(self.count):
+            last = seq == self.count - 1
+            need = self._size(seq)
+            pieces: list[bytes | memoryview] = [_chunk_header(self.call_id, seq, last, need)]
+            while need:
+                view = views[index]
+                take = min(need, len(view) - offset)
+                pieces.append(view[offset : offset + take])
+                need -= take
+                offset += take
+                if offset == len(view):
+                    index, offset = index + 1, 0
+            if last and self.report is not None:
+                report = self.report.SerializeToString()
+                pieces += [_REPORT_TAG, _varint(len(report)), report]
+            yield b"".join(pieces)
+
+    def sent(self) -> None:
+        if self.on_sent is not None:
+            self.on_sent()
+
+
+def serialize(frame: pb.Frame | bytes) -> bytes:
+    """The gRPC serialiser of both ends: a frame object, or one ``Outgoing`` serialised."""
+    return frame if isinstance(frame, bytes) else frame.SerializeToString()
+
+
+def report_wire_bytes(report: pb.Report) -> int:
+    """What a report adds to the frame that carries it."""
+    size = int(report.ByteSize())
+    return len(_REPORT_TAG) + len(_varint(size)) + size
 
 
 def hello(node_id: str, tier: str, home: str = "") -> pb.Frame:
