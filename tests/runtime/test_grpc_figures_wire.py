@@ -77,3 +77,26 @@ def test_grpc_figures_reports_add_up_sums_and_keep_the_slowest() -> None:
     assert row["wire_bytes_up_device"] == 240 and row["wire_overhead_bytes_up_device"] == 40
     assert row["latency_measured_compute_device_s"] == 3.0
     assert row["wire_overhead_bytes"] == 40
+
+
+def test_grpc_figures_parse_reads_what_protobuf_reads() -> None:
+    report = pb.Report(node_id="d", seq=1, maxima={"x@1": 2.0})
+    frames = [
+        *wire.Outgoing(300, [bytes(range(256)) * 9], 1024, report=report).frames(),
+        wire.hello("d0", "device").SerializeToString(),
+        wire.error(5, "boom").SerializeToString(),
+        pb.Frame(kind=pb.Frame.CHUNK, call_id=1, last=True).SerializeToString(),  # no data
+    ]
+    for raw in frames:
+        mine, oracle = wire.parse(raw), pb.Frame.FromString(raw)
+        assert bytes(mine.data) == oracle.data
+        for name in ("kind", "call_id", "seq", "last", "hello", "report"):
+            assert getattr(mine, name) == getattr(oracle, name)
+        assert mine.HasField("report") == oracle.HasField("report")
+    from google.protobuf.message import DecodeError
+
+    for bad in (b"\x2a\x05abc", b"\x08", b"\xff\xff\xff"):  # truncated or malformed
+        with pytest.raises(DecodeError):
+            pb.Frame.FromString(bad)
+        with pytest.raises(DecodeError):
+            wire.parse(bad)

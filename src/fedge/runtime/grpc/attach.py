@@ -138,7 +138,7 @@ class Attachment:
             stream = channel.stream_stream(
                 wire.SERVICE_METHOD,
                 request_serializer=wire.serialize,
-                response_deserializer=wire.Frame.FromString,
+                response_deserializer=wire.parse,
             )(frames())
             await asyncio.wait_for(stream.wait_for_connection(), self.settings.connect_timeout_s)
             established = True

@@ -87,7 +87,7 @@ class Hub:
         server = aio.server(options=self.settings.options())
         handler = grpc.stream_stream_rpc_method_handler(
             self._attach,
-            request_deserializer=wire.Frame.FromString,
+            request_deserializer=wire.parse,
             response_serializer=wire.serialize,
         )
         service = grpc.method_handlers_generic_handler("fedge.v1.Node", {"Attach": handler})

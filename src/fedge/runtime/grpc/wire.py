@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedge.core.errors import FedgeError
 from fedge.core.message import Message, MessageError
@@ -129,6 +130,69 @@ class Outgoing:
 def serialize(frame: pb.Frame | bytes) -> bytes:
     """The gRPC serialiser of both ends: a frame object, or one ``Outgoing`` serialised."""
     return frame if isinstance(frame, bytes) else frame.SerializeToString()
+
+
+class Chunk:
+    """A received CHUNK frame whose ``data`` is a view into the bytes gRPC handed over (no
+    copy); every other field reads from the parsed rest of the frame."""
+
+    __slots__ = ("_frame", "data")
+
+    def __init__(self, frame: pb.Frame, data: memoryview) -> None:
+        self._frame = frame
+        self.data = data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._frame, name)
+
+
+def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = raw[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _data_field(raw: bytes) -> tuple[int, int, int] | None:
+    """Where field 5 (``data``) lies in a serialised frame: (tag start, data start, end)."""
+    pos, found = 0, None
+    while pos < len(raw):
+        start = pos
+        tag, pos = _read_varint(raw, pos)
+        wire_type = tag & 7
+        if wire_type == 0:
+            _, pos = _read_varint(raw, pos)
+        elif wire_type == 2:
+            size, pos = _read_varint(raw, pos)
+            if tag >> 3 == 5:
+                found = (start, pos, pos + size)
+            pos += size
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+        else:
+            return None
+    return found if pos == len(raw) else None
+
+
+def parse(raw: bytes) -> pb.Frame | Chunk:
+    """The gRPC deserialiser of both ends: a CHUNK frame keeps its data as a view of
+    ``raw`` (protobuf would copy it twice, into the message and out again); anything else,
+    and anything malformed, is left to protobuf (which raises on malformed input)."""
+    try:
+        where = _data_field(raw)
+    except IndexError:  # a truncated varint
+        where = None
+    if where is None:
+        return pb.Frame.FromString(raw)
+    tag, start, end = where
+    frame = pb.Frame.FromString(raw[:tag] + raw[end:])
+    if frame.kind != pb.Frame.CHUNK:
+        return pb.Frame.FromString(raw)
+    return Chunk(frame, memoryview(raw)[start:end])
 
 
 def report_wire_bytes(report: pb.Report) -> int:
