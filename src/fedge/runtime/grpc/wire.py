@@ -186,12 +186,15 @@ def parse(raw: bytes) -> pb.Frame | Chunk:
         where = _data_field(raw)
     except IndexError:  # a truncated varint
         where = None
+    whole: pb.Frame
     if where is None:
-        return pb.Frame.FromString(raw)
+        whole = pb.Frame.FromString(raw)
+        return whole
     tag, start, end = where
-    frame = pb.Frame.FromString(raw[:tag] + raw[end:])
+    frame: pb.Frame = pb.Frame.FromString(raw[:tag] + raw[end:])
     if frame.kind != pb.Frame.CHUNK:
-        return pb.Frame.FromString(raw)
+        whole = pb.Frame.FromString(raw)
+        return whole
     return Chunk(frame, memoryview(raw)[start:end])
 
 
