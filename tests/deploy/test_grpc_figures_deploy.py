@@ -2,7 +2,9 @@
 
 The local engine is the oracle: it charges every message's codec bytes on the system
 model's route in one process; a deployment counts them in every process and adds the
-reports up at the cloud. Message bytes per tier and round must agree exactly.
+reports up at the cloud. Message bytes per tier and round must agree exactly, and so
+must the cost model's latency for those transfers when links are not shared (a deployment
+prices each transfer alone); energy up to the order of float additions.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def _tier_keys(row: dict[str, object]) -> dict[str, float]:
 def test_grpc_figures_per_tier_bytes_equal_the_local_engines(tmp_path: Path, algorithm) -> None:
     path = deploy_config(tmp_path)
     path.write_text(path.read_text().replace('"fedavg"', f'"{algorithm}"'))
-    cfg = load_config(path, ["rounds=2"])
+    cfg = load_config(path, ["rounds=2", "system.links.shared=false"])
     local = run_experiment(cfg, out_dir=tmp_path / "local")
     run_dir, summary = deploy_local(cfg, tmp_path / "grpc", timeout_s=TIMEOUT_S)
 
@@ -46,6 +48,11 @@ def test_grpc_figures_per_tier_bytes_equal_the_local_engines(tmp_path: Path, alg
     for mine, theirs in zip(grpc_rows, local_rows, strict=True):
         assert _tier_keys(mine) == _tier_keys(theirs)
     assert _tier_keys(summary) == _tier_keys(local.summary)
+    modelled = [k for k in local.summary if k.startswith("latency_")]
+    assert modelled and {k: summary[k] for k in modelled} == {k: local.summary[k] for k in modelled}
+    assert summary["transmission_latency_s"] == local.summary["transmission_latency_s"] > 0
+    for key in ("energy_j", "energy_j_device", "energy_j_edge"):
+        assert summary[key] == pytest.approx(local.summary[key], rel=1e-12)
 
     # the rest of the accounting: wire overhead beside the message bytes, marked figures
     assert summary["wire_overhead_bytes"] > 0
