@@ -63,20 +63,27 @@ def test_grpc_figures_frames_are_made_one_at_a_time() -> None:
 
 def test_grpc_figures_reports_add_up_sums_and_keep_the_slowest() -> None:
     cloud = NodeFigures("cloud", "cloud", None)
-    edge = NodeFigures("edge0", "edge", None)
-    for dev, seconds in (("d0", 1.0), ("d1", 3.0)):
-        device = NodeFigures(dev, "device", None)
-        device.sent(Message(dev, "edge0", "r", 1), 100, 120, "up_device")
-        device.worked(Message("edge0", dev, "train", 1), seconds)
+    edges = [NodeFigures("edge0", "edge", None), NodeFigures("edge1", "edge", None)]
+    device = NodeFigures("d0", "device", None)
+    other = NodeFigures("d1", "device", None)
+    for round_index, (edge, seconds) in enumerate(zip(edges, (1.0, 3.0), strict=True), 1):
+        # d0 answers edge0 in round 1, then moves to edge1 for round 2
+        device.sent(Message("d0", edge.node_id, "r", round_index), 100, 120, "up_device")
+        device.worked(Message(edge.node_id, "d0", "train", round_index), seconds)
         edge.merge(device.report())
-        edge.merge(device.report())  # a newer report replaces, never adds
-    stale = pb.Report(node_id="d0", seq=0, sums={"wire_bytes_up_device": 1e9})
-    edge.merge(stale)  # an older one is ignored
-    cloud.merge(edge.report())
+        edge.merge(device.report())  # nothing new since: adds nothing
+    other.worked(Message("edge0", "d1", "train", 2), 2.0)
+    edges[0].merge(other.report())
+    for edge in edges:
+        cloud.merge(edge.report())
     row = cloud.snapshot()
+    # by hand: two replies of 120 wire bytes (20 of them framing), counted once each
     assert row["wire_bytes_up_device"] == 240 and row["wire_overhead_bytes_up_device"] == 40
-    assert row["latency_measured_compute_device_s"] == 3.0
     assert row["wire_overhead_bytes"] == 40
+    # slowest device per round, summed over rounds: 1.0 (round 1) + max(3.0, 2.0)
+    assert row["latency_measured_compute_device_s"] == 4.0
+    again = edges[0].report()
+    assert dict(again.sums) == {} and dict(again.maxima) == {}
 
 
 def test_grpc_figures_parse_reads_what_protobuf_reads() -> None:

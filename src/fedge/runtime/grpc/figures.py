@@ -21,9 +21,8 @@ devices); each is the slowest of its round, summed over rounds like the modelled
 frames on each stream (protobuf envelope and the 5-byte gRPC message prefix; HTTP/2 and
 TLS framing is below what the application sees) and their part beyond the message bytes.
 
-A child reports its cumulative figures, with those of everything below it, on the last
-chunk of each reply; a parent keeps the latest report of each child, so a lost reply costs
-nothing but delay.
+A child reports what it and everything below it counted since its previous report on the
+last chunk of each reply, and the parent adds it to its own figures (see ``NodeFigures``).
 """
 
 from __future__ import annotations
@@ -45,17 +44,51 @@ _WORK_COMPONENT = {"device": "compute", "edge": "aggregate"}
 """What a child's own handler time stands for: a device trains, an edge aggregates."""
 
 
+class _Tally:
+    """Figures charged over some span: the local engine's ``Ledger`` plus other sums and
+    per-round maxima (``component@round``)."""
+
+    def __init__(self) -> None:
+        self.ledger = Ledger()
+        self.sums: defaultdict[str, float] = defaultdict(float)
+        self.maxima: dict[str, float] = {}
+
+    def add(self, sums: Mapping[str, float], maxima: Mapping[str, float]) -> None:
+        for key, value in sums.items():
+            self.sums[key] += value
+        for key, value in maxima.items():
+            self.maxima[key] = max(self.maxima.get(key, 0.0), value)
+
+    def flat(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Everything as (sums, maxima): the ledger's counters and energy per tier too."""
+        sums = dict(self.sums)
+        for key, value in self.ledger.counters.items():
+            sums[key] = sums.get(key, 0.0) + value
+        for tier, joules in self.ledger.energy.by_tier().items():
+            sums[_ENERGY + tier] = sums.get(_ENERGY + tier, 0.0) + joules
+        maxima = dict(self.maxima)
+        for (component, round_index), seconds in self.ledger.slowest_s.items():
+            key = f"{component}@{round_index}"
+            maxima[key] = max(maxima.get(key, 0.0), seconds)
+        return sums, maxima
+
+
 class NodeFigures:
-    """The figures of one node and the latest report of each of its children."""
+    """The figures of one node and of what its children reported.
+
+    Reports carry what changed since the node's previous report (sums since then, maxima
+    that rose), and a parent adds them to its own: each figure reaches the cloud once,
+    through whichever parent the node had when it sent it (a device that moved to another
+    edge is not counted twice), and a report stays small however many rounds have passed.
+    A reply that never arrives loses the figures it carried."""
 
     def __init__(self, node_id: str, tier: str, system: SystemModel | None) -> None:
         self.node_id = node_id
         self.tier = tier
         self.system = system
-        self._ledger = Ledger()
-        self._sums: defaultdict[str, float] = defaultdict(float)
-        self._maxima: dict[str, float] = {}
-        self._children: dict[str, pb.Report] = {}
+        self._total = _Tally()
+        self._pending = _Tally()
+        """What changed since the last report."""
         self._seq = 0
         self._lock = threading.Lock()
 
@@ -64,18 +97,24 @@ class NodeFigures:
     def sent(self, message: Message, nbytes: int, wire_bytes: int, link: str) -> None:
         """``message`` (``nbytes`` codec bytes) left this node as ``wire_bytes`` of frames on
         the stream ``link`` (``down_<child tier>`` from a hub, ``up_<tier>`` to a parent)."""
+        sums = {
+            f"wire_bytes_{link}": wire_bytes,
+            f"wire_overhead_bytes_{link}": wire_bytes - nbytes,
+        }
+        cost = None
+        if self.system is not None:
+            cost = self.system.transfer(message.src, message.dst, nbytes, 0.0)
         with self._lock:
-            if self.system is not None:
-                cost = self.system.transfer(message.src, message.dst, nbytes, 0.0)
-                self._ledger.charge_transfer(cost, self.system, message)
-            self._sums[f"wire_bytes_{link}"] += wire_bytes
-            self._sums[f"wire_overhead_bytes_{link}"] += wire_bytes - nbytes
+            for tally in (self._total, self._pending):
+                if cost is not None and self.system is not None:
+                    tally.ledger.charge_transfer(cost, self.system, message)
+                tally.add(sums, {})
 
     def received_report(self, child_tier: str, wire_bytes: int) -> None:
         """A child's report arrived: its own bytes on the stream are overhead of ``up``."""
-        with self._lock:
-            self._sums[f"wire_bytes_up_{child_tier}"] += wire_bytes
-            self._sums[f"wire_overhead_bytes_up_{child_tier}"] += wire_bytes
+        sums = {f"wire_bytes_up_{child_tier}": wire_bytes}
+        sums[f"wire_overhead_bytes_up_{child_tier}"] = wire_bytes
+        self._add(sums, {})
 
     def computed(self, message: Message, flops: float) -> None:
         """This node's handler did ``flops`` of work for ``message`` (charged like the local
@@ -84,14 +123,13 @@ class NodeFigures:
             return
         cost = self.system.compute(self.node_id, flops, message.round)
         with self._lock:
-            self._ledger.energy.charge(self.node_id, self.tier, "compute", cost.energy_j)
-            self._ledger.counters["flops"] += flops
+            for tally in (self._total, self._pending):
+                tally.ledger.energy.charge(self.node_id, self.tier, "compute", cost.energy_j)
+                tally.ledger.counters["flops"] += flops
 
     def measured(self, component: str, round_index: int, seconds: float) -> None:
         """A wall-clock latency of ``component`` in round ``round_index`` (slowest kept)."""
-        key = f"{component}@{round_index}"
-        with self._lock:
-            self._maxima[key] = max(self._maxima.get(key, 0.0), seconds)
+        self._add({}, {f"{component}@{round_index}": seconds})
 
     def worked(self, message: Message, seconds: float) -> None:
         """This node's own handler time for ``message`` (without waiting for children)."""
@@ -99,19 +137,22 @@ class NodeFigures:
         if component is not None:
             self.measured(f"measured_{component}_{self.tier}", message.round, seconds)
 
-    # -- reports up and down the tree ----------------------------------------------------
+    def _add(self, sums: Mapping[str, float], maxima: Mapping[str, float]) -> None:
+        with self._lock:
+            self._total.add(sums, maxima)
+            self._pending.add(sums, maxima)
+
+    # -- reports up the tree -------------------------------------------------------------
 
     def merge(self, report: pb.Report) -> None:
-        """Keep a child's report unless a newer one of the same child is already here."""
-        with self._lock:
-            kept = self._children.get(report.node_id)
-            if kept is None or kept.seq < report.seq:
-                self._children[report.node_id] = report
+        """Add what a child reported (it is passed on with this node's next report)."""
+        self._add(report.sums, report.maxima)
 
     def report(self, handler_s: float = 0.0) -> pb.Report:
-        """This node's cumulative figures with its children's, for its parent."""
-        sums, maxima = self._totals()
+        """What changed here and below since the previous report, for the parent."""
         with self._lock:
+            sums, maxima = self._pending.flat()
+            self._pending = _Tally()
             self._seq += 1
             seq = self._seq
         return pb.Report(
@@ -120,21 +161,7 @@ class NodeFigures:
 
     def _totals(self) -> tuple[dict[str, float], dict[str, float]]:
         with self._lock:
-            sums = dict(self._sums)
-            for key, value in self._ledger.counters.items():
-                sums[key] = sums.get(key, 0.0) + value
-            for tier, joules in self._ledger.energy.by_tier().items():
-                sums[_ENERGY + tier] = sums.get(_ENERGY + tier, 0.0) + joules
-            maxima = dict(self._maxima)
-            for (component, round_index), seconds in self._ledger.slowest_s.items():
-                maxima[f"{component}@{round_index}"] = seconds
-            children = list(self._children.values())
-        for child in children:
-            for key, value in child.sums.items():
-                sums[key] = sums.get(key, 0.0) + value
-            for key, value in child.maxima.items():
-                maxima[key] = max(maxima.get(key, 0.0), value)
-        return sums, maxima
+            return self._total.flat()
 
     def snapshot(self) -> dict[str, float]:
         """The figures as a run's row: the local engine's keys (through its own ``Ledger``)
