@@ -102,6 +102,24 @@ class Message:
         parts.extend(_tensor_bytes(t) for t in tensors)
         return b"".join(parts)
 
+    def encode_parts(self, cache: dict[int, bytes] | None = None) -> list[bytes]:
+        """``encode()`` in pieces (prefix and header, then each tensor's bytes), not joined.
+
+        ``cache`` (``id(tensor)`` -> bytes) lets messages that share tensors (a broadcast of
+        one model) encode each tensor once; the caller keeps the messages, hence the
+        tensors, alive while it uses the cache."""
+        header, tensors = self._header()
+        parts = [_PREFIX.pack(MAGIC, VERSION, len(header)) + header]
+        for t in tensors:
+            if cache is None:
+                parts.append(_tensor_bytes(t))
+                continue
+            raw = cache.get(id(t))
+            if raw is None:
+                raw = cache[id(t)] = _tensor_bytes(t)
+            parts.append(raw)
+        return parts
+
     @staticmethod
     def decode(data: bytes) -> Message:
         if len(data) < _PREFIX.size:

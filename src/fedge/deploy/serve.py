@@ -35,6 +35,7 @@ every edge (or device), so the first round sees the whole federation.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +54,10 @@ from fedge.experiment.config import ExperimentConfig
 from fedge.experiment.engines import set_threads
 from fedge.experiment.systems import build_system
 from fedge.learning.split import SplitModel
+from fedge.results import write_json
 from fedge.runtime.grpc.attach import Attachment
+from fedge.runtime.grpc.figures import MEASURED_PREFIX as MEASURED
+from fedge.runtime.grpc.figures import NodeFigures, modelled_keys
 from fedge.runtime.grpc.guard import ModelCheck
 from fedge.runtime.grpc.hub import Hub
 from fedge.runtime.grpc.node import EdgeState, NodeProcess, shutdown_children
@@ -271,6 +275,7 @@ def serve_cloud(
             )
         driver = _driver(plan, process.hub, transport, exp.transport.node_id)
         exp.transport = driver  # type: ignore[assignment]
+        process.hub.figures = NodeFigures("cloud", "cloud", exp.system)
         if plan.split:  # the edges call the tail: answered by the cloud's own app
             tail = (_answering(exp.nodes.apps["cloud"], exp.nodes.seed), process.own_thread())
             Router("cloud", settings, plan.admit("cloud"), process.hub, local=tail)
@@ -284,6 +289,7 @@ def serve_cloud(
         shutdown_children(transport)
     finally:
         process.close()
+    _mark_figures(result.run_dir / "summary.json")
     return result.run_dir
 
 
@@ -305,6 +311,15 @@ def _driver(plan: Plan, hub: Hub, transport: GrpcTransport, node_id: str) -> Grp
         hub.next_hop = lambda dst: plan.home.get(dst, dst)
     assert node_id == SYNC, node_id
     return GrpcTransport(Behind(hub, {"device": plan.devices}), node_id, plan.nodes())
+
+
+def _mark_figures(path: Path) -> None:
+    """Name in summary.json which figures the system model computed and which were measured
+    (the same keys as a local run's, but here only the bytes are counted on the wire)."""
+    summary = json.loads(path.read_text())
+    summary["modelled"] = modelled_keys(summary)
+    summary["measured"] = sorted(k for k in summary if k.startswith(("bytes_", "wire_", MEASURED)))
+    write_json(summary, path)
 
 
 def serve_edge(
@@ -332,10 +347,11 @@ def serve_edge(
     app = exp.nodes.apps[edge]
     process = NodeProcess(cfg.grpc, certs, exp.nodes.seed)
     process.check_models(_template(exp))
+    figures = NodeFigures(edge, "edge", exp.system)
     try:
         order = [*plan.devices, *plan.edges]
-        downstream = process.serve(edge, listen, plan.authorize(edge), order)
-        _attach_peers(process, app, plan.peers(edge), peers or {})
+        downstream = process.serve(edge, listen, plan.authorize(edge), order, figures)
+        _attach_peers(process, app, plan.peers(edge), peers or {}, figures)
         assert process.hub is not None
         state = EdgeState(state_dir, app)
         # A restarted edge waits for its devices only ``reattach_s`` (as long as the cloud's
@@ -346,7 +362,7 @@ def serve_edge(
         missing = process.hub.wait_for(expected, patience_s)
         if missing:
             log.warning("%s: %s did not attach; going on without them", edge, missing)
-        attachment = process.attach(app, parents, downstream, names=names)
+        attachment = process.attach(app, parents, downstream, names=names, figures=figures)
         attachment.after.append(state.save)
         process.keep_training(attachment)
         process.wait()
@@ -355,7 +371,11 @@ def serve_edge(
 
 
 def _attach_peers(
-    process: NodeProcess, app: NodeApp, neighbours: Sequence[str], peers: Mapping[str, str]
+    process: NodeProcess,
+    app: NodeApp,
+    neighbours: Sequence[str],
+    peers: Mapping[str, str],
+    figures: NodeFigures | None = None,
 ) -> None:
     """Attach ``app`` to every neighbour edge; their requests (``get_model``) run on their
     own thread, so two edges exchanging at once never wait on each other."""
@@ -364,7 +384,14 @@ def _attach_peers(
         raise ConfigError("--peer", ", ".join(unknown), "ID=HOST:PORT for every neighbour edge")
     for neighbour in neighbours:
         address = peers[neighbour]
-        process.attach(app, [address], executor=process.own_thread(), names={address: neighbour})
+        process.attach(
+            app,
+            [address],
+            executor=process.own_thread(),
+            names={address: neighbour},
+            figures=figures,
+            reports=False,
+        )
 
 
 def serve_relay(
@@ -455,7 +482,8 @@ def serve_devices(
             _serve_peers(process, plan, exp, ids, parents, peers or {}, names or {})
         else:
             for device in ids:
-                process.attach(exp.nodes.apps[device], parents, names=names)
+                figures = NodeFigures(device, "device", exp.system)
+                process.attach(exp.nodes.apps[device], parents, names=names, figures=figures)
         process.wait()
     finally:
         process.close()

@@ -50,6 +50,7 @@ SUMMED_PREFIXES = (
     "latency_",
     "transmission_latency_s",
     "handover_",
+    "wire_",
 )
 
 

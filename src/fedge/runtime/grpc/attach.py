@@ -40,6 +40,7 @@ from fedge.core.message import Message
 from fedge.core.node import NodeApp
 from fedge.core.transport import Transport
 from fedge.runtime.grpc import wire
+from fedge.runtime.grpc.figures import NodeFigures
 from fedge.runtime.grpc.guard import ModelCheck, ReplayGuard, RunIdentity
 from fedge.runtime.grpc.settings import GrpcSettings, pause
 from fedge.runtime.grpc.tls import NodeCerts
@@ -92,6 +93,11 @@ class Attachment:
         """Applied to every request before its handler (e.g. an edge back from dormancy)."""
         self.after: list[Observe] = []
         """Called with every (request, reply) pair the node answered."""
+        self.figures: NodeFigures | None = None
+        """The node's figures: its replies and compute are charged there."""
+        self.reports = True
+        """Send the figures up with every reply (False on a neighbour edge's stream, so the
+        cloud hears each node's figures once, from its parent)."""
         self._seed = seed
         self._certs = certs
         self._executor = executor
@@ -101,7 +107,7 @@ class Attachment:
         """Answers the parent's requests for other nodes (a relay); None refuses them."""
         self.executor_for: Callable[[Message], Executor | None] | None = None
         """The executor of a request when not the node's own (None: the node's own)."""
-        self._outgoing: asyncio.Queue[wire.Frame | None] | None = None
+        self._outgoing: asyncio.Queue[wire.Frame | wire.Outgoing | None] | None = None
         self._connected: asyncio.Event | None = None
         self._calls: dict[int, asyncio.Future[Message]] = {}
         self._callees: dict[int, str] = {}
@@ -151,22 +157,26 @@ class Attachment:
 
     async def _session(self, address: str, stop: asyncio.Event) -> bool:
         """One stream to ``address``; True when it was established (then broke or ended)."""
-        outgoing: asyncio.Queue[wire.Frame | None] = asyncio.Queue()
+        outgoing: asyncio.Queue[wire.Frame | wire.Outgoing | None] = asyncio.Queue()
         outgoing.put_nowait(
             wire.hello(self.app.node_id, self.app.tier, self.parents[0], self.run_id.value)
         )
 
         async def frames() -> Any:
             while (frame := await outgoing.get()) is not None:
-                yield frame
+                if isinstance(frame, wire.Outgoing):
+                    for piece in frame.frames():
+                        yield piece  # one chunk at a time
+                else:
+                    yield frame
 
         channel = self._channel(address)
         established = False
         try:
             stream = channel.stream_stream(
                 wire.SERVICE_METHOD,
-                request_serializer=wire.Frame.SerializeToString,
-                response_deserializer=wire.Frame.FromString,
+                request_serializer=wire.serialize,
+                response_deserializer=wire.parse,
             )(frames())
             await asyncio.wait_for(stream.wait_for_connection(), self.settings.connect_timeout_s)
             established = True
@@ -258,7 +268,10 @@ class Attachment:
     # -- the parent's requests ------------------------------------------------------------
 
     async def _serve(
-        self, stream: Any, outgoing: asyncio.Queue[wire.Frame | None], stop: asyncio.Event
+        self,
+        stream: Any,
+        outgoing: asyncio.Queue[wire.Frame | wire.Outgoing | None],
+        stop: asyncio.Event,
     ) -> None:
         reassembler = wire.Reassembler(self.settings.max_message_bytes)
         answers = wire.Reassembler(self.settings.max_message_bytes)
@@ -293,7 +306,7 @@ class Attachment:
         reassembler: wire.Reassembler,
         guard: ReplayGuard,
         frame: wire.Frame,
-        outgoing: asyncio.Queue[wire.Frame | None],
+        outgoing: asyncio.Queue[wire.Frame | wire.Outgoing | None],
     ) -> Message | None:
         if frame.kind == wire.Frame.ERROR:
             reason = frame.data.decode(errors="replace")
@@ -327,23 +340,35 @@ class Attachment:
         return request
 
     async def _answer(
-        self, request: Message, call_id: int, outgoing: asyncio.Queue[wire.Frame | None]
+        self,
+        request: Message,
+        call_id: int,
+        outgoing: asyncio.Queue[wire.Frame | wire.Outgoing | None],
     ) -> None:
         loop = asyncio.get_running_loop()
+        answer: wire.Frame | wire.Outgoing
         try:
+            started_s = time.monotonic()
             if request.dst != self.app.node_id and self.forward is not None:
                 reply = await self.forward(request)
             else:
                 chosen = self.executor_for(request) if self.executor_for is not None else None
                 reply = await loop.run_in_executor(chosen or self._executor, self.handle, request)
-            frames = wire.message_frames(
-                call_id, reply, self.settings.chunk_bytes, self.run_id.value
-            )
+            answer = self._reply_frames(call_id, reply, time.monotonic() - started_s)
         except Exception as exc:  # the handler's failure goes back to the caller, logged
             log.exception("%s: %s request failed", self.app.node_id, request.kind)
-            frames = [wire.error(call_id, f"{type(exc).__name__}: {exc}")]
-        for frame in frames:
-            outgoing.put_nowait(frame)
+            answer = wire.error(call_id, f"{type(exc).__name__}: {exc}")
+        outgoing.put_nowait(answer)
+
+    def _reply_frames(self, call_id: int, reply: Message, handler_s: float) -> wire.Outgoing:
+        """The reply as frames; charged to the node's figures, which ride on its last chunk."""
+        chunk = self.settings.chunk_bytes
+        out = wire.Outgoing(call_id, reply.encode_parts(), chunk, run=self.run_id.value)
+        if self.figures is not None:
+            self.figures.sent(reply, out.nbytes, out.wire_bytes, f"up_{self.app.tier}")
+            if self.reports:
+                out.report = self.figures.report(handler_s)
+        return out
 
     def handle(self, request: Message) -> Message:
         """Run the node's handler for one request (on an executor thread)."""
@@ -351,8 +376,14 @@ class Attachment:
             raise ValueError(f"a request for {request.dst!r} reached {self.app.node_id!r}")
         if self.before is not None:
             request = self.before(request)
+        started_s = time.monotonic()
+        waited_s = getattr(self._downstream, "waited_s", 0.0)
         ctx = self.app.context(self._seed, request, self._downstream)
         reply = self.app.handle(request, ctx)
+        if self.figures is not None:
+            waited_s = getattr(self._downstream, "waited_s", 0.0) - waited_s
+            self.figures.computed(request, ctx.work.flops)
+            self.figures.worked(request, time.monotonic() - started_s - waited_s)
         for observe in self.after:
             observe(request, reply)
         return reply

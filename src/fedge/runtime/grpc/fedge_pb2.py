@@ -24,19 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x66\x65\x64ge.proto\x12\x08\x66\x65\x64ge.v1\"S\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\r\x12\x0c\n\x04home\x18\x04 \x01(\t\x12\x0b\n\x03run\x18( \x01(\t\"\xed\x01\n\x05\x46rame\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.fedge.v1.Frame.Kind\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x1e\n\x05hello\x18\x06 \x01(\x0b\x32\x0f.fedge.v1.Hello\x12\x0b\n\x03run\x18( \x01(\t\"Y\n\x04Kind\x12\t\n\x05HELLO\x10\x00\x12\t\n\x05\x43HUNK\x10\x01\x12\t\n\x05\x45RROR\x10\x02\x12\x10\n\x0cPEER_REQUEST\x10\n\x12\x0e\n\nPEER_REPLY\x10\x0b\x12\x0e\n\nPEER_ERROR\x10\x0c\x32\x36\n\x04Node\x12.\n\x06\x41ttach\x12\x0f.fedge.v1.Frame\x1a\x0f.fedge.v1.Frame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x66\x65\x64ge.proto\x12\x08\x66\x65\x64ge.v1\"S\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\r\x12\x0c\n\x04home\x18\x04 \x01(\t\x12\x0b\n\x03run\x18( \x01(\t\"\x8f\x02\n\x05\x46rame\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.fedge.v1.Frame.Kind\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\x04\x12\x0b\n\x03seq\x18\x03 \x01(\r\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x1e\n\x05hello\x18\x06 \x01(\x0b\x32\x0f.fedge.v1.Hello\x12 \n\x06report\x18\x14 \x01(\x0b\x32\x10.fedge.v1.Report\x12\x0b\n\x03run\x18( \x01(\t\"Y\n\x04Kind\x12\t\n\x05HELLO\x10\x00\x12\t\n\x05\x43HUNK\x10\x01\x12\t\n\x05\x45RROR\x10\x02\x12\x10\n\x0cPEER_REQUEST\x10\n\x12\x0e\n\nPEER_REPLY\x10\x0b\x12\x0e\n\nPEER_ERROR\x10\x0c\"\xed\x01\n\x06Report\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12(\n\x04sums\x18\x03 \x03(\x0b\x32\x1a.fedge.v1.Report.SumsEntry\x12,\n\x06maxima\x18\x04 \x03(\x0b\x32\x1c.fedge.v1.Report.MaximaEntry\x12\x11\n\thandler_s\x18\x05 \x01(\x01\x1a+\n\tSumsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bMaximaEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\x36\n\x04Node\x12.\n\x06\x41ttach\x12\x0f.fedge.v1.Frame\x1a\x0f.fedge.v1.Frame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedge_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_REPORT_SUMSENTRY']._loaded_options = None
+  _globals['_REPORT_SUMSENTRY']._serialized_options = b'8\001'
+  _globals['_REPORT_MAXIMAENTRY']._loaded_options = None
+  _globals['_REPORT_MAXIMAENTRY']._serialized_options = b'8\001'
   _globals['_HELLO']._serialized_start=25
   _globals['_HELLO']._serialized_end=108
   _globals['_FRAME']._serialized_start=111
-  _globals['_FRAME']._serialized_end=348
-  _globals['_FRAME_KIND']._serialized_start=259
-  _globals['_FRAME_KIND']._serialized_end=348
-  _globals['_NODE']._serialized_start=350
-  _globals['_NODE']._serialized_end=404
+  _globals['_FRAME']._serialized_end=382
+  _globals['_FRAME_KIND']._serialized_start=293
+  _globals['_FRAME_KIND']._serialized_end=382
+  _globals['_REPORT']._serialized_start=385
+  _globals['_REPORT']._serialized_end=622
+  _globals['_REPORT_SUMSENTRY']._serialized_start=532
+  _globals['_REPORT_SUMSENTRY']._serialized_end=575
+  _globals['_REPORT_MAXIMAENTRY']._serialized_start=577
+  _globals['_REPORT_MAXIMAENTRY']._serialized_end=622
+  _globals['_NODE']._serialized_start=624
+  _globals['_NODE']._serialized_end=678
 # @@protoc_insertion_point(module_scope)

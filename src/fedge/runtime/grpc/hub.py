@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
+import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +38,7 @@ from grpc import aio
 from fedge.core.errors import FedgeError
 from fedge.core.message import Message
 from fedge.runtime.grpc import wire
+from fedge.runtime.grpc.figures import NodeFigures
 from fedge.runtime.grpc.guard import ModelCheck, RunIdentity
 from fedge.runtime.grpc.settings import GrpcSettings, LoopThread
 from fedge.runtime.grpc.tls import NodeCerts
@@ -58,7 +61,7 @@ class _Child:
     node_id: str
     tier: str
     reassembler: wire.Reassembler
-    queue: asyncio.Queue[wire.Frame | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[wire.Frame | wire.Outgoing | None] = field(default_factory=asyncio.Queue)
     pending: dict[int, asyncio.Future[Message]] = field(default_factory=dict)
     relayed: dict[int, str] = field(default_factory=dict)
     """Calls sent through this child to another node: call id -> the node that answers."""
@@ -66,6 +69,8 @@ class _Child:
     """The messages of the calls the child starts (PEER_REQUEST frames)."""
     refused: deque[int] = field(default_factory=lambda: deque(maxlen=REFUSED_MEMORY))
     """Calls refused lately: their further chunks are dropped without another ERROR."""
+    handler_s: dict[int, float] = field(default_factory=dict)
+    """Call id -> the child's handler time for it (from the report on its reply)."""
 
 
 class Hub:
@@ -101,6 +106,8 @@ class Hub:
         self.next_hop: Callable[[str], str] | None = None
         """The child through which a node that is not a child is reached (None: none is)."""
         self._serving: set[asyncio.Task[None]] = set()
+        self.figures: NodeFigures | None = None
+        """This node's figures: requests it sends, its children's reports (None: not kept)."""
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -112,8 +119,8 @@ class Hub:
         server = aio.server(options=self.settings.options())
         handler = grpc.stream_stream_rpc_method_handler(
             self._attach,
-            request_deserializer=wire.Frame.FromString,
-            response_serializer=wire.Frame.SerializeToString,
+            request_deserializer=wire.parse,
+            response_serializer=wire.serialize,
         )
         service = grpc.method_handlers_generic_handler("fedge.v1.Node", {"Attach": handler})
         server.add_generic_rpc_handlers((service,))
@@ -171,9 +178,10 @@ class Hub:
             self._loop.submit(asyncio.wait_for(wait(), timeout_s)).result()
         return [n for n in node_ids if n not in self._children]
 
-    def call(self, message: Message) -> Future[Message]:
-        """Send ``message`` to its child and resolve with the reply (see the module doc)."""
-        return self._loop.submit(self._call(message))
+    def call(self, message: Message, parts: Sequence[bytes] | None = None) -> Future[Message]:
+        """Send ``message`` to its child and resolve with the reply (see the module doc);
+        ``parts``: the message already encoded (``Message.encode_parts``)."""
+        return self._loop.submit(self._call(message, parts))
 
     # -- the event loop side -------------------------------------------------------------
 
@@ -182,15 +190,15 @@ class Hub:
 
     async def forward(self, message: Message) -> Message:
         """``message`` down to its node (for a route, on the loop); its reply."""
-        return await self._call(message)
+        return await self._call(message, None)
 
     def _hop(self, dst: str) -> str:
         if dst in self._children or self.next_hop is None:
             return dst
         return self.next_hop(dst)
 
-    async def _call(self, message: Message) -> Message:
-        data = message.encode()
+    async def _call(self, message: Message, parts: Sequence[bytes] | None) -> Message:
+        parts = message.encode_parts() if parts is None else parts
         while True:
             child = await self._attached_child(self._hop(message.dst))
             call_id = next(self._ids)
@@ -198,9 +206,12 @@ class Hub:
             child.pending[call_id] = reply
             if child.node_id != message.dst:
                 child.relayed[call_id] = message.dst
-            for frame in wire.chunks(call_id, data, self.settings.chunk_bytes, self.run_id.value):
-                await child.queue.put(frame)
-            self.counters["bytes_sent"] += len(data)
+            started_s = time.monotonic()
+            sent_s: list[float] = []
+            out = wire.Outgoing(call_id, parts, self.settings.chunk_bytes, run=self.run_id.value)
+            out.on_sent = functools.partial(self._sent, message, out, child.tier, sent_s)
+            child.queue.put_nowait(out)  # streamed one chunk at a time by _attach
+            self.counters["bytes_sent"] += out.nbytes
             self.counters["messages"] += 1
             try:
                 answer = await reply
@@ -212,7 +223,28 @@ class Hub:
                 child.pending.pop(call_id, None)
                 child.relayed.pop(call_id, None)
             self.counters["messages"] += 1
+            self._timed(message, child, call_id, started_s, sent_s)
             return answer
+
+    def _sent(self, message: Message, out: wire.Outgoing, tier: str, sent_s: list[float]) -> None:
+        """A request's last frame is written: charge it (bytes once, by its sender)."""
+        sent_s.append(time.monotonic())
+        if self.figures is not None:
+            self.figures.sent(message, out.nbytes, out.wire_bytes, f"down_{tier}")
+
+    def _timed(
+        self, message: Message, child: _Child, call_id: int, started_s: float, sent_s: list[float]
+    ) -> None:
+        """Wall latencies of one answered call: the broadcast of the request, and the rest of
+        the round trip beyond the child's handler (collecting the reply)."""
+        handler_s = child.handler_s.pop(call_id, 0.0)
+        if self.figures is None:
+            return
+        done_s = time.monotonic()
+        on_wire_s = (sent_s[0] if sent_s else done_s) - started_s
+        collect_s = max(0.0, done_s - started_s - on_wire_s - handler_s)
+        self.figures.measured(f"measured_broadcast_{child.tier}", message.round, on_wire_s)
+        self.figures.measured(f"measured_collect_{child.tier}", message.round, collect_s)
 
     async def _attached_child(self, node_id: str) -> _Child:
         child = self._children.get(node_id)
@@ -226,7 +258,7 @@ class Hub:
 
     async def _attach(
         self, requests: AsyncIterator[wire.Frame], context: aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[wire.Frame]:
+    ) -> AsyncIterator[wire.Frame | bytes]:
         requests = aiter(requests)
         child = await self._admit(requests, context)
         if child is None:
@@ -234,7 +266,12 @@ class Hub:
         reader = asyncio.ensure_future(self._read(child, requests))
         try:
             while (frame := await child.queue.get()) is not None:
-                yield frame
+                if isinstance(frame, wire.Outgoing):
+                    for piece in frame.frames():
+                        yield piece  # returns once gRPC took it: one chunk at a time
+                    frame.sent()
+                else:
+                    yield frame
         finally:
             reader.cancel()
             self._detach(child)
@@ -321,14 +358,10 @@ class Hub:
             if reply is not None and not reply.done():
                 reply.set_exception(FedgeError(f"{child.node_id}: {reason}"))
             return
-        if frame.seq > 0 and frame.call_id in child.refused:
-            return  # a further chunk of a message refused already: its ERROR went out once
-        refusal = self.run_id.refusal(frame.run)
-        if refusal is None and (reply is None or reply.done()):
-            refusal = "not outstanding (answered already or never asked)"
-        if refusal is not None:
-            self._refuse(child, frame.call_id, wire.WireError(f"call {frame.call_id}: {refusal}"))
+        if not self._admissible(child, frame, reply):
             return
+        if frame.HasField("report"):  # figures of an outstanding call of this run only
+            self._reported(child, frame)
         try:
             message = child.reassembler.add(frame)
         except Exception as exc:  # WireError, or anything a hostile message could provoke
@@ -341,6 +374,21 @@ class Hub:
             self._refuse(child, frame.call_id, FedgeError(f"call {frame.call_id}: {mismatch}"))
         else:
             reply.set_result(message)
+
+    def _admissible(
+        self, child: _Child, frame: wire.Frame, reply: asyncio.Future[Message] | None
+    ) -> bool:
+        """Whether a reply chunk may be taken: of this run, for a call still outstanding (a
+        refusal is sent once per call; its further chunks are dropped silently)."""
+        if frame.seq > 0 and frame.call_id in child.refused:
+            return False
+        refusal = self.run_id.refusal(frame.run)
+        if refusal is None and (reply is None or reply.done()):
+            refusal = "not outstanding (answered already or never asked)"
+        if refusal is not None:
+            self._refuse(child, frame.call_id, wire.WireError(f"call {frame.call_id}: {refusal}"))
+            return False
+        return True
 
     def _mismatch(self, child: _Child, call_id: int, message: Message) -> str | None:
         """Why a complete reply may not be taken (sender, models), or None. A call relayed
@@ -397,6 +445,14 @@ class Hub:
         for frame in frames:
             self.counters["bytes_sent"] += len(frame.data)
             child.queue.put_nowait(frame)
+
+    def _reported(self, child: _Child, frame: wire.Frame) -> None:
+        """A child's figures (on the last chunk of a reply)."""
+        if frame.call_id in child.pending:
+            child.handler_s[frame.call_id] = frame.report.handler_s
+        if self.figures is not None:
+            self.figures.merge(frame.report)
+            self.figures.received_report(child.tier, wire.report_wire_bytes(frame.report))
 
     def _detach(self, child: _Child) -> None:
         if self._children.get(child.node_id) is child:

@@ -26,6 +26,7 @@ from fedge.core.node import NodeApp, NodeContext
 from fedge.core.transport import Transport
 from fedge.core.update import ModelState, Update
 from fedge.runtime.grpc.attach import Attachment, ParentRefused
+from fedge.runtime.grpc.figures import NodeFigures
 from fedge.runtime.grpc.guard import ModelCheck, RunIdentity
 from fedge.runtime.grpc.hub import Authorize, Hub
 from fedge.runtime.grpc.settings import GrpcSettings, LoopThread, pause
@@ -83,13 +84,20 @@ class NodeProcess:
         return NodeCerts.load(self._certs_dir, node_id) if self._certs_dir else None
 
     def serve(
-        self, node_id: str, listen: str, authorize: Authorize, order: Sequence[str] = ()
+        self,
+        node_id: str,
+        listen: str,
+        authorize: Authorize,
+        order: Sequence[str] = (),
+        figures: NodeFigures | None = None,
     ) -> GrpcTransport:
-        """Listen for children of ``node_id``; the transport reaches them (in ``order``)."""
+        """Listen for children of ``node_id``; the transport reaches them (in ``order``);
+        ``figures``: where the node counts what it sends and its children report."""
         self.hub = Hub(
             node_id, self.settings, authorize, self.certs(node_id), self._loop, run=self.run_id
         )
         self.hub.check = self.check
+        self.hub.figures = figures
         self.port = self.hub.start(listen)
         log.info("%s: listening on port %d", node_id, self.port)
         return GrpcTransport(self.hub, node_id, order)
@@ -101,10 +109,13 @@ class NodeProcess:
         downstream: Transport | None = None,
         executor: Executor | None = None,
         names: Mapping[str, str] | None = None,
+        figures: NodeFigures | None = None,
+        reports: bool = True,
     ) -> Attachment:
         """Dial the first reachable parent as ``app``'s node and answer its requests (on the
         process's thread unless ``executor`` is given); ``names`` maps a parent address to
-        the node id its certificate must name."""
+        the node id its certificate must name; the node's ``figures`` are charged and, with
+        ``reports``, sent up with every reply."""
         app.on(SHUTDOWN, self._shutdown)
         attachment = Attachment(
             app,
@@ -118,6 +129,7 @@ class NodeProcess:
             names=names,
         )
         attachment.check = self.check
+        attachment.figures, attachment.reports = figures, reports
         self.attachments.append(attachment)
         running = self._loop.submit(attachment.run(self._stop))
         running.add_done_callback(self._ended)

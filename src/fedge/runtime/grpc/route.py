@@ -27,6 +27,7 @@ from concurrent.futures import Executor, Future
 
 from fedge.core.message import Message
 from fedge.runtime.grpc.attach import Attachment, CallFailed
+from fedge.runtime.grpc.figures import NodeFigures
 from fedge.runtime.grpc.hub import Hub
 from fedge.runtime.grpc.settings import GrpcSettings, LoopThread
 
@@ -102,6 +103,8 @@ class Reach:
         self.node_id = node_id
         self.settings = settings
         self.counters: Counter[str] = Counter()
+        self.figures: NodeFigures | None = None
+        """Calls a child starts are not charged here: the routes they take report them."""
         self._loop = loop
         self._members = {tier: list(ids) for tier, ids in members.items()}
         self._through = through
@@ -115,7 +118,7 @@ class Reach:
     def wait_for_any(self, tier: str, timeout_s: float) -> list[str]:
         return self.attached(tier)
 
-    def call(self, message: Message) -> Future[Message]:
+    def call(self, message: Message, parts: Sequence[bytes] | None = None) -> Future[Message]:
         attachment = self._through(message.dst)
         if attachment is None:
             failed: Future[Message] = Future()
@@ -136,8 +139,12 @@ class Behind:
         self._hub = hub
         self._members = {tier: list(ids) for tier, ids in members.items()}
 
-    def call(self, message: Message) -> Future[Message]:
-        return self._hub.call(message)
+    @property
+    def figures(self) -> NodeFigures | None:
+        return self._hub.figures
+
+    def call(self, message: Message, parts: Sequence[bytes] | None = None) -> Future[Message]:
+        return self._hub.call(message, parts)
 
     def attached(self, tier: str) -> list[str]:
         if tier in self._members:

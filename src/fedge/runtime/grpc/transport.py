@@ -3,8 +3,11 @@
 ``send`` starts one call per message through the node's hub and returns the replies in the
 order they arrived; a reply that misses the deadline, or whose node dropped and did not
 come back, is absent, as on the simulated engine. Time is the wall clock since the
-transport started. Bytes are those this process moved on the wire (message bytes of the
-fedge codec, without TLS and HTTP/2 framing).
+transport started. With the hub's figures (``fedge.runtime.grpc.figures``), ``stats`` has
+the local engine's per-tier byte keys, counted by every process below this one, and the
+modelled and measured latencies; without them, the bytes this process moved on the wire
+(message bytes of the fedge codec, without TLS and HTTP/2 framing). A batch of messages is
+encoded once: messages that share a model's tensors share their bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Protocol
 
 from fedge.core.message import Message
 from fedge.core.transport import ABSENT
+from fedge.runtime.grpc.figures import NodeFigures
 from fedge.runtime.grpc.settings import GrpcSettings
 
 log = logging.getLogger("fedge.grpc")
@@ -29,7 +33,14 @@ class Caller(Protocol):
     settings: GrpcSettings
     counters: Counter[str]
 
-    def call(self, message: Message) -> Future[Message]: ...
+    @property
+    def figures(self) -> NodeFigures | None:
+        """Where this node's byte, energy and latency figures add up (None: not kept)."""
+        ...
+
+    def call(self, message: Message, parts: Sequence[bytes] | None = None) -> Future[Message]:
+        """Send ``message`` (``parts``: already encoded) and resolve with its reply."""
+        ...
 
     def attached(self, tier: str) -> list[str]: ...
 
@@ -67,6 +78,13 @@ class GrpcTransport:
         self.rejoin_s = 0.0
         """How long ``nodes`` waits for a tier whose children are all away (0: not at all;
         the cloud waits ``reattach_s``, an edge whose devices moved on does not)."""
+        self.waited_s = 0.0
+        """Wall seconds spent waiting for replies (so a handler's own time can be told)."""
+
+    def _calls(self, messages: Sequence[Message]) -> list[Future[Message]]:
+        """Start one call per message; tensors the messages share are encoded once."""
+        cache: dict[int, bytes] = {}
+        return [self._hub.call(m, m.encode_parts(cache)) for m in messages]
 
     @property
     def node_id(self) -> str:
@@ -88,7 +106,8 @@ class GrpcTransport:
         limit_s = self._hub.settings.call_timeout_s
         if deadline_s is not None:
             limit_s = min(limit_s, deadline_s)
-        calls = [self._hub.call(m) for m in messages]
+        started_s = time.monotonic()
+        calls = self._calls(messages)
         finish_s = time.monotonic() + limit_s
         replies: list[Message] = []
         waiting = set(calls)
@@ -103,6 +122,7 @@ class GrpcTransport:
         if waiting:  # stragglers: the round goes on without them
             late = sorted(m.dst for m, c in zip(messages, calls, strict=True) if c in waiting)
             log.info("%s: %s missed the deadline of %.1f s", self._node_id, late, limit_s)
+        self.waited_s += time.monotonic() - started_s
         return replies
 
     def _results(self, done: set[Future[Message]]) -> list[Message]:
@@ -116,15 +136,16 @@ class GrpcTransport:
         return out
 
     def submit(self, messages: Sequence[Message]) -> None:
-        for message in messages:
-            call = self._hub.call(message)
+        for message, call in zip(messages, self._calls(messages), strict=True):
             if message.payload.get("report_absent"):
                 self._asked[call] = message
             self._outstanding.append(call)
 
     def next_reply(self) -> Message | None:
         while self._outstanding:
+            started_s = time.monotonic()
             done, _ = wait(self._outstanding, self._hub.settings.call_timeout_s, FIRST_COMPLETED)
+            self.waited_s += time.monotonic() - started_s
             if not done:
                 return None
             call = next(iter(done))
@@ -142,6 +163,7 @@ class GrpcTransport:
 
     def stats(self) -> Mapping[str, float]:
         counters = self._hub.counters
+        figures = self._hub.figures
         return {
             "bytes_down": float(counters["bytes_sent"]),
             "bytes_up": float(counters["bytes_received"]),
@@ -150,6 +172,7 @@ class GrpcTransport:
             "late": float(self._late),
             "dropped": float(self._failed),
             "sim_time_s": self.now(),
+            **(figures.snapshot() if figures is not None else {}),
         }
 
     def estimate_round_trip_s(

@@ -6,8 +6,9 @@ chunks, the size limit, what a malformed message does) is testable without a net
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedge.core.errors import FedgeError
 from fedge.core.message import Message, MessageError
@@ -49,6 +50,182 @@ def message_frames(
     kind: pb.Frame.Kind = pb.Frame.CHUNK,
 ) -> list[pb.Frame]:
     return list(chunks(call_id, message.encode(), chunk_bytes, run, kind))
+
+
+GRPC_PREFIX_BYTES = 5
+"""gRPC's length prefix in front of every serialised frame (compression flag, u32 length)."""
+_REPORT_TAG = b"\xa2\x01"  # Frame.report: field 20, length-delimited
+_RUN_TAG = b"\xc2\x02"  # Frame.run: field 40, length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _chunk_header(call_id: int, seq: int, last: bool, size: int, kind: int) -> bytes:
+    """A chunk frame's fields before its data, as protobuf writes them (defaults left out)."""
+    head = b"\x08" + _varint(kind)  # kind: CHUNK, PEER_REQUEST or PEER_REPLY, never 0
+    if call_id:
+        head += b"\x10" + _varint(call_id)
+    if seq:
+        head += b"\x18" + _varint(seq)
+    if last:
+        head += b"\x20\x01"
+    if size:
+        head += b"\x2a" + _varint(size)
+    return head
+
+
+class Outgoing:
+    """One message on its way out: CHUNK frames, serialised one at a time from the message's
+    encoded parts, so the stream holds one chunk at a time and a broadcast's messages share
+    the tensors' bytes (``Message.encode_parts`` with a cache) instead of a copy per child.
+
+    ``frames()`` yields each frame already serialised (``serialize`` passes bytes through),
+    so a chunk is copied once, from the parts into its frame. ``report`` rides on the last
+    frame. ``wire_bytes`` is what the frames take on the stream without the report: their
+    serialised size plus gRPC's prefix. ``on_sent`` runs after the last frame was written.
+    """
+
+    def __init__(
+        self,
+        call_id: int,
+        parts: Sequence[bytes],
+        chunk_bytes: int,
+        report: pb.Report | None = None,
+        on_sent: Callable[[], None] | None = None,
+        run: str = "",
+        kind: pb.Frame.Kind = pb.Frame.CHUNK,
+    ) -> None:
+        self.call_id = call_id
+        self.kind = int(kind)
+        encoded_run = run.encode()
+        self._run_tail = _RUN_TAG + _varint(len(encoded_run)) + encoded_run if run else b""
+        """Frame.run after everything else (protobuf writes fields by number)."""
+        self.parts = parts
+        self.chunk_bytes = chunk_bytes
+        self.report = report
+        self.on_sent = on_sent
+        self.nbytes = sum(len(p) for p in parts)
+        self.count = max(1, -(-self.nbytes // chunk_bytes))
+        self.wire_bytes = sum(
+            len(_chunk_header(call_id, seq, seq == self.count - 1, self._size(seq), self.kind))
+            + self._size(seq)
+            + len(self._run_tail)
+            + GRPC_PREFIX_BYTES
+            for seq in range(self.count)
+        )
+
+    def _size(self, seq: int) -> int:
+        return min(self.chunk_bytes, self.nbytes - seq * self.chunk_bytes)
+
+    def frames(self) -> Iterator[bytes]:
+        views = [memoryview(p).cast("B") for p in self.parts if len(p)]
+        index, offset = 0, 0
+        for seq in range(self.count):
+            last = seq == self.count - 1
+            need = self._size(seq)
+            head = _chunk_header(self.call_id, seq, last, need, self.kind)
+            pieces: list[bytes | memoryview] = [head]
+            while need:
+                view = views[index]
+                take = min(need, len(view) - offset)
+                pieces.append(view[offset : offset + take])
+                need -= take
+                offset += take
+                if offset == len(view):
+                    index, offset = index + 1, 0
+            if last and self.report is not None:
+                report = self.report.SerializeToString()
+                pieces += [_REPORT_TAG, _varint(len(report)), report]
+            pieces.append(self._run_tail)
+            yield b"".join(pieces)
+
+    def sent(self) -> None:
+        if self.on_sent is not None:
+            self.on_sent()
+
+
+def serialize(frame: pb.Frame | bytes) -> bytes:
+    """The gRPC serialiser of both ends: a frame object, or one ``Outgoing`` serialised."""
+    return frame if isinstance(frame, bytes) else frame.SerializeToString()
+
+
+class Chunk:
+    """A received CHUNK frame whose ``data`` is a view into the bytes gRPC handed over (no
+    copy); every other field reads from the parsed rest of the frame."""
+
+    __slots__ = ("_frame", "data")
+
+    def __init__(self, frame: pb.Frame, data: memoryview) -> None:
+        self._frame = frame
+        self.data = data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._frame, name)
+
+
+def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = raw[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _data_field(raw: bytes) -> tuple[int, int, int] | None:
+    """Where field 5 (``data``) lies in a serialised frame: (tag start, data start, end)."""
+    pos, found = 0, None
+    while pos < len(raw):
+        start = pos
+        tag, pos = _read_varint(raw, pos)
+        wire_type = tag & 7
+        if wire_type == 0:
+            _, pos = _read_varint(raw, pos)
+        elif wire_type == 2:
+            size, pos = _read_varint(raw, pos)
+            if tag >> 3 == 5:
+                found = (start, pos, pos + size)
+            pos += size
+        elif wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+        else:
+            return None
+    return found if pos == len(raw) else None
+
+
+def parse(raw: bytes) -> pb.Frame | Chunk:
+    """The gRPC deserialiser of both ends: a CHUNK frame keeps its data as a view of
+    ``raw`` (protobuf would copy it twice, into the message and out again); anything else,
+    and anything malformed, is left to protobuf (which raises on malformed input)."""
+    try:
+        where = _data_field(raw)
+    except IndexError:  # a truncated varint
+        where = None
+    whole: pb.Frame
+    if where is None:
+        whole = pb.Frame.FromString(raw)
+        return whole
+    tag, start, end = where
+    frame: pb.Frame = pb.Frame.FromString(raw[:tag] + raw[end:])
+    if frame.kind not in (pb.Frame.CHUNK, pb.Frame.PEER_REQUEST, pb.Frame.PEER_REPLY):
+        whole = pb.Frame.FromString(raw)
+        return whole
+    return Chunk(frame, memoryview(raw)[start:end])
+
+
+def report_wire_bytes(report: pb.Report) -> int:
+    """What a report adds to the frame that carries it."""
+    size = int(report.ByteSize())
+    return len(_REPORT_TAG) + len(_varint(size)) + size
 
 
 def hello(node_id: str, tier: str, home: str = "", run: str = "") -> pb.Frame:
