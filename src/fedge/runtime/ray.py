@@ -381,6 +381,7 @@ class RayNodeSet(NodeSet):
         if self._started_ray:
             self._ray.shutdown()
             self._started_ray = False
+        super().close()  # the spilled device state's file, as in-process
 
     def _put(self, message: Message) -> Any:
         """The message, minus its destination, in the object store in the wire form."""
