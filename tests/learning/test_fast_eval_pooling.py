@@ -1,5 +1,6 @@
-"""The reference models' max pooling: the inference fast path gives PyTorch's values, and
-evaluation gives exactly what a plain loop over the same batches gives."""
+"""The reference models' max pooling: the inference fast path gives PyTorch's values; and
+evaluation, which splits a batch of a per-sample model into smaller forward passes, gives
+exactly what a plain loop over whole batches gives."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import fedge.learning.training as training
 from fedge.learning import evaluate
 from fedge.learning.data import ArrayDataset
-from fedge.learning.layers import MaxPool2d, tiled_max_pool2d
+from fedge.learning.layers import MaxPool2d, per_sample, tiled_max_pool2d
 from fedge.learning.models import build_model
 
 
@@ -127,8 +129,20 @@ def _plain_evaluation(
     return loss / len(y), correct / len(y)
 
 
-@pytest.mark.parametrize(("name", "batch_size"), [("fedavg_cnn", 64), ("lenet5", 50)])
-def test_evaluation_equals_a_plain_loop_bit_for_bit(name: str, batch_size: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "batch_size", "rows"),
+    [
+        ("fedavg_cnn", 256, None),  # two passes of 128
+        ("fedavg_cnn", 300, None),  # one batch of 300: three passes of 100
+        ("lenet5", 64, None),  # one pass a batch
+        ("lenet5", 70, 32),  # passes of 24, 23, 23 and, for the last 20 samples, 20
+    ],
+)
+def test_evaluation_equals_a_plain_loop_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch, name: str, batch_size: int, rows: int | None
+) -> None:
+    if rows is not None:
+        monkeypatch.setattr(training, "FORWARD_ROWS", rows)
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(300, 1, 28, 28, generator=g), torch.randint(0, 10, (300,), generator=g)
     model = build_model(name, (1, 28, 28), 10, seed=1)
@@ -139,3 +153,39 @@ def test_evaluation_equals_a_plain_loop_bit_for_bit(name: str, batch_size: int) 
     assert result.accuracy == accuracy
     assert model.training  # evaluate() restores the mode
     assert np.isfinite(result.loss)
+
+
+class _Centred(nn.Module):
+    """Subtracts the batch mean: a sample's output depends on the other samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.passes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.passes.append(len(x))
+        out: torch.Tensor = self.fc(x - x.mean(dim=0))
+        return out
+
+
+def test_a_model_that_mixes_samples_runs_whole_batches() -> None:
+    model = _Centred()
+    assert not per_sample(model)
+    x, y = torch.randn(700, 4), torch.randint(0, 3, (700,))
+    evaluate(model, ArrayDataset(x, y, 3), batch_size=300)
+    assert model.passes == [300, 300, 100]
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        (build_model("resnet_small", (1, 28, 28), 10).eval(), True),
+        (build_model("resnet_small", (1, 28, 28), 10).train(), False),  # batch statistics
+        (nn.Sequential(nn.BatchNorm1d(4, track_running_stats=False)).eval(), False),
+        (nn.Sequential(nn.Flatten(0), nn.Linear(8, 2)), False),
+        (nn.Sequential(nn.Flatten(), nn.Linear(8, 2), nn.ReLU()), True),
+    ],
+)
+def test_per_sample_knows_which_layers_keep_samples_apart(model: nn.Module, expected: bool) -> None:
+    assert per_sample(model) is expected

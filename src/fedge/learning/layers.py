@@ -1,4 +1,5 @@
-"""Layers of the reference models that compute PyTorch's values faster where they can.
+"""Layers of the reference models that compute PyTorch's values faster where they can, and
+which models map every sample on its own (so that evaluation may split a batch).
 
 ``MaxPool2d`` is ``nn.MaxPool2d`` with a faster forward for inference. PyTorch's CPU max
 pooling always computes the argmax indices beside the maxima (the backward pass needs them)
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from fedge.learning.resnet import BasicBlock, ResidualAdd, SequentialNet
 
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
@@ -77,3 +80,54 @@ class MaxPool2d(nn.MaxPool2d):
             out = super().forward(x)
             return out
         return tiled_max_pool2d(x, *tiles)
+
+
+_PER_SAMPLE: tuple[type[nn.Module], ...] = (
+    SequentialNet,
+    nn.Sequential,
+    BasicBlock,
+    ResidualAdd,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Linear,
+    nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Dropout,
+)
+"""Module types (exactly these, not subclasses, which may define another forward) whose
+output for a sample depends on that sample alone, in eval mode."""
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _module_per_sample(m: nn.Module) -> bool:
+    if type(m) in _PER_SAMPLE:
+        return True
+    if type(m) is nn.Flatten:
+        return m.start_dim >= 1  # flattening from dim 0 would merge the samples
+    if type(m) in _BATCH_NORMS:  # in eval mode with running statistics: a fixed affine map
+        return not m.training and m.track_running_stats and m.running_mean is not None
+    return False
+
+
+def per_sample(model: nn.Module) -> bool:
+    """Whether ``model``, as it is now (eval mode for batch norm), computes each sample's
+    output from that sample alone: every module is of a known per-sample type. A model with
+    any other module (a user's own, whose forward may mix samples) is not."""
+    return all(_module_per_sample(m) for m in model.modules())
