@@ -122,7 +122,7 @@ def _module_per_sample(m: nn.Module) -> bool:
     if type(m) is nn.Flatten:
         return m.start_dim >= 1  # flattening from dim 0 would merge the samples
     if type(m) in _BATCH_NORMS:  # in eval mode with running statistics: a fixed affine map
-        return not m.training and m.track_running_stats and m.running_mean is not None
+        return not m.training and bool(m.track_running_stats) and m.running_mean is not None
     return False
 
 
