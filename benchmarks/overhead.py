@@ -10,8 +10,15 @@ Each run happens in its own child process (``--side fedge|baseline``), so peak R
 (``ru_maxrss``, loading included) is per side. Both children load data with
 ``build(cfg)`` (device data are index views into the loaded arrays) and only the rounds are
 timed. Runs are interleaved fedge/baseline, baseline/fedge, ... to cancel machine noise;
-the parent prints the median and min wall time, the median CPU time and peak RSS, the
-fedge/baseline ratios (target <= 1.05) and whether the final weights are identical.
+the parent prints the median and min wall time, the median CPU time, peak RSS and peak PSS,
+the fedge/baseline ratios (target <= 1.05) and whether the final weights are identical.
+
+PSS (proportional set size, ``/proc/<pid>/smaps_rollup``) charges each shared page to the
+processes mapping it in equal parts, so the libraries both sides map (torch) count once in
+total instead of once per process, as RSS counts them. The parent samples the child's
+process tree (the child and its descendants) every ``PSS_INTERVAL_S`` and keeps the peak,
+of PSS and of its anonymous part (``Pss_Anon``: the heap, tensors included, which no other
+process on the machine shares, so it does not move with what else runs).
 
 Each child runs torch on ``--threads`` intra-op threads (default 1): on a small shared
 machine two OpenMP threads stall whenever another process takes a core (here 2 threads
@@ -37,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +58,7 @@ from fedge.experiment.config import ExperimentConfig, load_config
 
 CONFIG = "examples/quickstart.toml"
 SIDES = ("fedge", "baseline")
+PSS_INTERVAL_S = 0.05
 State = dict[str, torch.Tensor]
 
 
@@ -186,12 +195,72 @@ def child(side: str, args: argparse.Namespace) -> None:
 # --- the parent: interleave, compare, report ------------------------------------------
 
 
+def _parents() -> Iterator[tuple[int, int]]:
+    """(pid, parent pid) of every process visible in /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        # the command name in parentheses may hold spaces: the fields follow its last ")"
+        yield int(entry.name), int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _parents():
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def pss_kib(pid: int) -> tuple[int, int]:
+    """(Pss, Pss_Anon) of one process in KiB from /proc/<pid>/smaps_rollup; 0s once gone."""
+    pss = anon = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss = int(line.split()[1])
+            elif line.startswith("Pss_Anon:"):
+                anon = int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return pss, anon
+
+
+def tree_pss_mb(root: int) -> tuple[float, float]:
+    """(PSS, anonymous PSS) of ``root``'s process tree now, MiB."""
+    sizes = [pss_kib(pid) for pid in process_tree(root)]
+    return sum(p for p, _ in sizes) / 1024, sum(a for _, a in sizes) / 1024
+
+
+def run_sampled(cmd: list[str]) -> tuple[float, float]:
+    """Run ``cmd`` to completion, sampling its tree's PSS; (peak PSS, peak anon PSS) MiB."""
+    peak, peak_anon = 0.0, 0.0
+    with subprocess.Popen(cmd) as proc:
+        while proc.poll() is None:
+            pss, anon = tree_pss_mb(proc.pid)
+            peak, peak_anon = max(peak, pss), max(peak_anon, anon)
+            time.sleep(PSS_INTERVAL_S)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return peak, peak_anon
+
+
 def spawn(side: str, args: argparse.Namespace, result: Path) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--side", side, "--result", str(result)]
     cmd += ["--rounds", str(args.rounds), "--threads", str(args.threads)]
     cmd += [f"--set={s}" for s in args.set]
-    subprocess.run(cmd, check=True)
+    peak_pss, peak_anon = run_sampled(cmd)
     figures: dict[str, Any] = json.loads(result.read_text())
+    figures.update(peak_pss_mb=peak_pss, peak_pss_anon_mb=peak_anon)
     figures["state"] = torch.load(result.with_suffix(".pt"))
     return figures
 
@@ -216,6 +285,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "wall_s_min": min(walls),
             "cpu_s_median": statistics.median(r["cpu_s"] for r in rs),
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs),
+            "peak_pss_mb": statistics.median(r["peak_pss_mb"] for r in rs),
+            "peak_pss_anon_mb": statistics.median(r["peak_pss_anon_mb"] for r in rs),
             "rss_before_mb": statistics.median(r["rss_before_mb"] for r in rs),
             "last_train_loss": rs[0]["loss"],
             "walls": walls,
@@ -226,6 +297,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "wall_min": f["wall_s_min"] / b["wall_s_min"],
         "cpu_median": f["cpu_s_median"] / b["cpu_s_median"],
         "peak_rss": f["peak_rss_mb"] / b["peak_rss_mb"],
+        "peak_pss": f["peak_pss_mb"] / b["peak_pss_mb"],
+        "peak_pss_anon": f["peak_pss_anon_mb"] / b["peak_pss_anon_mb"],
     }
     return out
 
@@ -245,7 +318,7 @@ def parent(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _row(label: str, cells: tuple[Any, ...], fmt: str) -> str:
-    return f"{label:<11}" + "".join(f"{c:>16{fmt}}" for c in cells)
+    return f"{label:<11}" + "".join(f"{c:>17{fmt}}" for c in cells)
 
 
 def print_table(rep: dict[str, Any]) -> None:
@@ -254,13 +327,16 @@ def print_table(rep: dict[str, Any]) -> None:
         f"{s['config']}  rounds={s['rounds']}  repeats={s['repeats']}  "
         f"torch threads={s['threads']}  set={s['sets']}"
     )
-    keys = ("wall_s_median", "wall_s_min", "cpu_s_median", "peak_rss_mb", "rss_before_mb")
-    heads = ("wall s (median)", "wall s (min)", "cpu s (median)", "peak RSS MB", "RSS at run MB")
+    keys = ("wall_s_median", "wall_s_min", "cpu_s_median", "peak_rss_mb", "peak_pss_mb")
+    keys += ("peak_pss_anon_mb", "rss_before_mb")
+    heads = ("wall s (median)", "wall s (min)", "cpu s (median)", "peak RSS MB", "peak PSS MB")
+    heads += ("peak anon PSS MB", "RSS at run MB")
     print(_row("side", heads, ""))
     for side in SIDES:
         print(_row(side, tuple(rep[side][k] for k in keys), ".2f"))
     q = rep["ratio"]
-    ratios = (q["wall_median"], q["wall_min"], q["cpu_median"], q["peak_rss"])
+    ratios = (q["wall_median"], q["wall_min"], q["cpu_median"], q["peak_rss"], q["peak_pss"])
+    ratios += (q["peak_pss_anon"],)
     print(_row("fedge/base", ratios, ".3f"))
     w = rep["weights"]
     verdict = "identical" if w["identical"] else ("allclose" if w["allclose"] else "DIFFERENT")

@@ -67,12 +67,44 @@ def max_buffer(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([t.detach() for t in tensors]).amax(dim=0)
 
 
+BLOCK = 1 << 17
+"""Elements of an entry summed at a time by ``weighted_mean`` (1 MiB of float64: the block's
+sum and one term stay in the CPU cache while every state is added to them)."""
+
+
+def _weighted_sum(column: Sequence[torch.Tensor], ws: Sequence[float]) -> torch.Tensor:
+    """Σ w_i t_i of one entry in float64: 0 + w_1 t_1 + w_2 t_2 + ... in the order given,
+    each product rounded to float64 before it is added: the operations, and so the bits, of
+    ``acc += w * t.to(torch.float64)`` per state.
+
+    It runs block by block over the elements, each block's running sum and current term
+    staying in cache while every state is added to it, with one preallocated term buffer:
+    no temporary the size of the entry is allocated per state, and each state is read once.
+    The term is convert, multiply, add as three operations (``add_(t, alpha=w)`` may fuse
+    the multiply and the add into one rounding).
+    """
+    ref = column[0]
+    acc = torch.zeros(ref.numel(), dtype=torch.float64, device=ref.device)
+    term = torch.empty(min(BLOCK, ref.numel()), dtype=torch.float64, device=ref.device)
+    flats = [t.reshape(-1) for t in column]
+    for start in range(0, ref.numel(), BLOCK):
+        block = acc[start : start + BLOCK]
+        part = term[: block.numel()]
+        for w, flat in zip(ws, flats, strict=True):
+            part.copy_(flat[start : start + BLOCK])
+            part.mul_(w)
+            block.add_(part)
+    return acc.view(ref.shape)
+
+
 def weighted_mean(
     states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
 ) -> ModelState:
     """Σ w_i s_i / Σ w_i per floating entry, in float64, cast back to the first state's dtype.
 
-    Integer (and bool) buffers cannot be averaged: they take the element-wise max.
+    The sum runs over the states in the order given, each product rounded to float64 before
+    it is added (see ``_weighted_sum``). Integer (and bool) buffers cannot be averaged: they
+    take the element-wise max.
     """
     check_states(states)
     ws = _check_weights(weights, len(states))
@@ -83,10 +115,7 @@ def weighted_mean(
         if not ref.is_floating_point():
             out[key] = max_buffer(column)
             continue
-        acc = torch.zeros(ref.shape, dtype=torch.float64)
-        for w, t in zip(ws, column, strict=True):
-            acc += w * t.to(torch.float64)
-        out[key] = (acc / total).to(ref.dtype)
+        out[key] = _weighted_sum(column, ws).div_(total).to(ref.dtype)
     return out
 
 

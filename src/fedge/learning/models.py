@@ -20,6 +20,7 @@ from torch import nn
 from fedge.core.errors import ConfigError, FedgeError
 from fedge.core.registry import Registry, resolve_import_path
 from fedge.learning._params import accepted_kwargs, check_params
+from fedge.learning.layers import MaxPool2d
 from fedge.learning.resnet import SequentialNet, cifar_resnet, resnet34_net
 
 ModelFactory = Callable[..., nn.Module]
@@ -65,10 +66,10 @@ def fedavg_cnn(input_shape: Sequence[int], n_classes: int) -> SequentialNet:
         OrderedDict(
             conv1=nn.Conv2d(c, 32, 5, padding=2),
             relu1=nn.ReLU(),
-            pool1=nn.MaxPool2d(2),
+            pool1=MaxPool2d(2),
             conv2=nn.Conv2d(32, 64, 5, padding=2),
             relu2=nn.ReLU(),
-            pool2=nn.MaxPool2d(2),
+            pool2=MaxPool2d(2),
             flatten=nn.Flatten(),
             fc1=nn.Linear(64 * (h // 4) * (w // 4), 512),
             relu3=nn.ReLU(),
@@ -100,10 +101,10 @@ def lenet5(input_shape: Sequence[int], n_classes: int) -> SequentialNet:
         OrderedDict(
             conv1=nn.Conv2d(c, 6, 5, padding=pad1),
             relu1=nn.ReLU(),
-            pool1=nn.MaxPool2d(2),
+            pool1=MaxPool2d(2),
             conv2=nn.Conv2d(6, 16, 5, padding=pad2),
             relu2=nn.ReLU(),
-            pool2=nn.MaxPool2d(2),
+            pool2=MaxPool2d(2),
             flatten=nn.Flatten(),
             fc1=nn.Linear(16 * h2 * w2, 120),
             relu3=nn.ReLU(),
