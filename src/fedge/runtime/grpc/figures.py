@@ -32,6 +32,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 
 from fedge.core.message import Message
+from fedge.core.transport import SYNC
 from fedge.runtime.grpc import fedge_pb2 as pb
 from fedge.runtime.simulated import Ledger
 from fedge.system.model import SystemModel
@@ -102,7 +103,8 @@ class NodeFigures:
             f"wire_overhead_bytes_{link}": wire_bytes - nbytes,
         }
         cost = None
-        if self.system is not None:
+        if self.system is not None and SYNC not in (message.src, message.dst):
+            # as on the local engine: the round barrier's triggers and metrics cost nothing
             cost = self.system.transfer(message.src, message.dst, nbytes, 0.0)
         with self._lock:
             for tally in (self._total, self._pending):
