@@ -365,7 +365,7 @@ def test_the_grpc_transport_answers_absent_for_a_failed_request_that_asks():
     class Hub:
         settings = SimpleNamespace(call_timeout_s=5.0)
 
-        def call(self, message):
+        def call(self, message, parts=None):
             done: Future = Future()
             if message.dst == "dev1":
                 done.set_exception(ConnectionError("the device went away"))
