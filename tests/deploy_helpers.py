@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import torch
 
 from conftest import TINY
+from fedge.algorithms.base import History
+from fedge.experiment.build import build
+from fedge.experiment.config import load_config
 from fedge.runs.checkpoint import CHECKPOINT_NAME, read_checkpoint_header
+from fedge.runtime import LocalTransport
+from fedge.runtime.simulated import visible_nodes
 
 GRPC_FAST = """
 [grpc]
@@ -29,6 +35,26 @@ def deploy_config(tmp_path: Path, extra: str = "", name: str = "deploy.toml") ->
     path = tmp_path / name
     path.write_text(text + GRPC_FAST + extra)
     return path
+
+
+def in_process_history(config: Path, overrides: list[str]) -> History:
+    """The run with every node in this process on the cost-free transport, delivered in send
+    order: the reference every engine must reproduce."""
+    cfg = load_config(config, overrides)
+    torch.set_num_threads(cfg.threads)  # as run_experiment does: float sums depend on it
+    exp = build(cfg)
+    system = exp.system
+    transport = LocalTransport(
+        exp.nodes,
+        lambda at, tier, t_s: visible_nodes(system, at, tier, 0.0),
+        exp.transport.node_id,
+    )
+    return exp.coordinator.run(transport, exp.initial_state, exp.rng, cfg.rounds)
+
+
+def same_value(a: float, b: float) -> bool:
+    """Equal, NaN included (a metric that is NaN on every engine agrees)."""
+    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 def final_model(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -15,27 +15,12 @@ import pytest
 import ray
 import torch
 
-from deploy_helpers import deploy_config, final_model, same_weights
+from deploy_helpers import deploy_config, final_model, in_process_history, same_weights
 from fedge.experiment.build import build
 from fedge.experiment.config import load_config
 from fedge.runs.run import run_experiment
-from fedge.runtime import LocalTransport
-from fedge.runtime.simulated import visible_nodes
 
 pytestmark = [pytest.mark.ray, pytest.mark.grpc]
-
-
-def _in_process(config: Path, overrides: list[str]) -> dict[str, torch.Tensor]:
-    """The coordinator on the cost-free in-process transport."""
-    cfg = load_config(config, overrides)
-    torch.set_num_threads(cfg.threads)  # as run_experiment does: float sums depend on it
-    exp = build(cfg)
-    system = exp.system
-    transport = LocalTransport(
-        exp.nodes, lambda at, tier, t_s: visible_nodes(system, at, tier, 0.0), "cloud"
-    )
-    history = exp.coordinator.run(transport, exp.initial_state, exp.rng, cfg.rounds)
-    return dict(history.final_state)
 
 
 QSGD_UP = "compression=[{link='device-cloud', method='qsgd', levels=15}]"
@@ -58,7 +43,7 @@ def test_every_engine_ends_with_the_same_weights(tmp_path: Path, case: str) -> N
     algorithm, extra = CASES[case]
     config = deploy_config(tmp_path)
     base = [f"algorithm={algorithm!r}", "rounds=2", "output.plots=false", *extra]
-    weights = {"in-process": _in_process(config, base)}
+    weights = {"in-process": dict(in_process_history(config, base).final_state)}
     for engine in ("local", "ray", "grpc"):
         cfg = load_config(config, [*base, f"engine={engine!r}", "ray.workers=2"])
         result = run_experiment(cfg, out_dir=tmp_path / engine)

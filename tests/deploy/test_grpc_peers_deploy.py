@@ -10,13 +10,11 @@ the in-process transport and of the local engine bit for bit.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
-import torch
 
-from deploy_helpers import deploy_config
+from deploy_helpers import deploy_config, in_process_history, same_value
 from fedge.core.errors import ConfigError
 from fedge.core.message import Message
 from fedge.deploy.local import LocalDeployment
@@ -25,7 +23,6 @@ from fedge.experiment.build import build
 from fedge.experiment.config import load_config
 from fedge.results import read_rows_csv
 from fedge.runs.run import run_experiment
-from fedge.runtime import LocalTransport
 from fedge.runtime.simulated import visible_nodes
 
 pytestmark = pytest.mark.grpc
@@ -39,25 +36,6 @@ CASES = {
 }
 
 
-def _in_process(config: Path, overrides: list[str]) -> list[dict[str, float]]:
-    """The rounds' metrics with every node in this process, delivered in send order."""
-    cfg = load_config(config, overrides)
-    torch.set_num_threads(cfg.threads)
-    exp = build(cfg)
-    system = exp.system
-    transport = LocalTransport(
-        exp.nodes,
-        lambda at, tier, t_s: visible_nodes(system, at, tier, 0.0),
-        exp.transport.node_id,
-    )
-    history = exp.coordinator.run(transport, exp.initial_state, exp.rng, cfg.rounds)
-    return [dict(m) for m in history.metrics]
-
-
-def _same(a: float, b: float) -> bool:
-    return a == b or (math.isnan(a) and math.isnan(b))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_decentralized_deployment_reports_the_local_engines_rounds(
@@ -66,7 +44,7 @@ def test_a_decentralized_deployment_reports_the_local_engines_rounds(
     algorithm, mode = CASES[case]
     config = deploy_config(tmp_path)
     overrides = [f"algorithm={algorithm!r}", *BASE, f"system.d2d.mode={mode!r}"]
-    expected = _in_process(config, overrides)
+    expected = [dict(m) for m in in_process_history(config, overrides).metrics]
     rows = {}
     for engine in ("local", "grpc"):
         cfg = load_config(config, [*overrides, f"engine={engine!r}"])
@@ -78,7 +56,7 @@ def test_a_decentralized_deployment_reports_the_local_engines_rounds(
     for engine, table in rows.items():
         assert len(table) == 2
         for want, row in zip(expected, table, strict=True):
-            differ = [k for k in keys if not _same(want[k], float(row[k]))]
+            differ = [k for k in keys if not same_value(want[k], float(row[k]))]
             assert not differ, f"{engine} differs from the in-process run in {differ}"
 
 

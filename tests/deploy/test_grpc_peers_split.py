@@ -11,14 +11,13 @@ measured wall-clock throughput, so it is checked for what it must do, not for eq
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from deploy_helpers import deploy_config, final_model, same_weights
+from deploy_helpers import deploy_config, final_model, in_process_history, same_value, same_weights
 from fedge.algorithms import ALGORITHMS
 from fedge.cli import main
 from fedge.core.message import Message
@@ -28,8 +27,6 @@ from fedge.experiment.build import build
 from fedge.experiment.config import load_config
 from fedge.results import read_rows_csv
 from fedge.runs.run import run_experiment
-from fedge.runtime import LocalTransport
-from fedge.runtime.simulated import visible_nodes
 
 pytestmark = pytest.mark.grpc
 
@@ -38,22 +35,6 @@ CASES = {
     "splitfed-1-edge": ("splitfed", 1),
     "ushaped-1-edge": ("ushaped", 1),
 }
-
-
-def _in_process(config: Path, overrides: list[str]) -> list[dict[str, float]]:
-    cfg = load_config(config, overrides)
-    torch.set_num_threads(cfg.threads)
-    exp = build(cfg)
-    system = exp.system
-    transport = LocalTransport(
-        exp.nodes, lambda at, tier, t_s: visible_nodes(system, at, tier, 0.0), "cloud"
-    )
-    history = exp.coordinator.run(transport, exp.initial_state, exp.rng, cfg.rounds)
-    return [dict(m) for m in history.metrics]
-
-
-def _same(a: float, b: float) -> bool:
-    return a == b or (math.isnan(a) and math.isnan(b))
 
 
 @pytest.mark.slow
@@ -65,7 +46,7 @@ def test_a_split_deployment_ends_with_the_local_engines_model_and_rounds(
     config = deploy_config(tmp_path)
     overrides = [f"algorithm={algorithm!r}", "rounds=2", "output.plots=false"]
     overrides.append(f"system.edges={edges}")
-    expected = _in_process(config, overrides)
+    expected = [dict(m) for m in in_process_history(config, overrides).metrics]
     weights, rows = {}, {}
     for engine in ("local", "grpc"):
         cfg = load_config(config, [*overrides, f"engine={engine!r}"])
@@ -80,7 +61,7 @@ def test_a_split_deployment_ends_with_the_local_engines_model_and_rounds(
     assert expected[0]["cloud_batches"] > 0  # the tail was called
     for engine, table in rows.items():
         for want, row in zip(expected, table, strict=True):
-            differ = [k for k in keys if not _same(want[k], float(row[k]))]
+            differ = [k for k in keys if not same_value(want[k], float(row[k]))]
             assert not differ, f"{engine} differs from the in-process run in {differ}"
 
 
