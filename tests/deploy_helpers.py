@@ -14,6 +14,7 @@ from fedge.experiment.build import build
 from fedge.experiment.config import load_config
 from fedge.runs.checkpoint import CHECKPOINT_NAME, read_checkpoint_header
 from fedge.runtime import LocalTransport
+from fedge.runtime.grpc.settings import GrpcSettings
 from fedge.runtime.simulated import visible_nodes
 
 GRPC_FAST = """
@@ -35,6 +36,18 @@ def deploy_config(tmp_path: Path, extra: str = "", name: str = "deploy.toml") ->
     path = tmp_path / name
     path.write_text(text + GRPC_FAST + extra)
     return path
+
+
+FAST_GRPC = GrpcSettings(
+    chunk_bytes=4096,
+    max_message_bytes=1 << 20,
+    call_timeout_s=20.0,
+    connect_timeout_s=5.0,
+    retry_initial_s=0.05,
+    retry_max_s=0.2,
+    reattach_s=1.0,
+)
+"""gRPC settings for tests on loopback: small chunks, quick retries and reattachment."""
 
 
 def in_process_history(config: Path, overrides: list[str]) -> History:

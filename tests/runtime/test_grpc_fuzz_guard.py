@@ -15,25 +15,19 @@ import grpc
 import pytest
 import torch
 
+from deploy_helpers import FAST_GRPC
 from fedge.core.message import _PREFIX, MAGIC, VERSION, Message, MessageError
 from fedge.core.node import NodeApp, NodeContext
 from fedge.core.update import Update
 from fedge.runtime.grpc import wire
 from fedge.runtime.grpc.guard import ModelCheck, ReplayGuard, RunIdentity
 from fedge.runtime.grpc.node import NodeProcess
-from fedge.runtime.grpc.settings import GrpcSettings
 from fedge.runtime.grpc.transport import GrpcTransport
 
 pytestmark = pytest.mark.grpc
 
-SETTINGS = GrpcSettings(
-    chunk_bytes=4096,
-    max_message_bytes=1 << 16,
-    call_timeout_s=10.0,
-    connect_timeout_s=5.0,
-    retry_initial_s=0.05,
-    retry_max_s=0.2,
-    reattach_s=0.5,
+SETTINGS = FAST_GRPC.model_copy(
+    update={"max_message_bytes": 1 << 16, "call_timeout_s": 10.0, "reattach_s": 0.5}
 )
 TEMPLATE = {
     "w": torch.zeros(2, 2),

@@ -15,26 +15,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from deploy_helpers import FAST_GRPC
 from fedge.core.message import Message
 from fedge.core.node import NodeApp, NodeContext
 from fedge.runtime.grpc.attach import Attachment, CallFailed
 from fedge.runtime.grpc.node import NodeProcess
 from fedge.runtime.grpc.route import Reach, Router
-from fedge.runtime.grpc.settings import GrpcSettings
 from fedge.runtime.grpc.tls import make_certs
 from fedge.runtime.grpc.transport import GrpcTransport
 
 pytestmark = pytest.mark.grpc
 
-SETTINGS = GrpcSettings(
-    chunk_bytes=4096,
-    max_message_bytes=1 << 20,
-    call_timeout_s=20.0,
-    connect_timeout_s=5.0,
-    retry_initial_s=0.05,
-    retry_max_s=0.2,
-    reattach_s=1.0,
-)
+SETTINGS = FAST_GRPC
 NODES = ["edge0", "d0", "d1", "d2"]
 PEERS = {"d0": {"d1"}, "d1": {"d0"}, "d2": set()}
 

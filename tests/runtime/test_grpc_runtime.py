@@ -13,6 +13,7 @@ import grpc
 import pytest
 import torch
 
+from deploy_helpers import FAST_GRPC
 from fedge.core.message import Message
 from fedge.core.node import NodeApp, NodeContext
 from fedge.runtime.grpc import wire
@@ -23,15 +24,7 @@ from fedge.runtime.grpc.transport import GrpcTransport
 
 pytestmark = pytest.mark.grpc
 
-SETTINGS = GrpcSettings(
-    chunk_bytes=4096,
-    max_message_bytes=1 << 20,
-    call_timeout_s=20.0,
-    connect_timeout_s=5.0,
-    retry_initial_s=0.05,
-    retry_max_s=0.2,
-    reattach_s=1.0,
-)
+SETTINGS = FAST_GRPC
 NODES = ["cloud", "d0", "d1", "d2", "mallory"]
 
 
