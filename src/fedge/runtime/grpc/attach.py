@@ -225,9 +225,15 @@ class Attachment:
         call_id = next(self._call_ids)
         reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._calls[call_id], self._callees[call_id] = reply, message.dst
-        chunk, kind = self.settings.chunk_bytes, wire.Frame.PEER_REQUEST
-        for frame in wire.message_frames(call_id, message, chunk, self.run_id.value, kind):
-            outgoing.put_nowait(frame)
+        outgoing.put_nowait(
+            wire.Outgoing(
+                call_id,
+                message.encode_parts(),
+                self.settings.chunk_bytes,
+                run=self.run_id.value,
+                kind=wire.Frame.PEER_REQUEST,
+            )
+        )
         try:
             return await asyncio.wait_for(reply, self.settings.call_timeout_s)
         except TimeoutError:

@@ -434,17 +434,21 @@ class Hub:
             if self.route is None:
                 raise FedgeError(f"{self.node_id} takes no calls from its children")
             reply = await self.route(message, child.node_id)
-            frames = wire.message_frames(
-                call_id, reply, self.settings.chunk_bytes, self.run_id.value, wire.Frame.PEER_REPLY
-            )
+            answer: wire.Frame | wire.Outgoing = wire.Outgoing(
+                call_id,
+                reply.encode_parts(),
+                self.settings.chunk_bytes,
+                run=self.run_id.value,
+                kind=wire.Frame.PEER_REPLY,
+            )  # streamed one chunk at a time, as the hub's own requests
+            self.counters["bytes_sent"] += answer.nbytes
             self.counters["messages"] += 2
         except Exception as exc:  # refused or failed: the caller learns why, nothing hangs
             self.counters["refused_calls"] += 1
             log.warning("%s: call %s -> %s failed: %s", self.node_id, message.src, message.dst, exc)
-            frames = [wire.error(call_id, str(exc), wire.Frame.PEER_ERROR)]
-        for frame in frames:
-            self.counters["bytes_sent"] += len(frame.data)
-            child.queue.put_nowait(frame)
+            answer = wire.error(call_id, str(exc), wire.Frame.PEER_ERROR)
+            self.counters["bytes_sent"] += len(answer.data)
+        child.queue.put_nowait(answer)
 
     def _reported(self, child: _Child, frame: wire.Frame) -> None:
         """A child's figures (on the last chunk of a reply)."""
